@@ -1,0 +1,85 @@
+"""All configuration of Shears, in one pydantic-settings class.
+
+Every value can be set with an environment variable named ``SHEARS_<FIELD>`` (for example
+``SHEARS_DATABASE_URL``). The defaults are the *embedded* deployment: one machine, no servers
+to install — SQLite, a local artifact directory and kombu's filesystem broker, all under
+``data_dir``. Nothing else in the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by the API, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SHEARS_", extra="ignore")
+
+    data_dir: Path = Field(Path(".shears-data"), description="Root of every embedded default.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default kombu filesystem://.")
+    result_backend: str | None = Field(
+        None, description="Celery result backend; unused by jobs (the job row is the truth)."
+    )
+    storage_uri: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; default a directory in data_dir."
+    )
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint clients reach; presigned URLs are signed for it."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    task_queue: str = "shears"
+    worker_concurrency: int = 1
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]' for the pruning engine.")
+    allow_torchscript_upload: bool = Field(
+        False, description="Loading TorchScript runs code from the file: operator opt-in only."
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'shears.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_storage_uri(self) -> str:
+        return self.storage_uri or (self.data_dir / "artifacts").as_uri()
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where kombu's filesystem transport keeps messages and remote-control mailboxes."""
+        return self.data_dir / "broker"
+
+    def as_env(self) -> dict[str, str]:
+        """``SHEARS_*`` variables that hand these settings to a child process."""
+        return {
+            f"SHEARS_{name.upper()}": str(value)
+            for name, value in self.model_dump(exclude_none=True).items()
+        }
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+
+def get_settings() -> Settings:
+    """Settings read from the environment (a new object each call; cheap)."""
+    return Settings()

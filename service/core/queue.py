@@ -1,0 +1,47 @@
+"""The Celery application shared by the API (which only sends tasks, by name) and workers."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.core.config import Settings
+
+# Task names: the API sends these without importing worker code (it never imports torch).
+PING_TASK = "shears.ping"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app wired to the configured broker, with the job-system defaults."""
+    app = Celery("shears", broker=settings.resolved_broker_url, backend=settings.result_backend)
+    transport_options: dict = {}
+    if settings.uses_filesystem_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "control_folder": str(folder / "control"),
+        }
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.task_queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_expires=3600,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def check_broker(app: Celery) -> None:
+    """Raise when the broker cannot be reached."""
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)

@@ -1,0 +1,102 @@
+"""``s3://bucket/prefix`` artifact store over boto3 (AWS S3, MinIO, moto's server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from service.core.config import Settings
+from service.core.storage.base import ArtifactNotFound
+
+# Multipart above 16 MiB; S3 writes are atomic per object, so readers never see a partial one.
+_TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20)
+
+
+def _client(settings: Settings, endpoint: str | None):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"),
+    )
+
+
+class S3ArtifactStore:
+    """Objects live in ``bucket`` under ``prefix``."""
+
+    def __init__(self, uri: str, settings: Settings) -> None:
+        parsed = urlparse(uri)
+        self.uri = uri
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = _client(settings, settings.s3_endpoint_url)
+        public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+        self.public_client = _client(settings, public)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=_TRANSFER)
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        self.client.upload_fileobj(stream, self.bucket, self._key(key), Config=_TRANSFER)
+
+    def get_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except ClientError as error:
+            raise _not_found_or(error, key) from error
+
+    def iter_bytes(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as error:
+            raise _not_found_or(error, key) from error
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ArtifactNotFound:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            raise _not_found_or(error, key) from error
+        return int(head["ContentLength"])
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if objects:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def presigned_url(self, key: str, expires_s: int = 900) -> str | None:
+        return self.public_client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
+        )
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def _not_found_or(error: ClientError, key: str) -> Exception:
+    code = error.response.get("Error", {}).get("Code")
+    return ArtifactNotFound(key) if code in {"404", "NoSuchKey", "NotFound"} else error
