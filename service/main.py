@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
 
-from service.api import health
+from service.api import health, jobs, metrics
 from service.api.errors import install_error_handlers
+from service.api.uploads_router import datasets_router, models_router
 from service.core.config import Settings, get_settings
 from service.core.db import create_schema, make_engine, make_session_factory
+from service.core.dispatch import reap
 from service.core.queue import make_celery
+from service.core.spec import JobSpec
 from service.core.storage import open_store
 
+REF_TEMPLATE = "#/components/schemas/{model}"
 API_VERSION = "0.1.0"
+log = logging.getLogger("shears.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def _reaper_loop(app: FastAPI) -> None:
+    """Re-dispatch undelivered jobs and recover jobs of lost workers, forever."""
+    state = app.state
+    while True:
+        try:
+            await run_in_threadpool(reap, state.sessions, state.celery, state.settings)
+        except Exception:  # noqa: BLE001 - a database or broker blip: try again next round
+            log.exception("reaper pass failed")
+        await asyncio.sleep(state.settings.reaper_interval_s)  # the period of a periodic job
+
+
+def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
     """Build the app; connections are opened lazily, so building it touches no server."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         create_schema(app.state.engine)
+        task = asyncio.create_task(_reaper_loop(app)) if reaper else None
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         app.state.engine.dispose()
 
     app = FastAPI(
         title="Shears",
         version=API_VERSION,
         summary="Prune neural networks: early-bird tickets, spline channel pruning, ProbMask.",
+        description="Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 "
+        "problem+json bodies with a stable `type` and a `detail` that says how to fix the request.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -38,5 +67,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings)
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
-    app.include_router(health.router)
+    metrics.install_metrics(app)
+    for router in (health.router, metrics.router, models_router, datasets_router, jobs.router):
+        app.include_router(router)
+    app.openapi = lambda: _openapi_with_job_spec(app)
     return app
+
+
+def _openapi_with_job_spec(app: FastAPI) -> dict:
+    """The generated spec, plus the JobSpec schema that POST /v1/jobs references (its body
+    is parsed by hand to accept JSON and multipart alike)."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                           description=app.description, routes=app.routes)  # fmt: skip
+        _, definitions = models_json_schema([(JobSpec, "validation")], ref_template=REF_TEMPLATE)
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        app.openapi_schema = spec
+    return app.openapi_schema

@@ -89,7 +89,7 @@ def service_settings(
 @pytest.fixture(scope="session")
 def celery_worker(service_settings: Settings, server_logs: Path, announce) -> Iterator[servers.Process]:
     """One real ``celery worker`` process wired to Redis, moto's S3 and PostgreSQL."""
-    proc = servers.start_celery_worker(server_logs, service_settings.as_env())
+    proc = servers.start_celery_worker(server_logs, service_settings)
     announce(f"celery worker pid {proc.pid} consuming from {service_settings.broker_url}")
     yield proc
     proc.stop()

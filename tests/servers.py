@@ -17,8 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from service.core.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,10 +182,9 @@ def create_bucket(endpoint: str, bucket: str) -> None:
 
 
 def start_celery_worker(
-    log_dir: Path, env: dict[str, str], name: str = "celery-worker", concurrency: int = 1
+    log_dir: Path, settings: "Settings", name: str = "celery-worker", concurrency: int = 1
 ) -> Process:
     """A real ``celery worker`` process; returns once it answers a remote-control ping."""
-    from service.core.config import Settings
     from service.core.queue import make_celery
 
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
@@ -191,9 +194,8 @@ def start_celery_worker(
          "--concurrency", str(concurrency), "--hostname", hostname, "--without-gossip",
          "--without-mingle"],
         log_dir,
-        env,
+        settings.as_env(),
     )  # fmt: skip
-    settings = Settings(_env_file=None, **_settings_fields(env))
     control = make_celery(settings)
     wanted = hostname.split("@")[0]
 
@@ -207,7 +209,3 @@ def start_celery_worker(
         proc.stop()
         raise
     return proc
-
-
-def _settings_fields(env: dict[str, str]) -> dict[str, str]:
-    return {k.removeprefix("SHEARS_").lower(): v for k, v in env.items() if k.startswith("SHEARS_")}

@@ -8,6 +8,7 @@ to install — SQLite, a local artifact directory and kombu's filesystem broker,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -46,6 +47,22 @@ class Settings(BaseSettings):
         False, description="Loading TorchScript runs code from the file: operator opt-in only."
     )
 
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 hex digest of an API key -> tenant (`shears hash-key KEY` prints one).",
+    )
+    max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest model or dataset upload.")
+    lease_s: float = Field(120.0, gt=0, description="A running job without a heartbeat this long is lost.")
+    max_attempts: int = Field(3, ge=1, description="Executions of a job before `worker-lost`.")
+    reaper_interval_s: float = Field(5.0, gt=0, description="How often the API re-queues lost jobs.")
+    dispatch_retry_s: float = Field(30.0, gt=0, description="Re-send a queued job not started after this.")
+    progress_interval_s: float = Field(1.0, ge=0, description="Minimum time between progress writes.")
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key of completion webhooks.")
+    allow_private_callbacks: bool = Field(
+        False, description="Allow webhooks to loopback, link-local and private addresses."
+    )
+    presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -71,8 +88,8 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """``SHEARS_*`` variables that hand these settings to a child process."""
         return {
-            f"SHEARS_{name.upper()}": str(value)
-            for name, value in self.model_dump(exclude_none=True).items()
+            f"SHEARS_{name.upper()}": json.dumps(value) if isinstance(value, dict | list) else str(value)
+            for name, value in self.model_dump(mode="json", exclude_none=True).items()
         }
 
     @property
@@ -83,3 +100,12 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings read from the environment (a new object each call; cheap)."""
     return Settings()
+
+
+class ClientSettings(BaseSettings):
+    """What the ``shears`` client commands read: ``SHEARS_URL`` and ``SHEARS_API_KEY``."""
+
+    model_config = SettingsConfigDict(env_prefix="SHEARS_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None

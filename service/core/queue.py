@@ -8,6 +8,9 @@ from service.core.config import Settings
 
 # Task names: the API sends these without importing worker code (it never imports torch).
 PING_TASK = "shears.ping"
+RUN_JOB_TASK = "shears.run_job"
+INSPECT_MODEL_TASK = "shears.inspect_model"
+INSPECT_DATASET_TASK = "shears.inspect_dataset"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -45,3 +48,9 @@ def check_broker(app: Celery) -> None:
     """Raise when the broker cannot be reached."""
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
+
+
+def send(app: Celery, task: str, object_id: str, **options) -> None:
+    """Send a task by name with only an id (the row is the truth); fails fast when the
+    broker is unreachable instead of retrying for minutes inside a request."""
+    app.send_task(task, args=[object_id], retry=False, **options)

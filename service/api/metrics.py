@@ -1,0 +1,71 @@
+"""``/metrics`` in Prometheus format: request latency, jobs by status, queue depth, and stage
+durations of finished jobs."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from service.core.models import JobRecord
+
+router = APIRouter(tags=["health"])
+
+
+class JobCollector:
+    """Reads job counts and stage times from the database at scrape time."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self):
+        by_status = GaugeMetricFamily("shears_jobs", "Jobs by status.", labels=["status"])
+        stage_seconds = GaugeMetricFamily(
+            "shears_job_stage_seconds_mean", "Mean duration of each stage over the last 1000 finished jobs.",
+            labels=["stage"],
+        )  # fmt: skip
+        depth = GaugeMetricFamily("shears_queue_depth", "Jobs queued and not yet started.")
+        with self.app.state.sessions() as session:
+            counts = dict(session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
+            recent = session.scalars(
+                select(JobRecord.result).where(JobRecord.status == "succeeded")
+                .order_by(JobRecord.finished_at.desc()).limit(1000)
+            ).all()  # fmt: skip
+        for status in ("queued", "running", "cancelling", "succeeded", "failed", "cancelled"):
+            by_status.add_metric([status], counts.get(status, 0))
+        depth.add_metric([], counts.get("queued", 0))
+        totals: dict[str, list[float]] = {}
+        for result in recent:
+            for stage, seconds in ((result or {}).get("stage_seconds") or {}).items():
+                totals.setdefault(stage, []).append(float(seconds))
+        for stage, values in sorted(totals.items()):
+            stage_seconds.add_metric([stage], sum(values) / len(values))
+        yield from (by_status, depth, stage_seconds)
+
+
+def install_metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "shears_http_request_seconds", "HTTP request latency.", ["method", "route", "status"], registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    )  # fmt: skip
+    registry.register(JobCollector(app))
+    app.state.metrics_registry = registry
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - start)
+        return response
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

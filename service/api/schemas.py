@@ -1,0 +1,79 @@
+"""Response bodies of the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UploadError(BaseModel):
+    code: str
+    message: str
+
+
+class UploadOut(Out):
+    id: str
+    filename: str
+    status: str  # validating | ready | invalid
+    error: UploadError | None = None
+    sha256: str
+    size_bytes: int
+    info: dict | None = None
+    created_at: datetime
+
+
+class ModelOut(UploadOut):
+    format: str | None = None
+    architecture: str | None = None
+
+
+class DatasetOut(UploadOut):
+    pass
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    stage: str | None = None
+
+
+class Artifact(BaseModel):
+    name: str
+    size_bytes: int
+    sha256: str
+    media_type: str
+
+
+class JobOut(Out):
+    id: str
+    status: str
+    stage: str | None = None
+    progress: dict
+    attempt: int
+    model_id: str
+    dataset_id: str | None = None
+    spec: dict
+    error: JobError | None = None
+    result: dict | None = None
+    artifacts: list[Artifact]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = None

@@ -1,0 +1,130 @@
+"""Streamed multipart uploads: file parts go to disk chunk by chunk, hashed on the way.
+
+Starlette's form parser buffers whole parts before a route runs; this reader enforces the
+size limit while the bytes arrive (413 as soon as the limit is crossed, or at once when the
+declared Content-Length is over it) and keeps memory flat for multi-GiB models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.api.errors import Problem
+
+MAX_FIELD_BYTES = 256 * 1024
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    filename: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass
+class ReceivedForm:
+    files: dict[str, ReceivedFile] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        for received in self.files.values():
+            received.path.unlink(missing_ok=True)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "upload-too-large",
+                   f"The upload is larger than this server's limit of {limit} bytes; "
+                   "prune a smaller export or ask the operator to raise SHEARS_MAX_UPLOAD_BYTES.")  # fmt: skip
+
+
+async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedForm:
+    """Read a multipart/form-data body into temporary files (removed on any error)."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise Problem(415, "multipart-required",
+                      "Send the file as multipart/form-data, e.g. `curl -F file=@model.onnx`.")  # fmt: skip
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MAX_FIELD_BYTES:
+        raise _too_large(limit)
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    form = ReceivedForm()
+    state: dict = {}
+    total = 0
+
+    def on_part_begin() -> None:
+        state.update(headers={}, name=None, filename=None, out=None, buffer=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] = data[start:end].decode("latin-1").lower()
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["headers"][state["header"]] = state["headers"].get(state["header"], "") + data[start:end].decode("latin-1")
+
+    def on_headers_finished() -> None:
+        _, params = parse_options_header(state["headers"].get("content-disposition", ""))
+        state["name"] = params.get(b"name", b"").decode()
+        filename = params.get(b"filename")
+        if filename is not None:
+            fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+            state.update(filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
+                         out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if state["out"] is not None:
+            state["out"].write(chunk)
+            state["hash"].update(chunk)
+            state["size"] += len(chunk)
+        else:
+            state["buffer"] += chunk
+            if len(state["buffer"]) > MAX_FIELD_BYTES:
+                raise Problem(413, "field-too-large", f"Form field {state['name']!r} is over {MAX_FIELD_BYTES} bytes.")
+
+    def on_part_end() -> None:
+        if state["out"] is not None:
+            state["out"].close()
+            form.files[state["name"]] = ReceivedFile(
+                state["name"], state["filename"], state["path"], state["size"], state["hash"].hexdigest()
+            )
+        else:
+            form.fields[state["name"]] = state["buffer"].decode("utf-8", errors="replace")
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })  # fmt: skip
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit + MAX_FIELD_BYTES:
+                raise _too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException as error:
+        if state.get("out") is not None and not state["out"].closed:
+            state["out"].close()
+            state["path"].unlink(missing_ok=True)
+        form.cleanup()
+        if isinstance(error, Problem):
+            raise
+        if isinstance(error, Exception):
+            raise Problem(400, "malformed-multipart", f"The multipart body could not be parsed ({error}); "
+                          "send it again with a valid boundary.") from error  # fmt: skip
+        raise
+    for received in form.files.values():
+        if received.size > limit:
+            form.cleanup()
+            raise _too_large(limit)
+    return form

@@ -1,0 +1,132 @@
+"""The job state machine. Every status change is a compare-and-set UPDATE on the job row.
+
+    queued ──start──▶ running ──succeed──▶ succeeded
+      │                 │ └────fail─────▶ failed
+      │                 └──cancel──▶ cancelling ──ack──▶ cancelled
+      └──────cancel──────────────────────────────────────▶ cancelled
+
+A transition names the states it may leave; when the row is no longer in one of them (another
+worker won, the user cancelled) the UPDATE matches nothing and the caller is told so.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.models import JobRecord, utcnow
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE = frozenset({"running", "cancelling"})
+
+
+def _cas(sessions: sessionmaker, job_id: str, condition, **values) -> bool:
+    """Apply ``values`` to the job when ``condition`` holds; True when a row changed."""
+    values.setdefault("updated_at", utcnow())
+    statement = (
+        update(JobRecord)
+        .where(JobRecord.id == job_id, condition)
+        .values(version=JobRecord.version + 1, **values)
+    )
+    with sessions.begin() as session:
+        return session.execute(statement).rowcount == 1
+
+
+def start(sessions: sessionmaker, job_id: str, lease_s: float) -> bool:
+    """Claim a queued job, or a running one whose lease expired (its worker died)."""
+    now = utcnow()
+    claimable = or_(
+        JobRecord.status == "queued",
+        and_(JobRecord.status == "running", JobRecord.lease_expires_at < now),
+    )
+    return _cas(
+        sessions, job_id, and_(claimable, JobRecord.attempt < JobRecord.max_attempts),
+        status="running", attempt=JobRecord.attempt + 1, started_at=now,
+        lease_expires_at=now + timedelta(seconds=lease_s), error=None,
+    )  # fmt: skip
+
+
+def report_progress(
+    sessions: sessionmaker, job_id: str, stage: str, progress: dict, lease_s: float
+) -> bool:
+    """Record progress and extend the lease. Returns True when cancellation was requested."""
+    _cas(
+        sessions, job_id, JobRecord.status.in_(ACTIVE),
+        stage=stage, progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+    )  # fmt: skip
+    return cancel_requested(sessions, job_id)
+
+
+def cancel_requested(sessions: sessionmaker, job_id: str) -> bool:
+    with sessions() as session:
+        flag = session.scalar(select(JobRecord.cancel_requested).where(JobRecord.id == job_id))
+    return bool(flag)
+
+
+def succeed(sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict]) -> bool:
+    return _cas(
+        sessions, job_id, JobRecord.status == "running",
+        status="succeeded", result=result, artifacts=artifacts, finished_at=utcnow(),
+        lease_expires_at=None, progress={"percent": 100.0},
+    )  # fmt: skip
+
+
+def fail(sessions: sessionmaker, job_id: str, code: str, message: str, stage: str | None) -> bool:
+    error = {"code": code, "message": message, "stage": stage}
+    return _cas(
+        sessions, job_id, JobRecord.status.in_({"queued", *ACTIVE}),
+        status="failed", error=error, finished_at=utcnow(), lease_expires_at=None,
+    )  # fmt: skip
+
+
+def acknowledge_cancel(sessions: sessionmaker, job_id: str) -> bool:
+    """The worker stopped a job whose cancellation was requested."""
+    return _cas(
+        sessions, job_id, JobRecord.status.in_(ACTIVE),
+        status="cancelled", finished_at=utcnow(), lease_expires_at=None,
+    )  # fmt: skip
+
+
+def request_cancel(sessions: sessionmaker, job_id: str) -> bool:
+    """Cancel now when queued; ask the worker to stop when running. False when finished."""
+    if _cas(sessions, job_id, JobRecord.status == "queued", status="cancelled",
+            cancel_requested=True, finished_at=utcnow()):  # fmt: skip
+        return True
+    return _cas(
+        sessions, job_id, JobRecord.status.in_(ACTIVE), status="cancelling", cancel_requested=True
+    )
+
+
+def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """The reaper: running jobs whose lease expired go back to queued, or fail `worker-lost`
+    when their attempts are spent. Returns (requeued ids, failed ids)."""
+    now = now or utcnow()
+    with sessions() as session:
+        expired = session.execute(
+            select(JobRecord.id, JobRecord.status, JobRecord.attempt, JobRecord.max_attempts).where(
+                JobRecord.status.in_(ACTIVE), JobRecord.lease_expires_at < now
+            )
+        ).all()
+    requeued, failed = [], []
+    for job_id, status, attempt, max_attempts in expired:
+        stale = and_(JobRecord.status.in_(ACTIVE), JobRecord.lease_expires_at < now)
+        if status == "cancelling":
+            _cas(sessions, job_id, stale, status="cancelled", finished_at=now, lease_expires_at=None)
+        elif attempt < max_attempts:
+            if _cas(sessions, job_id, stale, status="queued", lease_expires_at=None):
+                requeued.append(job_id)
+        elif _cas(
+            sessions, job_id, stale, status="failed", finished_at=now, lease_expires_at=None,
+            error={"code": "worker-lost", "stage": None,
+                   "message": f"the worker running this job was lost {attempt} times; retry the job"},
+        ):  # fmt: skip
+            failed.append(job_id)
+    return requeued, failed
+
+
+def get(session: Session, job_id: str, tenant: str) -> JobRecord | None:
+    """The job when it belongs to ``tenant`` (another tenant's id reads as missing)."""
+    job = session.get(JobRecord, job_id)
+    return job if job is not None and job.tenant == tenant else None

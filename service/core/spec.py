@@ -1,0 +1,157 @@
+"""The job spec: every field, default and bound in one place (pydantic).
+
+The API validates requests with these models and stores the *resolved* spec (defaults filled
+in) on the job row; the worker reads it back with the same models. Methods are described in
+shared/ALGORITHMS.md: early-bird [EB]/[SPLINE], spline channel scoring [SPLINE], ProbMask
+[PROBMASK].
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+LayerName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Epochs = Annotated[int, Field(ge=0, le=1000)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EarlyBirdParams(Strict):
+    """Train densely until the pruning decision stops changing ([EB] §2a, [SPLINE] §2b)."""
+
+    detector: Literal["spline", "bn"] = "spline"
+    ratio: OpenFraction = Field(0.5, description="Channel ratio the ticket is drawn for.")
+    max_epochs: Annotated[int, Field(ge=1, le=1000)] = 40
+    threshold: Positive = Field(0.16, description="Distance under which masks count as equal.")
+    window: Annotated[int, Field(ge=1, le=20)] = 3
+    lr: Positive = 0.1
+
+
+class PruneChannelsParams(Strict):
+    """Structured pruning: whole channels removed physically ([SPLINE] §3)."""
+
+    criterion: Literal["spline", "spline_geometry", "l1", "bn_scale", "random"] = "spline"
+    scope: Literal["global", "layerwise"] = "global"
+    ratio: OpenFraction = 0.5
+    round_to: Annotated[int, Field(ge=1, le=256)] = 1
+    min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
+    exclude: list[LayerName] = Field(default_factory=lambda: ["last"], max_length=1000)
+    probes: Annotated[int, Field(ge=16, le=20000)] = 512
+
+
+class ProbMaskParams(Strict):
+    """Unstructured sparsity under one global budget ([PROBMASK])."""
+
+    sparsity: OpenFraction = 0.9
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 30
+    lr: Positive = 0.01
+    score_lr: Positive = 6e-3
+    exclude: list[LayerName] = Field(default_factory=list, max_length=1000)
+    final_mask: Literal["topk", "sample"] = "topk"
+    mask_samples: Annotated[int, Field(ge=1, le=8)] = 1
+
+
+class FinetuneParams(Strict):
+    """Plain training of the pruned network (masks, if any, stay fixed)."""
+
+    epochs: Epochs = 10
+    lr: Positive = 0.01
+
+
+class EarlyBirdStage(Strict):
+    early_bird: EarlyBirdParams
+
+
+class PruneChannelsStage(Strict):
+    prune_channels: PruneChannelsParams
+
+
+class ProbMaskStage(Strict):
+    probmask: ProbMaskParams
+
+
+class FinetuneStage(Strict):
+    finetune: FinetuneParams
+
+
+Stage = EarlyBirdStage | PruneChannelsStage | ProbMaskStage | FinetuneStage
+
+
+class ExportParams(Strict):
+    formats: list[Literal["onnx", "torchscript"]] = Field(
+        default_factory=lambda: ["onnx", "torchscript"], min_length=1, max_length=2
+    )
+    opset: Annotated[int, Field(ge=13, le=21)] = 18
+    dynamic_batch: bool = True
+
+
+class AcceptanceParams(Strict):
+    """The gate a CI pipeline fails on: accuracy points lost versus the dense model."""
+
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = 1.0
+
+
+class TrainingParams(Strict):
+    batch_size: Annotated[int, Field(ge=1, le=8192)] = 128
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 5e-4
+
+
+class BuiltinDataset(Strict):
+    builtin: Literal["mnist1d", "digits"]
+
+
+class JobSpec(Strict):
+    """What to do to a model. Stages run in order; each is optional."""
+
+    model_id: Annotated[str, StringConstraints(pattern=r"^mdl_[0-9a-f]{24}$")] | None = None
+    dataset_id: Annotated[str, StringConstraints(pattern=r"^ds_[0-9a-f]{24}$")] | None = None
+    dataset: BuiltinDataset | None = None
+    architecture: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        None, description="Zoo architecture of a safetensors model; ignored for ONNX."
+    )
+    pipeline: list[Stage] = Field(
+        default_factory=lambda: [
+            PruneChannelsStage(prune_channels=PruneChannelsParams()),
+            FinetuneStage(finetune=FinetuneParams()),
+        ],
+        min_length=1,
+        max_length=16,
+    )
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    acceptance: AcceptanceParams = Field(default_factory=AcceptanceParams)
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    time_limit_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 6 * 3600
+    callback_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> JobSpec:
+        if (self.dataset_id is None) == (self.dataset is None):
+            raise ValueError("give exactly one of dataset_id (an uploaded dataset) or dataset.builtin")
+        return self
+
+    def stage_names(self) -> list[str]:
+        return [next(iter(stage.model_dump())) for stage in self.pipeline]
+
+
+JOB_SPEC_EXAMPLE = {
+    "model_id": "mdl_0123456789abcdef01234567",
+    "dataset_id": "ds_0123456789abcdef01234567",
+    "pipeline": [
+        {"prune_channels": {"criterion": "spline", "ratio": 0.5}},
+        {"probmask": {"sparsity": 0.9, "epochs": 5}},
+        {"finetune": {"epochs": 5, "lr": 0.01}},
+    ],
+    "export": {"formats": ["onnx", "torchscript"]},
+    "acceptance": {"max_accuracy_drop": 2.5},
+    "seed": 0,
+}

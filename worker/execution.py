@@ -1,0 +1,148 @@
+"""Runs one job for a Celery task: claim the row, fetch inputs, run the engine, upload
+artifacts, then flip the row. Owns everything about job rows and storage so that the engine
+(worker.pipeline) knows nothing of them, and the task stays a thin adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.core import jobs
+from service.core.config import Settings
+from service.core.models import DatasetRecord, JobRecord, ModelRecord
+from service.core.spec import JobSpec
+from service.core.storage import ArtifactStore
+from service.core.webhooks import deliver
+
+log = logging.getLogger("shears.worker")
+ARTIFACT_ORDER = ("model.onnx", "model.torchscript.pt", "masks.safetensors", "report.json", "report.html")
+
+
+class JobFailure(Exception):
+    """A failure with a stable code the user sees on the job."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProgressReporter:
+    """Throttled progress writes to the job row; remembers whether cancellation was asked."""
+
+    def __init__(self, sessions, job_id: str, settings: Settings) -> None:
+        self.sessions, self.job_id, self.settings = sessions, job_id, settings
+        self.cancelled = False
+        self._last = 0.0
+        self.stage = "starting"
+
+    def __call__(self, event: dict) -> None:
+        self.stage = event.get("stage", self.stage)
+        now = time.monotonic()
+        final = event.get("epoch") == event.get("epochs")
+        if now - self._last >= self.settings.progress_interval_s or final:
+            self._last = now
+            self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event, self.settings.lease_s)
+
+    def should_cancel(self) -> bool:
+        return self.cancelled
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
+    """Run ``job_id`` to a terminal state (or leave it to another worker). Returns the status."""
+    if not jobs.start(sessions, job_id, settings.lease_s):
+        return "skipped"  # another worker holds it, it was cancelled, or it already ended
+    with sessions() as session:
+        job = session.get(JobRecord, job_id)
+        spec = JobSpec.model_validate(job.spec)
+        model_row = session.get(ModelRecord, job.model_id)
+        dataset_row = session.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
+    workdir = settings.data_dir / "work" / job_id
+    checkpoints = settings.data_dir / "checkpoints" / job_id
+    reporter = ProgressReporter(sessions, job_id, settings)
+    status = "failed"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        model_path = workdir / "input-model"
+        store.get_file(model_row.storage_key, model_path)
+        dataset_path = None
+        if dataset_row is not None:
+            dataset_path = workdir / f"input-dataset.{'npz' if dataset_row.filename.endswith('.npz') else 'bin'}"
+            store.get_file(dataset_row.storage_key, dataset_path)
+        from worker.pipeline import PipelineInputs, run_pipeline
+        from worker.training import Cancelled
+
+        inputs = PipelineInputs(
+            model_path=model_path, architecture=spec.architecture or model_row.architecture,
+            dataset_path=dataset_path, builtin_dataset=spec.dataset.builtin if spec.dataset else None,
+            allow_torchscript=settings.allow_torchscript_upload, device=settings.device,
+        )  # fmt: skip
+        try:
+            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=reporter,
+                                   should_cancel=reporter.should_cancel, checkpoint_dir=checkpoints)  # fmt: skip
+        except Cancelled:
+            jobs.acknowledge_cancel(sessions, job_id)
+            status = "cancelled"
+            return status
+        artifacts = _upload_artifacts(store, job_id, outcome.files)
+        reporter.stage = "done"
+        if jobs.succeed(sessions, job_id, outcome.summary, artifacts):
+            status = "succeeded"
+        else:  # cancelled while uploading: the row decides
+            store.delete_prefix(f"jobs/{job_id}/")
+            jobs.acknowledge_cancel(sessions, job_id)
+            status = "cancelled"
+    except SoftTimeLimitExceeded:
+        jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
+                  "raise it in the spec or use fewer epochs", reporter.stage)  # fmt: skip
+        store.delete_prefix(f"jobs/{job_id}/")
+    except Exception as error:  # noqa: BLE001 - every failure must end on the row, with a reason
+        code = getattr(error, "code", None) or "internal-error"
+        log.exception("job %s failed", job_id)
+        jobs.fail(sessions, job_id, code, f"{error}"[:2000] or type(error).__name__, reporter.stage)
+        store.delete_prefix(f"jobs/{job_id}/")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if status in {"succeeded", "failed", "cancelled"}:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        _notify(settings, sessions, job_id, spec)
+    return status
+
+
+def _upload_artifacts(store: ArtifactStore, job_id: str, files: dict[str, Path]) -> list[dict]:
+    """Upload every artifact; the job succeeds only after all of them are stored."""
+    artifacts = []
+    for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 99):
+        path = files[name]
+        store.put_file(f"jobs/{job_id}/{name}", path)
+        artifacts.append({"name": name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path),
+                          "media_type": "text/html" if name.endswith(".html") else
+                          "application/json" if name.endswith(".json") else "application/octet-stream"})  # fmt: skip
+    return artifacts
+
+
+def _notify(settings: Settings, sessions, job_id: str, spec: JobSpec) -> None:
+    if not spec.callback_url or not settings.webhook_secret:
+        return
+    with sessions() as session:
+        job = session.get(JobRecord, job_id)
+        if job.status not in jobs.TERMINAL:
+            return
+        payload = {"id": job.id, "status": job.status, "error": job.error,
+                   "acceptance": (job.result or {}).get("acceptance")}  # fmt: skip
+    try:
+        deliver(spec.callback_url, payload, settings.webhook_secret, settings.allow_private_callbacks)
+    except Exception:  # noqa: BLE001 - a webhook never changes the job's outcome
+        log.warning("webhook for job %s not delivered", job_id, exc_info=True)

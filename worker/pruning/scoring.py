@@ -1,0 +1,204 @@
+"""Channel importance scores: spline scores ([SPLINE]; ALGORITHMS §3) and baselines.
+
+Every function returns ``{layer name: float32 tensor of shape (units,)}``; lower means
+"prune first".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker.pruning.layers import PrunableLayer
+from worker.pruning.regions import RegionCodes, stream_preactivations
+
+_CHUNK_BYTES = 8192  # 65,536 bits per matmul chunk: float32 dot products stay exact
+
+
+# --------------------------------------------------------------------------- data space
+
+
+def _pairwise_agreement(codes: RegionCodes) -> np.ndarray:
+    """G[k, k'] = number of positions where both units are on, exact, float64."""
+    units = codes.units
+    gram = np.zeros((units, units), dtype=np.float64)
+    for start in range(0, codes.packed.shape[1], _CHUNK_BYTES):
+        part = codes.packed[:, start : start + _CHUNK_BYTES]
+        count = min(codes.bits - start * 8, part.shape[1] * 8)
+        q = torch.from_numpy(np.unpackbits(part, axis=1, count=count).astype(np.float32))
+        gram += (q @ q.T).double().numpy()
+    return gram
+
+
+def spline_layer_scores(codes: RegionCodes) -> torch.Tensor:
+    """s_k = min(isolation i_k, redundancy r_k) of one layer's units, in [0, 0.5].
+
+    - i_k = min(a_k, 1 − a_k), a_k the fraction of probe positions where unit k is on;
+    - r_k = min over k' ≠ k of min(H, 1 − H), H the normalized Hamming distance between
+      the codes of k and k' (same or opposite split of the data). A layer of one unit
+      has r = 0.5 (nothing to be redundant with).
+    Pairwise Hamming distances come from bool matmuls over chunks of the packed codes:
+    H(k, k') = (n_k + n_k' − 2·G[k, k']) / M with n_k the ones of unit k.
+    """
+    m = max(1, codes.bits)
+    ones = np.bitwise_count(codes.packed).sum(axis=1, dtype=np.int64).astype(np.float64)
+    activity = ones / m
+    isolation = np.minimum(activity, 1.0 - activity)
+    if codes.units > 1:
+        gram = _pairwise_agreement(codes)
+        ham = (ones[:, None] + ones[None, :] - 2.0 * gram) / m
+        folded = np.minimum(ham, 1.0 - ham)
+        np.fill_diagonal(folded, np.inf)
+        redundancy = folded.min(axis=1)
+    else:
+        redundancy = np.full(codes.units, 0.5)
+    return torch.from_numpy(np.minimum(isolation, redundancy)).float()
+
+
+def spline_scores(codes: dict[str, RegionCodes]) -> dict[str, torch.Tensor]:
+    """Data-space spline scores of every layer (ALGORITHMS §3, Shears choice)."""
+    return {name: spline_layer_scores(c) for name, c in codes.items()}
+
+
+# --------------------------------------------------------------------------- weight space
+
+
+@torch.no_grad()
+def fold_bn(layer: PrunableLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN-folded hyperplanes of a layer: (normals of shape (units, fan_in), offsets).
+
+    Normal γ_k w_k / σ_k and offset β_k + γ_k (b_k − μ_k) / σ_k with σ_k = sqrt(var + eps)
+    (b the layer bias, 0 without one); without BN the layer's own weight and bias.
+    Conv kernels are flattened to (units, in_channels/groups · prod(kernel)).
+    """
+    weight = layer.module.weight.detach().float()
+    normals = weight.reshape(weight.shape[0], -1)
+    bias = layer.module.bias
+    offsets = bias.detach().float() if bias is not None else torch.zeros(weight.shape[0], device=weight.device)
+    bn = layer.bn
+    if bn is not None:
+        mean = bn.running_mean.float() if bn.running_mean is not None else torch.zeros_like(offsets)
+        var = bn.running_var.float() if bn.running_var is not None else torch.ones_like(offsets)
+        gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(offsets)
+        beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(offsets)
+        scale = gamma / torch.sqrt(var + bn.eps)
+        normals = normals * scale[:, None]
+        offsets = beta + (offsets - mean) * scale
+    return normals, offsets
+
+
+def _smallest_angles(normals: torch.Tensor, groups: int) -> torch.Tensor:
+    """Smallest angle in [0, π/2] between each unit's hyperplane and another unit's of
+    the same group (units of different conv groups live in different input spaces)."""
+    units = normals.shape[0]
+    unit = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (unit @ unit.T).abs().clamp(max=1.0)
+    group_of = torch.arange(units, device=normals.device) // max(1, units // groups)
+    cos[group_of[:, None] != group_of[None, :]] = 0.0
+    cos.fill_diagonal_(0.0)
+    zero = normals.norm(dim=1) == 0
+    cos[zero] = 0.0
+    cos[:, zero] = 0.0
+    return torch.arccos(cos.max(dim=1).values if units > 1 else torch.zeros(units, device=normals.device))
+
+
+@torch.no_grad()
+def spline_geometry_scores(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    probes: torch.Tensor,
+    max_positions: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Weight-space spline scores (ALGORITHMS §3 alternative). **Shears choice** of formula:
+
+    With the BN-folded hyperplane w'_k·x + b'_k = 0 (:func:`fold_bn`) and the probe data
+    X at the layer input (patches for convs), the pre-activation is h_k = w'_k·x + b'_k.
+    - distance of the hyperplane from the data in units of the data's spread along the
+      normal: δ_k = |mean_X(h_k)| / std_X(h_k) (scale free; ∞ when h_k is constant);
+    - isolation estimate ĩ_k = Φ(−δ_k): the fraction of the data beyond the hyperplane
+      if the data were Gaussian along the normal (∈ [0, 0.5], the weight-space analogue
+      of the data-space isolation min(a, 1 − a));
+    - redundancy estimate r̃_k = θ_k / π with θ_k ∈ [0, π/2] the smallest angle between
+      unit k's normal and another unit's of the same layer (and conv group), sign ignored:
+      two hyperplanes through the centre of an isotropic cloud split a fraction θ/π of it
+      differently (∈ [0, 0.5], analogue of min(H, 1 − H));
+    - s_k = min(ĩ_k, r̃_k) ∈ [0, 0.5], comparable across layers like the data-space score.
+    The mean and std of h_k over the probe positions are accumulated from the layer's
+    pre-activation (the BN output in eval mode, which equals the folded map exactly).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    sq: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def consume(name: str, h: torch.Tensor) -> None:
+        h = h.double()
+        s = h.sum(dim=(0, 2))
+        s2 = (h * h).sum(dim=(0, 2))
+        sums[name] = sums[name] + s if name in sums else s
+        sq[name] = sq[name] + s2 if name in sq else s2
+        counts[name] = counts.get(name, 0) + h.shape[0] * h.shape[2]
+
+    stream_preactivations(model, probes, layers, consume, max_positions, seed, batch_size)
+    scores: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        if layer.name not in sums:
+            continue
+        n = counts[layer.name]
+        mean = sums[layer.name] / n
+        var = (sq[layer.name] / n - mean * mean).clamp_min(0.0)
+        std = var.sqrt()
+        delta = torch.where(std > 1e-12 * (1 + mean.abs()), mean.abs() / std.clamp_min(1e-300), torch.inf)
+        isolation = 0.5 * torch.erfc(delta / math.sqrt(2.0))  # Φ(−δ)
+        normals, _ = fold_bn(layer)
+        groups = getattr(layer.module, "groups", 1)
+        redundancy = _smallest_angles(normals.double(), groups) / math.pi
+        if layer.out_features == 1 or (groups == layer.out_features):
+            redundancy = torch.full_like(redundancy, 0.5)
+        scores[layer.name] = torch.minimum(isolation.cpu(), redundancy.cpu()).float()
+    return scores
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+@torch.no_grad()
+def l1_scores(layers: Sequence[PrunableLayer]) -> dict[str, torch.Tensor]:
+    """L1 norm of each output channel's filter (Li et al.'s filter pruning baseline)."""
+    return {
+        l.name: l.module.weight.detach().abs().reshape(l.out_features, -1).sum(1).float().cpu()
+        for l in layers
+    }
+
+
+@torch.no_grad()
+def bn_scale_scores(layers: Sequence[PrunableLayer]) -> dict[str, torch.Tensor]:
+    """|γ| of the BN after each layer (network slimming, [EB]'s criterion).
+    Layers without a BN (or with a non-affine BN) get no score."""
+    return {
+        l.name: l.bn.weight.detach().abs().float().cpu()
+        for l in layers
+        if l.bn is not None and l.bn.weight is not None
+    }
+
+
+def random_scores(layers: Sequence[PrunableLayer], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores from a fixed seed (the random baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {l.name: torch.rand(l.out_features, generator=gen) for l in layers}
+
+
+__all__ = [
+    "bn_scale_scores",
+    "fold_bn",
+    "l1_scores",
+    "random_scores",
+    "spline_geometry_scores",
+    "spline_layer_scores",
+    "spline_scores",
+]
