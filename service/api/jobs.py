@@ -46,7 +46,7 @@ def _dispatch(request: Request, job_id: str) -> None:
 
 def _problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
     errors = [{"field": prefix + ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
-    fields = ", ".join(e["field"] or "body" for e in errors)
+    fields = ", ".join(e["field"].rstrip(".") or "body" for e in errors)
     return Problem(422, "invalid-spec", f"The job spec is invalid at {fields}; fix those fields "
                    "(GET /v1/jobs/spec-schema lists every field).", errors=errors)  # fmt: skip
 
@@ -165,6 +165,9 @@ async def create_job(
     if spec.model_id is None:
         raise Problem(422, "invalid-spec", "model_id is required (or send the model file as multipart).",
                       errors=[{"field": "model_id", "message": "Field required"}])  # fmt: skip
+    if spec.dataset_id is None and spec.dataset is None:
+        raise Problem(422, "invalid-spec", "Name the data: dataset_id (POST /v1/datasets) or dataset.builtin.",
+                      errors=[{"field": "dataset_id", "message": "Field required"}])  # fmt: skip
     job, created = await run_in_threadpool(_create_job, request, tenant, spec, spec.model_id, spec.dataset_id,
                                            idempotency_key, _hash(spec.model_dump(mode="json")))  # fmt: skip
     if created:

@@ -135,8 +135,8 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _one_dataset(self) -> JobSpec:
-        if (self.dataset_id is None) == (self.dataset is None):
-            raise ValueError("give exactly one of dataset_id (an uploaded dataset) or dataset.builtin")
+        if self.dataset_id is not None and self.dataset is not None:
+            raise ValueError("give only one of dataset_id (an uploaded dataset) or dataset.builtin")
         return self
 
     def stage_names(self) -> list[str]:

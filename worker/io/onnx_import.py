@@ -39,7 +39,7 @@ from torch import fx, nn
 from worker.io.errors import ModelRejected
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes one serialized ModelProto can hold
-SHEARS_DOMAIN = "ai.shears"  # custom ops produced by our own graph passes
+SHEARS_DOMAIN = "shears"  # custom ops of our graph passes (no dot: it prefixes module names)
 _STUBBED_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})  # need torchvision, absent here
 
 
@@ -262,7 +262,7 @@ def _mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 def _linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    """``ai.shears::Linear(x, W[in, out], b?)`` from our MatMul(+Add) pass → ``nn.Linear``."""
+    """``shears::Linear(x, W[in, out], b?)`` from our MatMul(+Add) pass → ``nn.Linear``."""
     weight = graph.initializers[node.input_values[1]].to_torch()
     bias = graph.initializers[node.input_values[2]].to_torch() if len(node.input_values) > 2 else None
     module = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None)
@@ -271,6 +271,18 @@ def _linear(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         if bias is not None:
             module.bias.copy_(bias)
     return OperationConverterResult(module, OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
+
+
+class ShearsReshape(nn.Module, OnnxToTorchModule):
+    """Reshape with ``allowzero=1`` and a runtime target: torch's own reshape semantics."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, [int(v) for v in shape.reshape(-1).tolist()])
+
+
+def _reshape_allowzero(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return OperationConverterResult(ShearsReshape(), onnx_mapping_from_node(node))
 
 
 def _register(op: str, version: int, converter: Any, domain: str = "") -> None:
@@ -326,6 +338,7 @@ def _register_converters() -> None:
     _register("Gelu", 20, _gelu)
     _register("Mish", 18, _mish)
     _register("Linear", 1, _linear, domain=SHEARS_DOMAIN)
+    _register("Reshape", 1, _reshape_allowzero, domain=SHEARS_DOMAIN)
 
 
 _register_converters()
@@ -578,10 +591,7 @@ def _trim_batchnorm_outputs(graph: onnx.GraphProto) -> None:
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Static/symbolic dims of every value ONNX shape inference can reach."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
+    inferred = _infer(model)
     shapes: dict[str, list[int | str | None]] = {}
     graph = inferred.graph
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -659,7 +669,7 @@ def _rewrite_constant_reshapes(graph: onnx.GraphProto, shapes: dict[str, list[in
 
 
 def _matmul_to_linear(graph: onnx.GraphProto, shapes: dict[str, list[int | str | None]]) -> int:
-    """``MatMul(x, W const 2-D) [+ Add(b const 1-D)]`` → Gemm (2-D x) or ``ai.shears::Linear``.
+    """``MatMul(x, W const 2-D) [+ Add(b const 1-D)]`` → Gemm (2-D x) or ``shears::Linear``.
 
     onnx2torch turns a MatMul with a constant weight into a buffer (not trainable, not
     prunable); Gemm and our Linear op become ``nn.Linear`` with parameters.
@@ -725,24 +735,114 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.input.extend(inputs)
 
 
+_NOT_FOLDABLE = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+     "Dropout", "If", "Loop", "Scan", "Constant", "Identity"}
+)  # fmt: skip
+_FOLD_LIMIT = 1 << 26  # elements one folded tensor may have
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    types_ = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.value_info)}
+    types_.update({t.name: t.data_type for t in graph.initializer})
+    return {k: v for k, v in types_.items() if v}
+
+
+def _fold_constants(model: onnx.ModelProto) -> int:
+    """Evaluate nodes whose inputs are all constant into initializers; return how many.
+
+    Exporters (torch's dynamo exporter with ``optimize=False``, tf2onnx, quantizers) leave
+    weight arithmetic in the graph — a zero bias built by ``Expand(CastLike(0, x))``, a
+    transposed or dequantized weight. Folding it lets converters see plain weights.
+    ``CastLike`` becomes ``Cast`` when the target's type is known. Evaluation uses
+    ``onnx.reference`` (pure numpy), one node at a time, with a size cap.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    elem_types = _elem_types(model)
+    for node in graph.node:
+        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and elem_types.get(node.input[1]):
+            to = elem_types[node.input[1]]
+            node.CopyFrom(helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name, to=to))
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {v.name for v in graph.output}
+    keep: list[onnx.NodeProto] = []
+    folded = 0
+    for node in graph.node:
+        foldable = (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in _NOT_FOLDABLE
+            and node.input
+            and all((not name) or name in inits for name in node.input)
+            and not any(a.HasField("g") or len(a.graphs) for a in node.attribute)
+            and not any(o in outputs for o in node.output)
+        )
+        if foldable:
+            try:
+                feeds = {name: numpy_helper.to_array(inits[name]) for name in node.input if name}
+                mini = helper.make_model(
+                    helper.make_graph(
+                        [node], "fold",
+                        [helper.make_tensor_value_info(n, inits[n].data_type, None) for n in feeds],
+                        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output if o],
+                    ),
+                    opset_imports=opset,
+                )  # fmt: skip
+                results = ReferenceEvaluator(mini).run(None, feeds)
+                if all(np.asarray(r).size <= _FOLD_LIMIT for r in results):
+                    for name, value in zip([o for o in node.output if o], results):
+                        tensor = numpy_helper.from_array(np.asarray(value), name)
+                        graph.initializer.append(tensor)
+                        inits[name] = tensor
+                    folded += 1
+                    continue
+            except Exception:
+                pass  # leave the node to the converter
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return folded
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return model
+
+
 def prepare_for_torch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Apply the graph passes to a copy of ``model``; return it and counts of what changed."""
-    model = copy.deepcopy(model)
+    """Apply the graph passes to a copy of ``model``; return it and counts of what changed.
+
+    The result carries shape-inferred ``value_info`` (converters such as BatchNormalization
+    read ranks from it).
+    """
+    model = _infer(copy.deepcopy(model))
     graph = model.graph
     _constants_to_initializers(graph)
     _identity_of_initializers(graph)
+    stats = {"folded_constants": _fold_constants(model)}
     _trim_batchnorm_outputs(graph)
     _flatten_gemm_bias(graph)
+    model = _infer(model)
+    graph = model.graph
     shapes = _value_shapes(model)
-    stats = {"linear_from_matmul": _matmul_to_linear(graph, shapes)}
+    stats["linear_from_matmul"] = _matmul_to_linear(graph, shapes)
     stats["untied_initializers"] = _untie_shared_initializers(graph)
     stats["reshape_rewrites"] = _rewrite_constant_reshapes(graph, shapes)
+    for node in graph.node:  # what remains with allowzero=1 has a runtime target
+        if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and _attr(node, "allowzero", 0):
+            node.domain = SHEARS_DOMAIN
+            del node.attribute[:]
     _drop_unused_initializers(graph)
     if any(node.domain == SHEARS_DOMAIN for node in graph.node) and not any(
         o.domain == SHEARS_DOMAIN for o in model.opset_import
     ):
         model.opset_import.append(helper.make_opsetid(SHEARS_DOMAIN, 1))
-    return model, stats
+    return _infer(model), stats
 
 
 # ------------------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""The jobs resource without a worker: validation, idempotency, polling, paging, cancelling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.factories import npz_bytes, tiny_onnx_bytes
+from tests.service.api.conftest import as_tenant
+
+
+@pytest.fixture
+def model_id(client) -> str:
+    return client.post("/v1/models", files={"file": ("m.onnx", tiny_onnx_bytes())}).json()["id"]
+
+
+def _spec(model_id: str, **extra) -> dict:
+    return {"model_id": model_id, "dataset": {"builtin": "digits"}, **extra}
+
+
+def test_a_job_is_accepted_queued_with_its_resolved_spec_and_location(client, model_id) -> None:
+    response = client.post("/v1/jobs", json=_spec(model_id))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["spec"]["pipeline"][0]["prune_channels"]["criterion"] == "spline"
+    assert job["spec"]["acceptance"]["max_accuracy_drop"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "field"),
+    [
+        ([{"probmask": {"sparsity": 1.5}}], "pipeline.0.ProbMaskStage.probmask.sparsity"),
+        ([{"prune_channels": {"ratio": -0.1}}], "pipeline.0.PruneChannelsStage.prune_channels.ratio"),
+        ([{"prune_channels": {"ratio": math.nan}}], "pipeline.0.PruneChannelsStage.prune_channels.ratio"),
+        ([{"prune_channels": {"ratoi": 0.5}}], "pipeline.0.PruneChannelsStage.prune_channels.ratoi"),
+        ([{"prune_channels": {"criterion": "magic"}}], "pipeline.0.PruneChannelsStage.prune_channels.criterion"),
+    ],
+    ids=["sparsity-1.5", "ratio-negative", "ratio-nan", "unknown-field", "unknown-criterion"],
+)
+def test_out_of_range_or_unknown_spec_values_get_422_pointing_at_the_field(client, model_id, pipeline, field) -> None:
+    body = json.dumps(_spec(model_id, pipeline=pipeline)).replace("NaN", "NaN")
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/invalid-spec")
+    assert field in [error["field"] for error in problem["errors"]]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_job_naming_an_unknown_or_foreign_model_is_refused(client, model_id) -> None:
+    response = client.post("/v1/jobs", json=_spec(model_id), headers=as_tenant("beta"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "model_id"
+
+
+def test_the_same_idempotency_key_and_body_return_the_same_job(client, model_id) -> None:
+    headers = {"Idempotency-Key": "ci-run-42"}
+    first = client.post("/v1/jobs", json=_spec(model_id), headers=headers)
+    again = client.post("/v1/jobs", json=_spec(model_id), headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert len(client.get("/v1/jobs").json()["items"]) == 1
+
+
+def test_an_idempotency_key_reused_with_another_body_is_refused(client, model_id) -> None:
+    headers = {"Idempotency-Key": "ci-run-43"}
+    client.post("/v1/jobs", json=_spec(model_id), headers=headers)
+    response = client.post("/v1/jobs", json=_spec(model_id, seed=7), headers=headers)
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/idempotency-key-reused")
+
+
+@pytest.mark.parametrize("key", ["", " padded ", "x" * 300])
+def test_malformed_idempotency_keys_get_400(client, model_id, key) -> None:
+    response = client.post("/v1/jobs", json=_spec(model_id), headers={"Idempotency-Key": key})
+    assert response.status_code in {400, 422}
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_polling_with_the_etag_answers_304_until_the_job_changes(client, model_id) -> None:
+    job_id = client.post("/v1/jobs", json=_spec(model_id)).json()["id"]
+    first = client.get(f"/v1/jobs/{job_id}")
+    etag = first.headers["etag"]
+    assert client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag}).status_code == 304
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    changed = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.json()["status"] == "cancelled"
+    assert changed.headers["etag"] != etag
+
+
+def test_cancelling_a_queued_job_ends_it_and_a_second_cancel_is_a_conflict(client, model_id) -> None:
+    job_id = client.post("/v1/jobs", json=_spec(model_id)).json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    response = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 409
+    assert response.json()["type"].endswith("/job-finished")
+
+
+def test_jobs_page_through_with_a_cursor_newest_first_without_repeats(client, model_id) -> None:
+    created = [client.post("/v1/jobs", json=_spec(model_id, seed=i)).json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [job["id"] for job in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(created))
+
+
+def test_listing_filters_by_status(client, model_id) -> None:
+    keep = client.post("/v1/jobs", json=_spec(model_id, seed=1)).json()["id"]
+    gone = client.post("/v1/jobs", json=_spec(model_id, seed=2)).json()["id"]
+    client.post(f"/v1/jobs/{gone}/cancel")
+    assert [j["id"] for j in client.get("/v1/jobs", params={"status": "queued"}).json()["items"]] == [keep]
+    assert [j["id"] for j in client.get("/v1/jobs", params={"status": "cancelled"}).json()["items"]] == [gone]
+
+
+def test_a_bad_cursor_gets_400(client) -> None:
+    response = client.get("/v1/jobs", params={"cursor": "not-a-cursor"})
+    assert response.status_code == 400
+    assert response.json()["type"].endswith("/invalid-cursor")
+
+
+def test_artifacts_of_an_unfinished_job_answer_409(client, model_id) -> None:
+    job_id = client.post("/v1/jobs", json=_spec(model_id)).json()["id"]
+    for path in ("artifacts", "artifacts/model.onnx", "report", "report.html"):
+        response = client.get(f"/v1/jobs/{job_id}/{path}")
+        assert response.status_code == 409, path
+        assert response.json()["type"].endswith("/job-not-succeeded")
+
+
+def test_another_tenant_gets_404_for_a_job(client, model_id) -> None:
+    job_id = client.post("/v1/jobs", json=_spec(model_id)).json()["id"]
+    for method, path in (("get", ""), ("post", "/cancel"), ("get", "/artifacts"), ("get", "/events")):
+        response = getattr(client, method)(f"/v1/jobs/{job_id}{path}", headers=as_tenant("beta"))
+        assert response.status_code == 404, path
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.0.0.1/x",
+                                 "http://localhost/x", "ftp://example.com/x"])
+def test_callbacks_to_internal_addresses_are_refused(client, model_id, url) -> None:
+    response = client.post("/v1/jobs", json=_spec(model_id, callback_url=url))
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/callback-refused")
+
+
+def test_one_multipart_request_uploads_model_and_dataset_and_creates_the_job(client) -> None:
+    response = client.post(
+        "/v1/jobs",
+        files={"model": ("m.onnx", tiny_onnx_bytes()), "dataset": ("d.npz", npz_bytes())},
+        data={"spec": json.dumps({"pipeline": [{"finetune": {"epochs": 1}}]})},
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["model_id"].startswith("mdl_") and job["dataset_id"].startswith("ds_")
+    assert client.get(f"/v1/models/{job['model_id']}").status_code == 200
+
+
+def test_a_spec_that_is_not_json_gets_422(client, model_id) -> None:
+    response = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_the_spec_schema_lists_every_stage(client) -> None:
+    schema = client.get("/v1/jobs/spec-schema").json()
+    assert {"EarlyBirdStage", "PruneChannelsStage", "ProbMaskStage", "FinetuneStage"} <= set(schema["$defs"])

@@ -1,0 +1,117 @@
+"""Uploads of models and datasets: accepted, listed per tenant, refused with reasons."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.factories import malicious_pickle, npz_bytes, tiny_onnx_bytes
+from tests.service.api.conftest import as_tenant
+
+
+def _upload(client, resource: str, content: bytes, filename: str = "file.bin", **kwargs):
+    return client.post(f"/v1/{resource}", files={"file": (filename, content)}, **kwargs)
+
+
+def test_an_onnx_upload_is_accepted_for_validation_with_its_sha256(client) -> None:
+    content = tiny_onnx_bytes()
+    response = _upload(client, "models", content, "model.onnx")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "validating"
+    assert body["format"] == "onnx"
+    assert body["sha256"] == hashlib.sha256(content).hexdigest()
+    assert body["size_bytes"] == len(content)
+    assert response.headers["location"] == f"/v1/models/{body['id']}"
+    assert client.get(f"/v1/models/{body['id']}").json()["id"] == body["id"]
+
+
+def test_another_tenant_neither_sees_nor_deletes_a_model(client) -> None:
+    model_id = _upload(client, "models", tiny_onnx_bytes()).json()["id"]
+    assert client.get(f"/v1/models/{model_id}", headers=as_tenant("beta")).status_code == 404
+    assert client.delete(f"/v1/models/{model_id}", headers=as_tenant("beta")).status_code == 404
+    assert client.get("/v1/models", headers=as_tenant("beta")).json()["items"] == []
+    assert [m["id"] for m in client.get("/v1/models").json()["items"]] == [model_id]
+
+
+def test_deleting_a_model_removes_it(client) -> None:
+    model_id = _upload(client, "models", tiny_onnx_bytes()).json()["id"]
+    assert client.delete(f"/v1/models/{model_id}").status_code == 204
+    assert client.get(f"/v1/models/{model_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"", "empty-file"),
+        (bytes(range(256)) * 4, "unsupported-format"),
+        (b"\x80\x04\x95" + b"\x00" * 40, "pickle-refused"),
+    ],
+    ids=["empty", "random-bytes", "pickle-header"],
+)
+def test_unreadable_model_files_are_refused_with_a_named_reason(client, content: bytes, code: str) -> None:
+    response = _upload(client, "models", content, "model.onnx")
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"].endswith("/" + code)
+    assert "Accepted:" in body["detail"]
+    assert client.get("/v1/models").json()["items"] == []
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_never_runs(client, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    response = _upload(client, "models", malicious_pickle(marker), "model.pt")
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/pickle-refused")
+    assert not marker.exists()
+
+
+def test_a_torch_save_archive_is_refused_as_a_pickle(client) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("archive/version", b"3")
+    response = _upload(client, "models", buffer.getvalue(), "model.pt")
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/pickle-refused")
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_stored(client, settings) -> None:
+    content = b"\x08" + b"\x00" * (settings.max_upload_bytes + 300 * 1024)
+    response = _upload(client, "models", content, "big.onnx")
+    assert response.status_code == 413
+    assert response.json()["type"].endswith("/upload-too-large")
+    assert list((settings.data_dir / "tmp").glob("upload-*")) == []
+
+
+def test_a_dataset_npz_is_accepted_and_a_model_file_is_not_a_dataset(client) -> None:
+    assert _upload(client, "datasets", npz_bytes(), "data.npz").status_code == 202
+    response = _upload(client, "datasets", tiny_onnx_bytes(), "data.npz")
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/unsupported-format")
+
+
+def test_an_upload_without_a_file_part_is_explained(client) -> None:
+    response = client.post("/v1/models", files={"other": ("x", b"abc")})
+    assert response.status_code == 422
+    assert "`file`" in response.json()["detail"]
+
+
+def test_a_non_multipart_upload_is_refused_with_how_to_send_it(client) -> None:
+    response = client.post("/v1/models", content=b"abc", headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 415
+    assert "multipart/form-data" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer ", "Basic abc", "Bearer wrong-key"])
+def test_requests_without_a_valid_key_get_401_with_a_challenge(client, header) -> None:
+    headers = {"Authorization": header} if header is not None else {"Authorization": ""}
+    response = client.get("/v1/models", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["content-type"] == "application/problem+json"

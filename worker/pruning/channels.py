@@ -1,0 +1,298 @@
+"""Physical channel removal with Torch-Pruning's dependency graph ([EB], [SPLINE]).
+
+Removing output channel c of a layer also removes every tensor coupled to it: the
+following BN, the next layer's input channel, the other branch of a residual add, the
+slice of a concatenation, the depthwise conv that consumes it. Torch-Pruning's
+``DependencyGraph`` (traced with autograd, so it works on plain modules and on
+onnx2torch ``GraphModule``s alike) finds these groups; we prune one group per
+*coupled set* of prunable layers.
+
+**Shears choice — coupled layers.** Layers whose output channels are tied together
+(the convs feeding a residual add, a pointwise conv and the depthwise conv after it)
+form one coupled set; its *root* is the member executed first. Only the root is scored
+and allocated, and the root's plan is what gets removed from every member; plans given
+for non-root members are ignored. A coupled set containing an excluded layer (the
+classifier, ``exclude``) is left whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from worker.io.data import DataSplits
+from worker.pruning.allocation import allocate
+from worker.pruning.layers import PrunableLayer, classifier_name, discover_layers, resolve_excludes
+from worker.pruning.regions import compute_region_codes, select_probes
+from worker.pruning.scoring import (
+    bn_scale_scores,
+    l1_scores,
+    random_scores,
+    spline_geometry_scores,
+    spline_scores,
+)
+from worker.training import count_macs_params
+
+log = logging.getLogger(__name__)
+
+Criterion = Literal["spline", "spline_geometry", "l1", "bn_scale", "random"]
+CRITERIA: tuple[str, ...] = ("spline", "spline_geometry", "l1", "bn_scale", "random")
+
+
+def _out_fn(module: nn.Module):
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input.to(device), verbose=False
+        )
+
+
+def _out_members(graph: tp.DependencyGraph, group, names: dict[nn.Module, str]) -> set[str]:
+    """Names of the prunable layers whose OUTPUT channels a group removes."""
+    members = set()
+    for dep, _idxs in group:
+        module = dep.target.module
+        if module in names and (
+            graph.is_out_channel_pruning_fn(dep.handler)
+            or dep.handler is tp.prune_depthwise_conv_out_channels
+        ):
+            members.add(names[module])
+    return members
+
+
+def _coupled_sets_from_graph(graph: tp.DependencyGraph, layers: Sequence[PrunableLayer]) -> list[list[str]]:
+    names = {layer.module: layer.name for layer in layers}
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    parent = {layer.name: layer.name for layer in layers}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for layer in layers:
+        if layer.module not in graph.module2node:
+            continue
+        group = graph.get_pruning_group(layer.module, _out_fn(layer.module), list(range(layer.out_features)))
+        for other in _out_members(graph, group, names) | {layer.name}:
+            ra, rb = find(layer.name), find(other)
+            if ra != rb:
+                # the earlier-executed layer stays the representative (the root)
+                if order[ra] < order[rb]:
+                    parent[rb] = ra
+                else:
+                    parent[ra] = rb
+    sets: dict[str, list[str]] = {}
+    for layer in layers:
+        sets.setdefault(find(layer.name), []).append(layer.name)
+    return sorted(sets.values(), key=lambda s: order[s[0]])
+
+
+def coupled_sets(
+    model: nn.Module, example_input: torch.Tensor, layers: Sequence[PrunableLayer] | None = None
+) -> list[list[str]]:
+    """Prunable layers grouped by coupled output channels, each list root first,
+    sets in execution order (see the module docstring)."""
+    layers = list(layers) if layers is not None else discover_layers(model)
+    was_training = model.training
+    try:
+        graph = _build_graph(model, example_input)
+        return _coupled_sets_from_graph(graph, layers)
+    finally:
+        model.train(was_training)
+
+
+def remove_channels(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    plan: dict[str, torch.Tensor],
+    ignored_layers: Iterable[str | nn.Module] = (),
+) -> nn.Module:
+    """Physically remove ``plan[name]`` (output-channel indices) from each named layer
+    and from everything coupled to it; return the same (now smaller) model.
+
+    For coupled sets the root's plan wins (module docstring). Sets touching an ignored
+    layer are skipped with a warning. The model keeps its input/output shapes.
+    """
+    layers = discover_layers(model)
+    by_name = {layer.name: layer for layer in layers}
+    unknown = [n for n in plan if n not in by_name]
+    if unknown:
+        raise ValueError(f"plan names unknown layers: {unknown}")
+    ignored = {x if isinstance(x, str) else _name_of(model, x) for x in ignored_layers}
+    was_training = model.training
+    try:
+        graph = _build_graph(model, example_input)
+        for members in _coupled_sets_from_graph(graph, layers):
+            root = members[0]
+            for other in members[1:]:
+                if other in plan and len(plan[other]):
+                    log.warning("plan for %s ignored: it is coupled to %s, whose plan wins", other, root)
+            idxs = sorted({int(i) for i in plan.get(root, torch.zeros(0)).tolist()})
+            if not idxs:
+                continue
+            if ignored & set(members):
+                log.warning("not pruning %s: coupled to excluded layer(s) %s", root, sorted(ignored & set(members)))
+                continue
+            layer = by_name[root]
+            if max(idxs) >= layer.out_features or min(idxs) < 0:
+                raise ValueError(f"channel index out of range for {root} ({layer.out_features} channels)")
+            if len(idxs) >= layer.out_features:
+                raise ValueError(f"the plan removes every channel of {root}")
+            group = graph.get_pruning_group(layer.module, _out_fn(layer.module), idxs)
+            if not graph.check_pruning_group(group):
+                raise ValueError(f"pruning {root} would empty a coupled layer")
+            group.prune(record_history=False)
+    finally:
+        model.train(was_training)
+    return model
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("module is not part of the model")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_channels` did: the pruned model and per-layer bookkeeping."""
+
+    model: nn.Module
+    criterion: str
+    plan: dict[str, list[int]]  # removed channel indices per root layer (original numbering)
+    channels_before: dict[str, int]
+    channels_after: dict[str, int]
+    coupled: list[list[str]]
+    excluded: list[str]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    scores: dict[str, list[float]] = field(default_factory=dict)
+
+    def layer_table(self) -> list[dict]:
+        """One row per prunable layer for the report."""
+        return [
+            {"layer": n, "before": b, "after": self.channels_after.get(n, b),
+             "removed": b - self.channels_after.get(n, b)}
+            for n, b in self.channels_before.items()
+        ]  # fmt: skip
+
+
+def score_layers(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    criterion: str,
+    probes: torch.Tensor | None = None,
+    *,
+    seed: int = 0,
+    max_positions: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Scores of ``layers`` for one criterion (``spline``, ``spline_geometry``, ``l1``,
+    ``bn_scale``, ``random``). Spline criteria need ``probes``."""
+    if criterion in ("spline", "spline_geometry") and probes is None:
+        raise ValueError(f"criterion {criterion!r} needs probes")
+    if criterion == "spline":
+        return spline_scores(compute_region_codes(model, probes, layers, max_positions, seed))
+    if criterion == "spline_geometry":
+        return spline_geometry_scores(model, layers, probes, max_positions, seed)
+    if criterion == "l1":
+        return l1_scores(layers)
+    if criterion == "bn_scale":
+        return bn_scale_scores(layers)
+    if criterion == "random":
+        return random_scores(layers, seed)
+    raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+
+
+def prune_channels(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    criterion: str = "spline",
+    ratio: float = 0.5,
+    scope: Literal["global", "layerwise"] = "global",
+    round_to: int = 1,
+    min_channels: int = 1,
+    exclude: Iterable[str] = ("last",),
+    probes_n: int = 512,
+    seed: int = 0,
+    blend: int = 0,
+    max_positions: int = 64,
+) -> PruneResult:
+    """Score, allocate and physically remove channels (ALGORITHMS §3); in place.
+
+    The classifier (``last``) is always excluded. Only coupled-set roots are scored and
+    allocated. **Shears choices:** ``bn_scale`` leaves layers without a BN untouched
+    (network slimming prunes through BN scales only); in ``global`` scope ``l1`` scores
+    are divided by their layer's mean (Torch-Pruning's "mean" normalizer), because raw
+    filter norms are not comparable across layers; spline scores are comparable by
+    construction and are used as they are.
+    """
+    layers = discover_layers(model)
+    if not layers:
+        raise ValueError("the model has no Conv/Linear layer to prune")
+    excluded = resolve_excludes(model, exclude, layers)
+    last = classifier_name(layers)
+    if last is not None:
+        excluded.add(last)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = data.x_train[:1].to(device)
+    channels_before = {layer.name: layer.out_features for layer in layers}
+    macs_before, params_before = count_macs_params(model, example)
+
+    sets = coupled_sets(model, example, layers)
+    roots = {s[0] for s in sets if not (set(s) & excluded)}
+    candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
+    probes = None
+    if criterion in ("spline", "spline_geometry"):
+        probes = select_probes(data.x_train, data.y_train, probes_n, seed, blend)
+    scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions)
+    if criterion == "l1" and scope == "global":
+        scores = {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}
+    plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to)
+    remove_channels(model, example, plan, ignored_layers=excluded)
+
+    channels_after = {layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
+                      for layer in layers}  # fmt: skip
+    macs_after, params_after = count_macs_params(model, example)
+    return PruneResult(
+        model=model,
+        criterion=criterion,
+        plan={n: [int(i) for i in idx.tolist()] for n, idx in plan.items()},
+        channels_before=channels_before,
+        channels_after=channels_after,
+        coupled=sets,
+        excluded=sorted(excluded),
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        scores={n: [float(v) for v in s.tolist()] for n, s in scores.items()},
+    )
+
+
+__all__ = [
+    "CRITERIA",
+    "PruneResult",
+    "coupled_sets",
+    "prune_channels",
+    "remove_channels",
+    "score_layers",
+]
