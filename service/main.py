@@ -23,7 +23,7 @@ from service.core.spec import JobSpec
 from service.core.storage import open_store
 
 REF_TEMPLATE = "#/components/schemas/{model}"
-API_VERSION = "0.1.0"
+from service import __version__ as API_VERSION
 log = logging.getLogger("shears.api")
 
 

@@ -11,10 +11,18 @@ from service.core.config import Settings
 from tests import servers
 
 
+SERVER_FIXTURES = {"redis_url", "s3_endpoint", "postgres_url", "celery_worker", "service_settings"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/integration carries the ``integration`` marker."""
+    """Tests under tests/integration, and tests using a real server, are ``integration``
+    (select them with ``-m integration``, skip them with ``-m "not integration"``)."""
     for item in items:
-        if "integration" in Path(str(item.fspath)).parts:
+        uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec and "postgresql" in callspec.id:
+            uses_server = True
+        if "integration" in Path(str(item.fspath)).parts or uses_server:
             item.add_marker(pytest.mark.integration)
 
 

@@ -79,7 +79,7 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
         store.get_file(model_row.storage_key, model_path)
         dataset_path = None
         if dataset_row is not None:
-            dataset_path = workdir / f"input-dataset.{'npz' if dataset_row.filename.endswith('.npz') else 'bin'}"
+            dataset_path = workdir / f"input-dataset{Path(dataset_row.filename).suffix.lower()[:16]}"
             store.get_file(dataset_row.storage_key, dataset_path)
         from worker.pipeline import PipelineInputs, run_pipeline
         from worker.training import Cancelled

@@ -31,6 +31,8 @@ DATASET_CODES = frozenset(
         "bad-dtype",
         "bad-shape",
         "bad-labels",
+        "bad-values",
+        "too-large",
         "too-few-samples",
         "unknown-dataset",
     }

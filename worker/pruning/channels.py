@@ -264,6 +264,8 @@ def prune_channels(
     if criterion in ("spline", "spline_geometry"):
         probes = select_probes(data.x_train, data.y_train, probes_n, seed, blend)
     scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions)
+    if not scores:
+        raise ValueError(f"criterion {criterion!r} found nothing to score (bn_scale needs BatchNorm layers)")
     if criterion == "l1" and scope == "global":
         scores = {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}
     plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to)

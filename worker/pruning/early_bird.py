@@ -72,7 +72,7 @@ class BNScaleDetector(_Curve):
         self.window = window
         self.l1_lambda = l1_lambda
         self._bn_names = None if layers is None else {l.name: l.bn for l in layers if l.bn is not None}
-        self.masks_history: deque[torch.Tensor] = deque(maxlen=window)
+        self.masks_history: deque[torch.Tensor] = deque(maxlen=window - 1)  # the older masks
 
     def _bns(self, model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
         if self._bn_names is not None:
@@ -132,7 +132,7 @@ class BNScaleDetector(_Curve):
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         self._load_curve_state(state)
-        self.masks_history = deque((m.bool() for m in state["masks"]), maxlen=self.window)
+        self.masks_history = deque((m.bool() for m in state["masks"]), maxlen=self.window - 1)
 
 
 class SplineDetector(_Curve):

@@ -1,0 +1,294 @@
+"""The engine's one entry point: load → stages of the spec → export → report.
+
+Pure torch and files: no job rows, Celery or object storage (worker.execution adapts this to
+jobs; worker.local runs it from the command line). Stages run in the order of the spec:
+
+- ``early_bird``: dense training until the pruning decision stops changing ([EB], [SPLINE]);
+  when no ``prune_channels`` stage follows, the ticket is drawn with the detector's criterion.
+- ``prune_channels``: score, allocate and physically remove channels ([SPLINE] §3).
+- ``probmask``: unstructured sparsity under one global budget ([PROBMASK]).
+- ``finetune``: train the result; masks from ProbMask stay fixed.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from service.core.spec import (
+    EarlyBirdParams,
+    FinetuneParams,
+    JobSpec,
+    ProbMaskParams,
+    PruneChannelsParams,
+)
+from worker.io.data import DataSplits
+from worker.training import TrainHooks, count_macs_params, evaluate, resolve_device, seed_everything, train
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    model_path: Path
+    architecture: str | None = None
+    dataset_path: Path | None = None
+    builtin_dataset: str | None = None
+    allow_torchscript: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class PipelineOutcome:
+    files: dict[str, Path]
+    summary: dict
+    report: dict
+
+
+class EngineError(ValueError):
+    """A job-level failure with a stable code (input shapes that do not fit, say)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one pipeline run: stage timings, progress, curves."""
+
+    total_epochs: int
+    on_progress: Callable[[dict], None] | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    epochs_done: int = 0
+    history: dict[str, list[dict]] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        self.emit({"stage": name})
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = round(self.stage_seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def emit(self, event: dict) -> None:
+        if self.on_progress is None:
+            return
+        percent = 100.0 * self.epochs_done / max(self.total_epochs, 1)
+        self.on_progress({**event, "percent": round(min(percent, 99.0), 1)})
+
+    def epoch_progress(self, event: dict) -> None:
+        self.epochs_done += 1
+        self.history.setdefault(event.get("stage", "train"), []).append(event)
+        self.emit(event)
+
+
+def _total_epochs(spec: JobSpec) -> int:
+    total = 0
+    for stage in spec.pipeline:
+        params = next(iter(vars(stage).values()))
+        total += getattr(params, "max_epochs", 0) or getattr(params, "epochs", 0)
+    return total
+
+
+def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:
+    """The model (as a trainable module), the data, and the model's format."""
+    from worker.io.datasets import builtin_dataset, load_dataset_file
+    from worker.io.models import load_model
+
+    if inputs.builtin_dataset:
+        data = builtin_dataset(inputs.builtin_dataset, seed=spec.seed)
+    else:
+        data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
+    loaded = load_model(inputs.model_path, architecture=inputs.architecture,
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes)  # fmt: skip
+    model = loaded.module.float()
+    try:
+        with torch.no_grad():
+            logits = model.eval()(data.x_val[:2])
+    except Exception as error:  # noqa: BLE001 - any failure here means the shapes do not fit
+        raise EngineError("input-shape-mismatch", f"the model does not accept the dataset's inputs of shape "
+                          f"{list(data.input_shape)}: {error}") from error  # fmt: skip
+    if logits.ndim != 2 or logits.shape[1] < data.num_classes:
+        raise EngineError("output-shape-mismatch", f"the model outputs {list(logits.shape)} but the dataset has "
+                          f"{data.num_classes} classes; the model must output (batch, classes) logits")  # fmt: skip
+    return model, data, loaded.format
+
+
+def run_pipeline(
+    inputs: PipelineInputs,
+    spec: JobSpec,
+    out_dir: Path,
+    *,
+    on_progress: Callable[[dict], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> PipelineOutcome:
+    """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
+    from worker.export import check_onnx_parity, export_onnx, export_torchscript, file_sizes, save_masks
+    from worker.report import build_report, write_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(total_epochs=_total_epochs(spec), on_progress=on_progress)
+    hooks = TrainHooks(on_progress=run.epoch_progress, should_cancel=should_cancel, checkpoint_dir=checkpoint_dir)
+    seed_everything(spec.seed)
+    device = resolve_device(inputs.device)
+
+    with run.stage("load"):
+        model, data, model_format = load_inputs(inputs, spec)
+    example = data.x_val[:1]
+    with run.stage("evaluate_dense"):
+        dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
+
+    model = model.to(device)
+    masks: dict[str, torch.Tensor] | None = None
+    layers_report: list[dict] = []
+    early_bird: dict | None = None
+    pruned_accuracy: float | None = None
+    channels_removed = False
+    stages = spec.pipeline
+    for index, stage in enumerate(stages):
+        name, params = next(iter(vars(stage).items()))
+        stage_id = f"{index}-{name}"
+        with run.stage(name):
+            if isinstance(params, EarlyBirdParams):
+                early_bird = _early_bird(model, data, params, spec, device, stage_id, hooks)
+                follows = index + 1 < len(stages) and isinstance(next(iter(vars(stages[index + 1]).values())), PruneChannelsParams)
+                if not follows:
+                    criterion = "spline" if params.detector == "spline" else "bn_scale"
+                    result = _prune(model, data, PruneChannelsParams(criterion=criterion, ratio=params.ratio), spec)
+                    layers_report, channels_removed = result.layer_table(), True
+                    pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+            elif isinstance(params, PruneChannelsParams):
+                result = _prune(model, data, params, spec)
+                layers_report, channels_removed = result.layer_table(), True
+                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+            elif isinstance(params, ProbMaskParams):
+                masks = _probmask(model, data, params, spec, device, stage_id, hooks)
+                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+            elif isinstance(params, FinetuneParams):
+                _finetune(model, data, params, spec, device, stage_id, hooks, masks)
+
+    model = model.cpu().eval()
+    files: dict[str, Path] = {}
+    with run.stage("export"):
+        final = _measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec)
+        files["model.onnx"] = out_dir / "model.onnx"
+        parity = {"onnx": check_onnx_parity(model, files["model.onnx"], data.x_val[:32])}
+        if "torchscript" in spec.export.formats:
+            files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
+            parity["torchscript"] = export_torchscript(model, example, files["model.torchscript.pt"])
+        if masks:
+            files["masks.safetensors"] = out_dir / "masks.safetensors"
+            save_masks(masks, files["masks.safetensors"])
+    if "onnx" not in spec.export.formats:
+        files.pop("model.onnx")
+
+    drop = round(100.0 * (dense["accuracy"] - final["accuracy"]), 3)
+    acceptance = {"max_accuracy_drop": spec.acceptance.max_accuracy_drop, "accuracy_drop": drop,
+                  "passed": drop <= spec.acceptance.max_accuracy_drop}  # fmt: skip
+    report = build_report(
+        spec=spec.model_dump(mode="json"), model_format=model_format, dense=dense, final=final,
+        pruned_accuracy=pruned_accuracy, layers=layers_report or _sparsity_layers(masks),
+        channels_removed=channels_removed, masks=masks, early_bird=early_bird,
+        history=run.history, stage_seconds=run.stage_seconds, parity=parity, acceptance=acceptance,
+        versions=_versions(), device=str(device),
+    )  # fmt: skip
+    json_path, html_path = write_report(report, out_dir)
+    files["report.json"], files["report.html"] = json_path, html_path
+    summary = {
+        "accuracy": {"dense": dense["accuracy"], "pruned": pruned_accuracy, "final": final["accuracy"]},
+        "params": {"dense": dense["params"], "final": final["params"]},
+        "macs": {"dense": dense["macs"], "final": final["macs"]},
+        "acceptance": acceptance, "stage_seconds": run.stage_seconds,
+        "early_bird_epoch": (early_bird or {}).get("found_epoch"),
+    }  # fmt: skip
+    return PipelineOutcome(files=files, summary=summary, report=report)
+
+
+def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: JobSpec) -> dict:
+    """Accuracy, size, MACs and onnxruntime latency of ``model`` (exported to ``onnx_path``)."""
+    from worker.export import export_onnx, file_sizes, onnxruntime_latency
+
+    model = model.to(device).eval()
+    accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
+    macs, params = count_macs_params(model, example.to(device))
+    cpu_model = model.cpu()
+    export_onnx(cpu_model, example, onnx_path, opset=spec.export.opset, dynamic_batch=spec.export.dynamic_batch)
+    latency = onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=(1, 32) if spec.export.dynamic_batch else (1,))
+    return {"accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
+            "file": file_sizes(onnx_path), "latency_ms": latency}  # fmt: skip
+
+
+def _train_kwargs(spec: JobSpec, device, stage_id: str, hooks: TrainHooks) -> dict:
+    return {"batch_size": spec.training.batch_size, "weight_decay": spec.training.weight_decay,
+            "seed": spec.seed, "device": device, "stage": stage_id, "hooks": hooks}  # fmt: skip
+
+
+def _early_bird(model, data, params: EarlyBirdParams, spec, device, stage_id, hooks) -> dict:
+    from worker.pruning.early_bird import BNScaleDetector, SplineDetector
+    from worker.pruning.layers import discover_layers
+    from worker.pruning.regions import select_probes
+
+    if params.detector == "bn":
+        detector = BNScaleDetector(ratio=params.ratio, threshold=params.threshold, window=params.window)
+        after_backward = detector.add_l1_subgradient
+    else:
+        probes = select_probes(data.x_train, 512, seed=spec.seed)
+        detector = SplineDetector(probes, discover_layers(model), threshold=params.threshold, window=params.window)
+        after_backward = None
+    history = train(model, data, epochs=params.max_epochs, lr=params.lr, after_backward=after_backward,
+                    on_epoch_end=lambda epoch, m: detector.step(m), stateful=detector,
+                    **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+    return {"detector": params.detector, "found_epoch": detector.found_epoch, "epochs_trained": len(history),
+            "max_epochs": params.max_epochs, "threshold": params.threshold, "distances": detector.curve()}  # fmt: skip
+
+
+def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):
+    from worker.pruning.channels import prune_channels
+
+    return prune_channels(model, data, criterion=params.criterion, ratio=params.ratio, scope=params.scope,
+                          round_to=params.round_to, min_channels=params.min_channels, exclude=params.exclude,
+                          probes_n=params.probes, seed=spec.seed)  # fmt: skip
+
+
+def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks) -> dict[str, torch.Tensor]:
+    from worker.pruning.probmask import run_probmask
+
+    result = run_probmask(model, data, sparsity=params.sparsity, epochs=params.epochs, lr=params.lr,
+                          score_lr=params.score_lr, exclude=params.exclude, final_mask=params.final_mask,
+                          mask_samples=params.mask_samples, **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+    return result["masks"]
+
+
+def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks) -> None:
+    if params.epochs == 0:
+        return
+    if masks:
+        from worker.pruning.probmask import finetune_with_masks
+
+        finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr,
+                            **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+    else:
+        train(model, data, epochs=params.epochs, lr=params.lr, **_train_kwargs(spec, device, stage_id, hooks))
+
+
+def _sparsity_layers(masks: dict[str, torch.Tensor] | None) -> list[dict]:
+    return [{"layer": name, "weights": int(mask.numel()), "kept": int(mask.sum()),
+             "sparsity": round(1.0 - float(mask.float().mean()), 4)} for name, mask in (masks or {}).items()]  # fmt: skip
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    from service import __version__
+
+    return {"shears": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}  # fmt: skip
