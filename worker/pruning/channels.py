@@ -262,7 +262,7 @@ def prune_channels(
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
     probes = None
     if criterion in ("spline", "spline_geometry"):
-        probes = select_probes(data.x_train, data.y_train, probes_n, seed, blend)
+        probes = select_probes(data.x_train, probes_n, seed, blend, y=data.y_train)
     scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions)
     if not scores:
         raise ValueError(f"criterion {criterion!r} found nothing to score (bn_scale needs BatchNorm layers)")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from worker.pruning.layers import BN_TYPES, PrunableLayer
+from worker.pruning.layers import BN_TYPES, PrunableLayer, discover_layers
 from worker.pruning.regions import RegionCodes, compute_region_codes, network_distance
 
 
@@ -56,6 +56,7 @@ class BNScaleDetector(_Curve):
     included, default 5) and a ticket is found at the first epoch whose mask is within
     ``threshold`` (normalized Hamming distance) of each of the ``window − 1`` older ones.
     The curve value of an epoch is the largest distance to the older masks held.
+    ``layers`` restricts the masks to the BNs of those layers (default: every BN).
     """
 
     def __init__(
@@ -71,12 +72,13 @@ class BNScaleDetector(_Curve):
         self.threshold = threshold
         self.window = window
         self.l1_lambda = l1_lambda
-        self._bn_names = None if layers is None else {l.name: l.bn for l in layers if l.bn is not None}
+        self._bn_names = None if layers is None else [l.bn_name for l in layers if l.bn_name is not None]
         self.masks_history: deque[torch.Tensor] = deque(maxlen=window - 1)  # the older masks
 
     def _bns(self, model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
         if self._bn_names is not None:
-            return list(self._bn_names.values())  # type: ignore[arg-type]
+            modules = dict(model.named_modules())
+            return [modules[n] for n in self._bn_names if n in modules]  # type: ignore[misc]
         return [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
 
     @torch.no_grad()
@@ -161,10 +163,17 @@ class SplineDetector(_Curve):
         self.batch_size = batch_size
         self.codes_history: deque[dict[str, RegionCodes]] = deque(maxlen=window)
 
+    def _layers_of(self, model: nn.Module) -> list[PrunableLayer]:
+        modules = dict(model.named_modules())
+        if all(modules.get(l.name) is l.module for l in self.layers):
+            return self.layers
+        names = {l.name for l in self.layers}  # another instance of the model: same names
+        return [l for l in discover_layers(model) if l.name in names]
+
     def codes(self, model: nn.Module) -> dict[str, RegionCodes]:
-        """Region codes of the tracked layers for the current weights."""
+        """Region codes of the tracked layers (found by name in ``model``)."""
         return compute_region_codes(
-            model, self.probes, self.layers, self.max_positions, self.seed, self.batch_size
+            model, self.probes, self._layers_of(model), self.max_positions, self.seed, self.batch_size
         )
 
     def step(self, model: nn.Module) -> bool:

@@ -26,12 +26,14 @@ BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 
 @dataclass
 class PrunableLayer:
-    """One prunable layer: its qualified module name, the module, its BN, its width."""
+    """One prunable layer: its qualified module name, the module, its BN, its width
+    (and the BN's qualified name)."""
 
     name: str
     module: nn.Module
     bn: nn.modules.batchnorm._BatchNorm | None
     out_features: int
+    bn_name: str | None = None
 
     @property
     def is_conv(self) -> bool:
@@ -60,13 +62,13 @@ def _from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[PrunableLayer]:
         if not isinstance(module, PRUNABLE_TYPES):
             continue
         seen.add(str(node.target))
-        bn = None
+        bn, bn_name = None, None
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
             candidate = modules.get(str(users[0].target))
             if candidate is not None and _bn_matches(candidate, module):
-                bn = candidate
-        layers.append(PrunableLayer(str(node.target), module, bn, _width(module)))
+                bn, bn_name = candidate, str(users[0].target)
+        layers.append(PrunableLayer(str(node.target), module, bn, _width(module), bn_name))  # type: ignore[arg-type]
     return layers
 
 
@@ -76,10 +78,10 @@ def _from_module_order(model: nn.Module) -> list[PrunableLayer]:
     for i, (name, module) in enumerate(named):
         if not isinstance(module, PRUNABLE_TYPES):
             continue
-        bn = None
+        bn, bn_name = None, None
         if i + 1 < len(named) and _bn_matches(named[i + 1][1], module):
-            bn = named[i + 1][1]
-        layers.append(PrunableLayer(name, module, bn, _width(module)))  # type: ignore[arg-type]
+            bn_name, bn = named[i + 1]
+        layers.append(PrunableLayer(name, module, bn, _width(module), bn_name))  # type: ignore[arg-type]
     return layers
 
 

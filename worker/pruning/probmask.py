@@ -372,6 +372,7 @@ def run_probmask(
     projection: Literal["exact", "bisect"] = "exact",
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
+    stage: str = "probmask",
 ) -> dict:
     """Train ``model`` in place with ProbMask, fix the final mask, squash it and
     optionally finetune with the mask fixed.
@@ -379,6 +380,7 @@ def run_probmask(
     Weights: SGD (momentum, weight decay, cosine, ``lr``); scores: Adam (``score_lr``,
     no weight decay, cosine); global gradient-norm clip 3; projection after every step;
     τ(e) and K(e) per epoch; ``mask_samples`` relaxed masks averaged per minibatch.
+    ``stage`` names the checkpoint (``<stage>.pt``, ``<stage>_finetune.pt``).
     Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
     ``history``, ``finetune_history`` and ``final_mask``.
     """
@@ -387,7 +389,7 @@ def run_probmask(
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
     history = train(
         model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        batch_size=batch_size, seed=seed, device=dev, stage="probmask", hooks=hooks,
+        batch_size=batch_size, seed=seed, device=dev, stage=stage, hooks=hooks,
         extra_params=ExtraParams(sparsifier.score_parameters(), score_lr, 0.0, sparsifier.step),
         on_epoch_start=lambda e, _m: sparsifier.set_epoch(e, epochs),
         grad_clip=grad_clip, forward_passes=mask_samples,
@@ -406,7 +408,7 @@ def run_probmask(
         finetune_history = finetune_with_masks(
             model, masks, data, finetune_epochs, finetune_lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=dev,
-            stage="probmask_finetune", hooks=hooks,
+            stage=f"{stage}_finetune", hooks=hooks,
         )  # fmt: skip
     kept = sum(v["kept"] for v in layers.values())
     total = sum(v["weights"] for v in layers.values())

@@ -28,16 +28,18 @@ DEFAULT_MAX_POSITIONS = 64
 
 def select_probes(
     x: torch.Tensor,
-    y: torch.Tensor | None = None,
     n: int = DEFAULT_PROBES,
     seed: int = 0,
     blend: int = 0,
+    *,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A fixed probe set: ``n`` training inputs drawn without replacement with ``seed``.
 
     **Shears choice** (ALGORITHMS §1): probes are training samples. ``blend`` adds that
     many convex combinations λ·x_a + (1−λ)·x_b of two training inputs of different
-    classes (λ ~ U(0.25, 0.75)), as [SPLINE] did with test images.
+    classes (λ ~ U(0.25, 0.75)), as [SPLINE] did with test images; pass the labels
+    ``y`` so partners can be drawn from other classes.
     """
     gen = torch.Generator().manual_seed(seed)
     n = min(n, len(x))

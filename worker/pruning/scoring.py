@@ -103,7 +103,7 @@ def _smallest_angles(normals: torch.Tensor, groups: int) -> torch.Tensor:
     zero = normals.norm(dim=1) == 0
     cos[zero] = 0.0
     cos[:, zero] = 0.0
-    return torch.arccos(cos.max(dim=1).values if units > 1 else torch.zeros(units, device=normals.device))
+    return torch.arccos(cos.max(dim=1).values)  # a lone unit: cos 0, angle π/2
 
 
 @torch.no_grad()
@@ -157,9 +157,7 @@ def spline_geometry_scores(
         isolation = 0.5 * torch.erfc(delta / math.sqrt(2.0))  # Φ(−δ)
         normals, _ = fold_bn(layer)
         groups = getattr(layer.module, "groups", 1)
-        redundancy = _smallest_angles(normals.double(), groups) / math.pi
-        if layer.out_features == 1 or (groups == layer.out_features):
-            redundancy = torch.full_like(redundancy, 0.5)
+        redundancy = _smallest_angles(normals.double(), groups) / math.pi  # depthwise: all 0.5
         scores[layer.name] = torch.minimum(isolation.cpu(), redundancy.cpu()).float()
     return scores
 

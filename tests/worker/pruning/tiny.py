@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import types
+import warnings
 
 import torch
 from torch import nn
@@ -146,10 +147,12 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """Export with the TorchScript exporter (opset 17, dynamic batch) to bytes."""
     buf = io.BytesIO()
     model.eval()
-    torch.onnx.export(
-        model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
-        output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )  # fmt: skip
     return buf.getvalue()
 
 

@@ -1,0 +1,106 @@
+"""Early-bird detectors: fire on converged toy runs, stay quiet while the model changes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tests.worker.pruning.tiny import MLP, ConvBN1d, make_data
+from worker.pruning.early_bird import BNScaleDetector, SplineDetector
+from worker.pruning.layers import discover_layers
+from worker.pruning.regions import select_probes
+from worker.training import TrainHooks, train
+
+DATA = make_data((1, 16), n_train=128, n_val=32)
+
+
+def test_bn_detector_fires_on_a_converged_toy_run_and_records_its_curve():
+    torch.manual_seed(0)
+    model = ConvBN1d()
+    detector = BNScaleDetector(ratio=0.5)
+    history = train(model, DATA, epochs=30, lr=0.05, batch_size=32,
+                    after_backward=detector.add_l1_subgradient,
+                    on_epoch_end=lambda _e, m: detector.step(m))  # fmt: skip
+    assert detector.found_epoch is not None and detector.found_epoch >= 5  # needs 5 masks
+    assert len(history) == detector.found_epoch < 30  # training stopped at the ticket
+    # one curve point per epoch after the first; the last one is under the threshold
+    assert detector.distance_epochs == list(range(2, detector.found_epoch + 1))
+    assert detector.distances[-1] < 0.1
+    assert [p["epoch"] for p in detector.curve()] == detector.distance_epochs
+
+
+def test_spline_detector_fires_on_a_model_without_batchnorm():
+    torch.manual_seed(0)
+    model = MLP()
+    detector = SplineDetector(select_probes(DATA.x_train, n=128), discover_layers(model))
+    history = train(model, DATA, epochs=30, lr=0.05, batch_size=32, on_epoch_end=lambda _e, m: detector.step(m))
+    assert detector.found_epoch is not None and detector.found_epoch >= 4  # 3 earlier epochs
+    assert len(history) == detector.found_epoch
+    assert max(detector.distances[-1:]) < 0.16
+    assert all(0.0 <= d <= 1.0 for d in detector.distances)
+
+
+def test_detectors_stay_quiet_while_the_model_keeps_changing():
+    probes = torch.randn(64, 1, 16)
+    spline = SplineDetector(probes, discover_layers(MLP()), window=3)
+    bn = BNScaleDetector(ratio=0.5, window=3)
+    for epoch in range(8):
+        torch.manual_seed(epoch)
+        model = MLP()
+        assert not spline.step(model)
+        torch.manual_seed(epoch)
+        conv = ConvBN1d()
+        with torch.no_grad():
+            for m in conv.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.weight.uniform_(0.1, 1.0)
+        assert not bn.step(conv)
+    assert spline.found_epoch is None and bn.found_epoch is None
+    assert min(spline.distances) > 0.16 and len(spline.distances) == 7
+
+
+def test_bn_masks_use_a_global_quantile_and_keep_one_channel_per_layer():
+    model = ConvBN1d()
+    with torch.no_grad():
+        model.bn1.weight.fill_(1e-3)  # every channel of bn1 below the global threshold
+        model.bn2.weight.copy_(torch.linspace(0.5, 1.0, 16))
+    masks = BNScaleDetector(ratio=0.5).layer_masks(model)
+    assert int(masks[0].sum()) == 1  # kept one anyway
+    assert int(masks[1].sum()) == 24 - 12  # threshold at the 12th smallest of 24: 8 of bn1 + 4 of bn2
+    assert masks[1][-12:].all() and not masks[1][:4].any()
+
+
+def test_bn_l1_penalty_adds_lambda_times_sign_of_gamma_to_the_gradient():
+    model = ConvBN1d()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([1.0, -1.0] * 4))
+    model(torch.randn(4, 1, 16)).sum().backward()
+    before = model.bn1.weight.grad.clone()
+    BNScaleDetector(ratio=0.3, l1_lambda=0.5).add_l1_subgradient(model)
+    assert torch.allclose(model.bn1.weight.grad - before, 0.5 * torch.tensor([1.0, -1.0] * 4))
+
+
+def test_detector_state_survives_a_resumed_early_bird_run(tmp_path):
+    def run(checkpoint_dir, cancel_after=None):
+        torch.manual_seed(0)
+        model = MLP()
+        detector = SplineDetector(select_probes(DATA.x_train, n=64), discover_layers(model), threshold=0.05)
+        steps = {"n": 0}
+
+        def should_cancel():
+            steps["n"] += 1
+            return cancel_after is not None and steps["n"] > cancel_after
+
+        try:
+            train(model, DATA, epochs=6, lr=0.05, batch_size=32, stage="eb", stateful=detector,
+                  on_epoch_end=lambda _e, m: detector.step(m),
+                  hooks=TrainHooks(checkpoint_dir=checkpoint_dir, should_cancel=should_cancel))  # fmt: skip
+        except Exception:  # noqa: BLE001 - the Cancelled of the interrupted run
+            pass
+        return detector
+
+    uninterrupted = run(None)
+    run(tmp_path, cancel_after=4 * 3 + 1)  # dies in epoch 5
+    resumed = run(tmp_path)
+    assert resumed.distances == uninterrupted.distances
+    assert resumed.found_epoch == uninterrupted.found_epoch

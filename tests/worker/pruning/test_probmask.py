@@ -1,0 +1,204 @@
+"""ProbMask: global projection, schedules, relaxed masks, exact final sparsity, squash."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from tests.worker.pruning.tiny import MLP, make_data, onnx_bytes
+from worker.pruning.probmask import (
+    ProbMaskParametrization,
+    ProbMaskSparsifier,
+    finetune_with_masks,
+    kept_fraction,
+    project_scores_,
+    run_probmask,
+    temperature,
+)
+from worker.training import evaluate
+
+DATA = make_data((1, 16), n_train=96, n_val=32)
+
+
+def random_scores(seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=gen) * 1.5 - 0.2 for shape in [(40, 3), (7,), (5, 2, 3)]]
+
+
+def test_projection_keeps_the_expected_number_of_kept_weights_under_budget():
+    scores = random_scores()
+    n = sum(s.numel() for s in scores)
+    budget = 0.3 * n
+    v = project_scores_(scores, budget)
+    total = sum(float(s.sum()) for s in scores)
+    assert v > 0
+    assert total == pytest.approx(budget, rel=1e-5)
+    assert all(float(s.min()) >= 0 and float(s.max()) <= 1 for s in scores)
+
+
+def test_projection_uses_one_shared_shift_for_every_layer():
+    scores = random_scores(1)
+    original = [s.clone() for s in scores]
+    v = project_scores_(scores, 0.4 * sum(s.numel() for s in scores))
+    for before, after in zip(original, scores, strict=True):
+        assert torch.allclose(after, (before - v).clamp(0, 1), atol=1e-6)
+
+
+def test_exact_and_bisection_projections_agree():
+    for seed in range(3):
+        exact, bisect = random_scores(seed), random_scores(seed)
+        n = sum(s.numel() for s in exact)
+        budget = (0.1 + 0.3 * seed) * n
+        v_exact = project_scores_(exact, budget, "exact")
+        v_bisect = project_scores_(bisect, budget, "bisect")
+        z_max = 1.3
+        assert abs(v_exact - v_bisect) <= z_max / 2**20 + 1e-9
+        assert sum(float(s.sum()) for s in bisect) <= budget + 1e-4
+        for a, b in zip(exact, bisect, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_projection_only_clips_when_already_under_budget():
+    scores = [torch.tensor([0.2, 1.4, -0.3])]
+    assert project_scores_(scores, 10.0) == 0.0
+    assert scores[0].tolist() == pytest.approx([0.2, 1.0, 0.0])
+
+
+def test_schedules_follow_the_specification():
+    epochs = 50
+    taus = [temperature(e, epochs) for e in range(epochs)]
+    assert taus[0] == 1.0 and all(a > b for a, b in zip(taus, taus[1:], strict=False))
+    assert temperature(epochs, epochs) == pytest.approx(0.03)
+    r = [kept_fraction(e, epochs, 0.1) for e in range(epochs)]
+    assert all(x == 1.0 for x in r[:8])  # e < 0.16 E
+    assert all(x == 0.1 for x in r[30:])  # e >= 0.6 E
+    assert all(a >= b for a, b in zip(r, r[1:], strict=False))
+    assert r[19] == pytest.approx(0.1 + 0.9 * (1 - (19 - 8) / 22) ** 3)
+
+
+def test_the_relaxed_mask_is_sampled_in_training_and_the_expectation_is_used_in_eval():
+    weight = torch.ones(1000)
+    p = ProbMaskParametrization(weight)
+    with torch.no_grad():
+        p.scores.fill_(0.3)
+    p.temperature = 0.05
+    sample = p(weight).detach()
+    assert 0.2 < float(sample.mean()) < 0.4  # mostly near 0 or 1, about 30 % on
+    assert float(((sample > 0.05) & (sample < 0.95)).float().mean()) < 0.1
+    p.eval()
+    assert torch.allclose(p(weight), torch.full((1000,), 0.3))
+    p.train()
+    p(weight).sum().backward()
+    assert p.scores.grad is not None and float(p.scores.grad.abs().sum()) > 0
+
+
+def test_probmask_reaches_exactly_the_requested_sparsity_with_a_non_uniform_global_budget():
+    torch.manual_seed(0)
+    model = MLP()
+    data = make_data((1, 16), n_train=192, n_val=64)
+    result = run_probmask(model, data, sparsity=0.7, epochs=10, lr=0.05, score_lr=0.02, batch_size=32)
+    weights = {n: m.weight for n, m in model.named_modules() if n in result["masks"]}
+    assert set(weights) == {"fc1", "fc2", "fc3"}  # everything masked by default, classifier too
+    n = sum(w.numel() for w in weights.values())
+    kept = sum(int((w != 0).sum()) for w in weights.values())
+    assert kept == round(0.3 * n) and result["sparsity"] == pytest.approx(1 - kept / n)
+    assert evaluate(model, data.x_val, data.y_val) > 0.8  # the sparse model still solves the task
+    per_layer = [v["sparsity"] for v in result["layers"].values()]
+    assert max(per_layer) - min(per_layer) > 0.05  # learned, not uniform
+    for name, w in weights.items():
+        assert torch.equal(w != 0, result["masks"][name] & (w != 0))
+        assert int(result["masks"][name].sum()) >= int((w != 0).sum())
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 11))
+
+
+def test_exclude_keeps_named_layers_dense_and_out_of_the_budget():
+    torch.manual_seed(0)
+    model = MLP()
+    dense_fc3 = model.fc3.weight.detach().clone()
+    result = run_probmask(model, DATA, sparsity=0.5, epochs=2, exclude=["last"], batch_size=32, seed=1)
+    assert set(result["masks"]) == {"fc1", "fc2"}
+    assert model.fc3.weight.shape == dense_fc3.shape and bool((model.fc3.weight != 0).all())
+    n = model.fc1.weight.numel() + model.fc2.weight.numel()
+    assert int((model.fc1.weight != 0).sum() + (model.fc2.weight != 0).sum()) == round(0.5 * n)
+
+
+def test_squash_mask_leaves_plain_weights_that_export_to_onnx():
+    torch.manual_seed(0)
+    model = MLP()
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.75).prepare()
+    assert parametrize.is_parametrized(model.fc1, "weight")
+    with torch.no_grad():
+        for s in sparsifier.score_parameters():
+            s.uniform_()
+    masks = sparsifier.squash_mask()
+    assert not parametrize.is_parametrized(model.fc1)
+    assert all("scores" not in name for name, _ in model.named_parameters())
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.25 * total)
+    assert torch.equal(model.fc2.weight != 0, masks["fc2"] & (model.fc2.weight != 0))
+    x = torch.randn(4, 1, 16)
+    session = ort.InferenceSession(onnx_bytes(model, x[:1]), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.allclose(session.run(None, {"x": x.numpy()})[0], model(x).numpy(), atol=1e-5)
+
+
+def test_the_sample_final_mask_keeps_the_best_bernoulli_draw():
+    torch.manual_seed(0)
+    model = MLP()
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.5).prepare()
+    with torch.no_grad():
+        for s in sparsifier.score_parameters():
+            s.fill_(0.5)
+    seen = []
+
+    def score() -> float:
+        value = float(model.fc1.weight.ne(0).sum())  # any deterministic function of the mask
+        seen.append(value)
+        return value
+
+    masks = sparsifier.choose_final_masks("sample", score_fn=score, samples=4, seed=0)
+    assert len(seen) == 4 and float(masks["fc1"].sum()) == max(seen)
+    assert sparsifier.masks()["fc1"].equal(masks["fc1"])
+
+
+def test_finetuning_with_fixed_masks_keeps_pruned_weights_at_zero():
+    torch.manual_seed(0)
+    model = MLP()
+    gen = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(m.weight.shape, generator=gen) > 0.6 for n, m in model.named_modules() if n}
+    masks = {n: masks[n] for n in ("fc1", "fc2")}
+    before = model.fc3.weight.detach().clone()
+    finetune_with_masks(model, masks, DATA, epochs=2, lr=0.1, batch_size=32)
+    for name in masks:
+        weight = dict(model.named_modules())[name].weight
+        assert bool((weight[~masks[name]] == 0).all())
+        assert bool((weight[masks[name]] != 0).all())
+    assert not torch.equal(model.fc3.weight, before)  # the weights did train
+
+
+def test_probmask_checkpoints_under_its_stage_name_and_resumes_to_the_same_masks(tmp_path):
+    from worker.training import Cancelled, TrainHooks
+
+    def run(hooks=None):
+        torch.manual_seed(0)
+        model = MLP()
+        return run_probmask(model, DATA, sparsity=0.6, epochs=4, batch_size=32, seed=2, stage="s2_probmask",
+                            finetune_epochs=1, hooks=hooks)  # fmt: skip
+
+    expected = run()
+    steps = {"n": 0}
+
+    def cancel_in_epoch_three() -> bool:
+        steps["n"] += 1
+        return steps["n"] == 8
+
+    with pytest.raises(Cancelled):
+        run(TrainHooks(checkpoint_dir=tmp_path, should_cancel=cancel_in_epoch_three))
+    resumed = run(TrainHooks(checkpoint_dir=tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} == {"s2_probmask.pt", "s2_probmask_finetune.pt"}
+    assert all(torch.equal(resumed["masks"][n], expected["masks"][n]) for n in expected["masks"])
+    assert resumed["history"] == expected["history"]
