@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickletools
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,11 +149,19 @@ def load_model(
                 f"Upload {ACCEPTED_FORMATS}, or ask the operator to enable TorchScript.",
             )
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelRejected("invalid-torchscript", f"torch.jit.load failed ({type(exc).__name__}).") from exc
         return LoadedModel(module, "torchscript", None)
-    if path.stat().st_size > 0 and _safetensors_like_but_broken(path):
+    if _onnx_like_prefix(path):
+        raise ModelRejected(
+            "invalid-onnx",
+            "the file starts like an ONNX model but does not parse (truncated or corrupt upload?); "
+            "upload the complete file.",
+        )
+    if _safetensors_like_but_broken(path):
         try:
             read_header(path)
         except SafetensorsInvalid as exc:
@@ -167,6 +176,14 @@ def _safetensors_like_but_broken(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(9)
     return len(head) == 9 and head[8:9] == b"{"
+
+
+def _onnx_like_prefix(path: Path) -> bool:
+    """ONNX files written by protobuf start with ir_version (field 1, varint 3..15)
+    followed by another ModelProto field tag (opset_import, producer, graph, ...)."""
+    with path.open("rb") as handle:
+        head = handle.read(3)
+    return len(head) == 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42)
 
 
 def _opset(proto: Any) -> int | None:
@@ -279,9 +296,16 @@ def inspect_model(module: nn.Module, input_shape: tuple[int, ...], *, max_trial_
     Torch-Pruning dependency graph, from constant reshape targets left in the graph, and
     from removing one channel per layer on a copy and running it (batch 2).
     """
+    was_training = module.training
+    try:
+        return _inspect(module.eval(), tuple(input_shape), max_trial_layers)
+    finally:
+        module.train(was_training)
+
+
+def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: int) -> dict[str, Any]:
     import torch_pruning as tp
 
-    module = module.eval()
     example = torch.randn(1, *input_shape)
     report: dict[str, Any] = {
         "input_shape": list(input_shape),

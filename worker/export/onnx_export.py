@@ -1,0 +1,231 @@
+"""ONNX export (single file, dynamic batch), onnxruntime parity and latency."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+EXPORTER_KEY = "shears.exporter"
+BATCH_NAME = "batch"
+
+
+class ExportError(RuntimeError):
+    """Neither exporter produced a valid single-file ONNX model."""
+
+
+def _batch_is_dynamic(model: onnx.ModelProto) -> bool:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in inits]
+    if not inputs:
+        return False
+    for value in list(inputs) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value"):
+            return False
+    return True
+
+
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
+    dynamic_shapes = ({0: torch.export.Dim(BATCH_NAME, min=1, max=1 << 20)},) if dynamic_batch else None
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            input_names=["input"],
+            output_names=["output"],
+            verbose=False,
+        )
+
+
+def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
+    axes = {"input": {0: BATCH_NAME}, "output": {0: BATCH_NAME}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=min(opset, 20),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes=axes,
+        )
+
+
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: Path, opset: int = 18, dynamic_batch: bool = True
+) -> Path:
+    """Export ``model`` to ONE ``.onnx`` file (no external data), input ``input``, output ``output``.
+
+    Tries torch's dynamo exporter (``dynamic_shapes`` on the batch axis) first and falls
+    back to the legacy TorchScript exporter (``dynamic_axes``). The exporter used is
+    recorded in the model's ``metadata_props`` under ``shears.exporter`` (read it with
+    ``onnx_export_info``). The result passes ``onnx.checker.check_model``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model = model.eval()
+    example = example_input.detach()
+    if dynamic_batch and example.shape[0] < 2:  # batch 1 makes torch.export specialise the axis
+        example = torch.cat([example, example], 0)
+    errors: list[str] = []
+    try:
+        for name, exporter in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+            for leftover in (path, path.with_name(path.name + ".data")):
+                leftover.unlink(missing_ok=True)
+            try:
+                exporter(model, example, path, opset, dynamic_batch)
+                proto = onnx.load_model(str(path), load_external_data=False)
+                if _has_external_data(proto):
+                    raise ExportError("the export wrote external data")
+                if dynamic_batch and not _batch_is_dynamic(proto):
+                    raise ExportError("the batch dimension is not dynamic")
+                onnx.checker.check_model(proto)
+            except Exception as exc:  # try the next exporter
+                errors.append(f"{name}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}")
+                continue
+            del proto.metadata_props[:]
+            onnx.helper.set_model_props(
+                proto, {EXPORTER_KEY: name, "shears.opset": str(_opset(proto)), "shears.torch": torch.__version__}
+            )
+            onnx.save_model(proto, str(path))
+            onnx.checker.check_model(str(path))
+            return path
+    finally:
+        model.train(was_training)
+    raise ExportError("ONNX export failed with both exporters: " + "; ".join(errors))
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def onnx_export_info(path: Path) -> dict[str, Any]:
+    """Exporter used, opset, and whether the batch axis is dynamic, for an exported file."""
+    proto = onnx.load_model(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return {
+        "exporter": props.get(EXPORTER_KEY),
+        "opset": _opset(proto),
+        "dynamic_batch": _batch_is_dynamic(proto),
+        "single_file": not _has_external_data(proto),
+    }
+
+
+def _session(path: Path, threads: int | None = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def check_onnx_parity(
+    model: nn.Module, path: Path, inputs: torch.Tensor, *, rtol: float = 1e-3, atol: float = 1e-4
+) -> dict[str, Any]:
+    """Compare torch (eval mode) and onnxruntime outputs at batch 1 and at ``len(inputs)``.
+
+    ``passed`` when ``max_abs_diff <= tolerance``; ``tolerance = atol + rtol * max|torch|``.
+    """
+    was_training = model.training
+    model.eval()
+    session = _session(path)
+    name = session.get_inputs()[0].name
+    batches = sorted({1, int(inputs.shape[0])})
+    max_diff, max_ref = 0.0, 0.0
+    try:
+        for batch in batches:
+            x = inputs[:batch].detach().float()
+            with torch.no_grad():
+                ref = model(x)
+            ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().cpu().numpy()
+            got = session.run(None, {name: x.cpu().numpy()})[0]
+            if got.shape != ref.shape:
+                return {
+                    "max_abs_diff": float("inf"), "tolerance": atol, "passed": False,
+                    "batch_sizes_checked": batches, "error": f"shape {list(got.shape)} != {list(ref.shape)} at batch {batch}",
+                }  # fmt: skip
+            max_diff = max(max_diff, float(np.max(np.abs(got - ref))) if ref.size else 0.0)
+            max_ref = max(max_ref, float(np.max(np.abs(ref))) if ref.size else 0.0)
+    finally:
+        model.train(was_training)
+    tolerance = atol + rtol * max_ref
+    return {
+        "max_abs_diff": max_diff,
+        "tolerance": tolerance,
+        "passed": bool(max_diff <= tolerance),
+        "batch_sizes_checked": batches,
+    }
+
+
+def onnxruntime_latency(
+    path: Path,
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 20,
+    *,
+    warmup: int = 3,
+    threads: int | None = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median/min/p90 wall time (ms) of ``session.run`` per batch size, after ``warmup`` runs.
+
+    ``input_shape`` is per sample; ``threads=1`` (default) pins onnxruntime to one intra-op
+    thread so numbers are comparable across machines and runs; ``None`` lets it choose.
+    """
+    session = _session(path, threads)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {}
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        for _ in range(warmup):
+            session.run(None, {name: x})
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            session.run(None, {name: x})
+            times.append((time.perf_counter() - start) * 1000.0)
+        times.sort()
+        results[str(batch)] = {
+            "median_ms": statistics.median(times),
+            "min_ms": times[0],
+            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "repeats": len(times),
+        }
+    import onnxruntime as ort
+
+    return {
+        "batch_sizes": results,
+        "threads": threads,
+        "warmup": warmup,
+        "provider": "CPUExecutionProvider",
+        "onnxruntime": ort.__version__,
+    }

@@ -1,0 +1,405 @@
+"""The job report: one plain dict (``report.json``) and a self-contained ``report.html``.
+
+Schema (``schema_version`` 1; accuracies in percent, 0–100; sizes in bytes; times in
+seconds; latencies in milliseconds; ``None`` where a stage did not run):
+
+```
+schema_version   int
+job_id           str | None
+created_at       ISO-8601 UTC
+model            {name, format, input_shape}            # as given by the caller
+dataset          {name, num_classes, train, val, test}  # sample counts
+spec             dict                                   # the resolved job spec
+accuracy         {dense, pruned, finetuned, final, split}
+                 final = finetuned, else pruned, else dense; split = "val"
+test_accuracy    {dense, final} | None                  # held-out split, benchmarks only
+parameters       {before, after, ratio}                 # ratio = after / before
+macs             {before, after, ratio}
+file_size        {before: {bytes, gzip_bytes} | None, after: {...} | None}
+latency          {before: onnxruntime_latency() | None, after: ... | None,
+                  speedup: {batch: before_median / after_median}}
+layers           [{name, type, channels_before, channels_after, kept_fraction,
+                   weights, nonzero_weights, sparsity}]
+structure        {channels_removed: bool, unstructured_sparsity: float | None}
+early_bird       {detector, found, epoch, distances: [float], threshold} | None
+training_curves  {stage: {epoch: [int], train_loss: [float], val_accuracy: [float]}}
+timings          {stage: seconds, "total": seconds}
+exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
+versions         {shears, torch, onnx, onnxruntime, torch_pruning, python}
+acceptance       {max_accuracy_drop, measured_drop, reference, compared, passed}
+```
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SCHEMA_VERSION = 1
+REPORT_FIELDS = (
+    "schema_version", "job_id", "created_at", "model", "dataset", "spec", "accuracy", "test_accuracy",
+    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "training_curves",
+    "timings", "exports", "versions", "acceptance",
+)  # fmt: skip
+
+_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the libraries that shaped the result."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "shears": version("shears"),
+        "torch": torch.__version__,
+        "onnx": version("onnx"),
+        "onnxruntime": version("onnxruntime"),
+        "torch_pruning": version("torch-pruning"),
+        "python": platform.python_version(),
+    }
+
+
+def layer_stats(
+    before: nn.Module, after: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Per Conv/Linear layer: output channels before/after and weight sparsity after.
+
+    Layers are matched by module name. ``masks`` (``"<layer>.weight"`` or ``"<layer>"`` →
+    0/1 tensor) count as zeros where 0; otherwise zeros are read from the weights.
+    """
+    masks = masks or {}
+    dense = {name: module for name, module in before.named_modules() if isinstance(module, _PRUNABLE)}
+    rows = []
+    for name, module in after.named_modules():
+        if not isinstance(module, _PRUNABLE):
+            continue
+        out_after = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        ref = dense.get(name)
+        out_before = None if ref is None else (ref.out_features if isinstance(ref, nn.Linear) else ref.out_channels)
+        weight = module.weight.detach()
+        mask = masks.get(f"{name}.weight", masks.get(name))
+        nonzero = int((mask != 0).sum()) if mask is not None else int((weight != 0).sum())
+        rows.append(
+            {
+                "name": name,
+                "type": type(module).__name__,
+                "channels_before": None if out_before is None else int(out_before),
+                "channels_after": int(out_after),
+                "kept_fraction": None if not out_before else out_after / out_before,
+                "weights": int(weight.numel()),
+                "nonzero_weights": nonzero,
+                "sparsity": 1.0 - nonzero / weight.numel() if weight.numel() else 0.0,
+            }
+        )
+    return rows
+
+
+def _ratio(before: float | None, after: float | None) -> float | None:
+    if before in (None, 0) or after is None:
+        return None
+    return after / before
+
+
+def _speedup(before: Mapping | None, after: Mapping | None) -> dict[str, float]:
+    if not before or not after:
+        return {}
+    out = {}
+    for batch, stats in before.get("batch_sizes", {}).items():
+        other = after.get("batch_sizes", {}).get(batch)
+        if other and other.get("median_ms"):
+            out[batch] = stats["median_ms"] / other["median_ms"]
+    return out
+
+
+def build_report(
+    *,
+    accuracy_dense: float,
+    accuracy_pruned: float | None = None,
+    accuracy_finetuned: float | None = None,
+    params_before: int,
+    params_after: int,
+    macs_before: int | None = None,
+    macs_after: int | None = None,
+    file_size_before: Mapping[str, int] | None = None,
+    file_size_after: Mapping[str, int] | None = None,
+    latency_before: Mapping[str, Any] | None = None,
+    latency_after: Mapping[str, Any] | None = None,
+    layers: list[dict[str, Any]] | None = None,
+    channels_removed: bool = False,
+    early_bird: Mapping[str, Any] | None = None,
+    training_curves: Mapping[str, Mapping[str, list]] | None = None,
+    timings: Mapping[str, float] | None = None,
+    max_accuracy_drop: float | None = None,
+    exports: Mapping[str, Any] | None = None,
+    test_accuracy: Mapping[str, float | None] | None = None,
+    job_id: str | None = None,
+    model: Mapping[str, Any] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the report dict (see the module docstring for the schema)."""
+    final = next(a for a in (accuracy_finetuned, accuracy_pruned, accuracy_dense) if a is not None)
+    compared = "finetuned" if accuracy_finetuned is not None else "pruned" if accuracy_pruned is not None else "dense"
+    drop = accuracy_dense - final
+    layers = list(layers or [])
+    total_weights = sum(row.get("weights", 0) for row in layers)
+    nonzero = sum(row.get("nonzero_weights", 0) for row in layers)
+    timings = dict(timings or {})
+    if timings and "total" not in timings:
+        timings["total"] = float(sum(timings.values()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": dict(model or {}),
+        "dataset": dict(dataset or {}),
+        "spec": dict(spec or {}),
+        "accuracy": {
+            "dense": accuracy_dense,
+            "pruned": accuracy_pruned,
+            "finetuned": accuracy_finetuned,
+            "final": final,
+            "split": "val",
+        },
+        "test_accuracy": dict(test_accuracy) if test_accuracy else None,
+        "parameters": {"before": int(params_before), "after": int(params_after), "ratio": _ratio(params_before, params_after)},
+        "macs": {"before": macs_before, "after": macs_after, "ratio": _ratio(macs_before, macs_after)},
+        "file_size": {
+            "before": dict(file_size_before) if file_size_before else None,
+            "after": dict(file_size_after) if file_size_after else None,
+        },
+        "latency": {
+            "before": dict(latency_before) if latency_before else None,
+            "after": dict(latency_after) if latency_after else None,
+            "speedup": _speedup(latency_before, latency_after),
+        },
+        "layers": layers,
+        "structure": {
+            "channels_removed": bool(channels_removed),
+            "unstructured_sparsity": (1.0 - nonzero / total_weights) if total_weights else None,
+        },
+        "early_bird": dict(early_bird) if early_bird else None,
+        "training_curves": {k: dict(v) for k, v in (training_curves or {}).items()},
+        "timings": timings,
+        "exports": dict(exports or {}),
+        "versions": versions(),
+        "acceptance": {
+            "max_accuracy_drop": max_accuracy_drop,
+            "measured_drop": drop,
+            "reference": "dense",
+            "compared": compared,
+            "passed": True if max_accuracy_drop is None else bool(drop <= max_accuracy_drop),
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _json_safe(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(7.5, 3.2), dpi=100, layout="constrained")
+
+
+def _png(fig) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _plot_layers(layers: list[dict[str, Any]]) -> str | None:
+    if not layers:
+        return None
+    fig = _figure()
+    ax_channels, ax_sparsity = fig.subplots(1, 2)
+    x = range(len(layers))
+    before = [row.get("channels_before") or 0 for row in layers]
+    after = [row.get("channels_after") or 0 for row in layers]
+    ax_channels.bar(x, before, color="#cccccc", label="before")
+    ax_channels.bar(x, after, color="#1f77b4", label="kept")
+    ax_channels.set_title("channels per layer")
+    ax_channels.set_xlabel("layer index")
+    ax_channels.legend(fontsize=8)
+    ax_sparsity.bar(x, [100 * (row.get("sparsity") or 0) for row in layers], color="#d62728")
+    ax_sparsity.set_title("weight sparsity per layer (%)")
+    ax_sparsity.set_xlabel("layer index")
+    ax_sparsity.set_ylim(0, 100)
+    return _png(fig)
+
+
+def _plot_curves(curves: Mapping[str, Mapping[str, list]]) -> str | None:
+    if not curves:
+        return None
+    fig = _figure()
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for index, (stage, curve) in enumerate(curves.items()):
+        label = f"stage {index + 1}"  # stage names are shown (escaped) in the table
+        epochs = curve.get("epoch") or list(range(1, len(curve.get("train_loss") or curve.get("val_accuracy") or []) + 1))
+        if curve.get("train_loss"):
+            ax_loss.plot(epochs[: len(curve["train_loss"])], curve["train_loss"], marker=".", label=label)
+        if curve.get("val_accuracy"):
+            ax_acc.plot(epochs[: len(curve["val_accuracy"])], curve["val_accuracy"], marker=".", label=label)
+    ax_loss.set_title("training loss")
+    ax_acc.set_title("validation accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _plot_early_bird(early_bird: Mapping[str, Any] | None) -> str | None:
+    if not early_bird or not early_bird.get("distances"):
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    distances = early_bird["distances"]
+    ax.plot(range(1, len(distances) + 1), distances, marker="o", label="distance")
+    if early_bird.get("threshold") is not None:
+        ax.axhline(early_bird["threshold"], color="#d62728", linestyle="--", label="threshold")
+    if early_bird.get("epoch") is not None:
+        ax.axvline(early_bird["epoch"], color="#2ca02c", linestyle=":", label="ticket")
+    ax.set_xlabel("epoch")
+    ax.set_title("early-bird mask distance")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] | None = None) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(cell))}</td>" for cell in row) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """A self-contained HTML page (inline PNG plots, no external resources), all text escaped."""
+    acc, acceptance = report["accuracy"], report["acceptance"]
+    verdict = "PASSED" if acceptance["passed"] else "FAILED"
+    sizes = report["file_size"]
+    latency = report["latency"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>Shears report {html.escape(str(report.get('job_id') or ''))}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse;"
+        "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        ".passed{color:#2ca02c}.failed{color:#d62728}img{max-width:100%}</style></head><body>",
+        f"<h1>Shears pruning report {html.escape(str(report.get('job_id') or ''))}</h1>",
+        f"<p class='{verdict.lower()}'><b>Acceptance: {verdict}</b> — accuracy drop "
+        f"{html.escape(_fmt(acceptance['measured_drop']))} points (allowed "
+        f"{html.escape(_fmt(acceptance['max_accuracy_drop']))}).</p>",
+        "<h2>Summary</h2>",
+        _table(
+            [
+                ("accuracy dense (%)", acc["dense"]),
+                ("accuracy pruned (%)", acc["pruned"]),
+                ("accuracy finetuned (%)", acc["finetuned"]),
+                ("parameters before / after", f"{_fmt(report['parameters']['before'])} / {_fmt(report['parameters']['after'])}"),
+                ("MACs before / after", f"{_fmt(report['macs']['before'])} / {_fmt(report['macs']['after'])}"),
+                ("ONNX bytes before / after", f"{_fmt((sizes['before'] or {}).get('bytes'))} / {_fmt((sizes['after'] or {}).get('bytes'))}"),
+                ("gzip bytes before / after", f"{_fmt((sizes['before'] or {}).get('gzip_bytes'))} / {_fmt((sizes['after'] or {}).get('gzip_bytes'))}"),
+                ("channels physically removed", report["structure"]["channels_removed"]),
+                ("unstructured sparsity", report["structure"]["unstructured_sparsity"]),
+                ("early-bird epoch", (report.get("early_bird") or {}).get("epoch")),
+            ]
+        ),
+    ]
+    lat_rows = []
+    for batch in sorted(set((latency["before"] or {}).get("batch_sizes", {})) | set((latency["after"] or {}).get("batch_sizes", {})), key=lambda b: int(b) if str(b).isdigit() else 0):
+        b = ((latency["before"] or {}).get("batch_sizes") or {}).get(batch, {})
+        a = ((latency["after"] or {}).get("batch_sizes") or {}).get(batch, {})
+        lat_rows.append((f"batch {batch}", b.get("median_ms"), a.get("median_ms"), latency["speedup"].get(batch)))
+    if lat_rows:
+        parts += ["<h2>onnxruntime latency (median ms)</h2>", _table(lat_rows, ("", "before", "after", "speedup"))]
+    plots = [
+        ("Layers", _plot_layers(report["layers"])),
+        ("Training curves", _plot_curves(report["training_curves"])),
+        ("Early-bird detection", _plot_early_bird(report.get("early_bird"))),
+    ]
+    for title, image in plots:
+        if image:
+            parts += [f"<h2>{html.escape(title)}</h2>", image]
+    if report["training_curves"]:
+        parts.append(_table([(f"stage {i + 1}", name) for i, name in enumerate(report["training_curves"])], ("plot label", "stage")))
+    if report["layers"]:
+        parts += [
+            "<h2>Per-layer channels and sparsity</h2>",
+            _table(
+                [
+                    (i, r["name"], r["type"], r["channels_before"], r["channels_after"], r["sparsity"])
+                    for i, r in enumerate(report["layers"])
+                ],
+                ("#", "layer", "type", "channels before", "channels after", "sparsity"),
+            ),
+        ]
+    if report["timings"]:
+        parts += ["<h2>Time per stage (s)</h2>", _table(list(report["timings"].items()))]
+    parts += ["<h2>Versions</h2>", _table(list(report["versions"].items())), "</body></html>"]
+    return "".join(parts)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` (NaN/inf become null) and ``report.html``; return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = _json_safe(report)
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(safe, indent=2, allow_nan=False), encoding="utf-8")
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(safe), encoding="utf-8")
+    return json_path, html_path
