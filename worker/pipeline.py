@@ -12,7 +12,7 @@ jobs; worker.local runs it from the command line). Stages run in the order of th
 
 from __future__ import annotations
 
-import platform
+import copy
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -130,8 +130,8 @@ def run_pipeline(
     checkpoint_dir: Path | None = None,
 ) -> PipelineOutcome:
     """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
-    from worker.export import check_onnx_parity, export_onnx, export_torchscript, file_sizes, save_masks
-    from worker.report import build_report, write_report
+    from worker.export import check_onnx_parity, export_torchscript, onnx_export_info, save_masks
+    from worker.report import build_report, layer_stats, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(total_epochs=_total_epochs(spec), on_progress=on_progress)
@@ -145,7 +145,9 @@ def run_pipeline(
     with run.stage("evaluate_dense"):
         dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
 
+    dense_model = copy.deepcopy(model).cpu()
     model = model.to(device)
+    finetuned = False
     masks: dict[str, torch.Tensor] | None = None
     layers_report: list[dict] = []
     early_bird: dict | None = None
@@ -173,40 +175,50 @@ def run_pipeline(
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, FinetuneParams):
                 _finetune(model, data, params, spec, device, stage_id, hooks, masks)
+                finetuned = finetuned or params.epochs > 0
 
     model = model.cpu().eval()
     files: dict[str, Path] = {}
     with run.stage("export"):
         final = _measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec)
         files["model.onnx"] = out_dir / "model.onnx"
-        parity = {"onnx": check_onnx_parity(model, files["model.onnx"], data.x_val[:32])}
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32]),
+                            **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
-            parity["torchscript"] = export_torchscript(model, example, files["model.torchscript.pt"])
+            exports["torchscript"] = export_torchscript(model, example, files["model.torchscript.pt"])
         if masks:
             files["masks.safetensors"] = out_dir / "masks.safetensors"
             save_masks(masks, files["masks.safetensors"])
     if "onnx" not in spec.export.formats:
         files.pop("model.onnx")
 
-    drop = round(100.0 * (dense["accuracy"] - final["accuracy"]), 3)
-    acceptance = {"max_accuracy_drop": spec.acceptance.max_accuracy_drop, "accuracy_drop": drop,
-                  "passed": drop <= spec.acceptance.max_accuracy_drop}  # fmt: skip
     report = build_report(
-        spec=spec.model_dump(mode="json"), model_format=model_format, dense=dense, final=final,
-        pruned_accuracy=pruned_accuracy, layers=layers_report or _sparsity_layers(masks),
-        channels_removed=channels_removed, masks=masks, early_bird=early_bird,
-        history=run.history, stage_seconds=run.stage_seconds, parity=parity, acceptance=acceptance,
-        versions=_versions(), device=str(device),
+        accuracy_dense=_percent(dense["accuracy"]), accuracy_pruned=_percent(pruned_accuracy),
+        accuracy_finetuned=_percent(final["accuracy"]) if finetuned else None,
+        params_before=dense["params"], params_after=final["params"],
+        macs_before=dense["macs"], macs_after=final["macs"],
+        file_size_before=dense["file"], file_size_after=final["file"],
+        latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
+        layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
+        early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
+        max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
+        test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
+        if data.x_test is not None else None,
+        model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
+        dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
+                 "num_classes": data.num_classes, "train": len(data.x_train), "val": len(data.x_val),
+                 "test": None if data.x_test is None else len(data.x_test)},
+        spec=spec.model_dump(mode="json"),
     )  # fmt: skip
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
-        "accuracy": {"dense": dense["accuracy"], "pruned": pruned_accuracy, "final": final["accuracy"]},
-        "params": {"dense": dense["params"], "final": final["params"]},
-        "macs": {"dense": dense["macs"], "final": final["macs"]},
-        "acceptance": acceptance, "stage_seconds": run.stage_seconds,
-        "early_bird_epoch": (early_bird or {}).get("found_epoch"),
+        "accuracy": report["accuracy"], "test_accuracy": report["test_accuracy"],
+        "parameters": report["parameters"], "macs": report["macs"], "acceptance": report["acceptance"],
+        "stage_seconds": run.stage_seconds, "early_bird_epoch": (early_bird or {}).get("epoch"),
+        "channels_removed": channels_removed,
+        "unstructured_sparsity": report["structure"]["unstructured_sparsity"],
     }  # fmt: skip
     return PipelineOutcome(files=files, summary=summary, report=report)
 
@@ -246,8 +258,9 @@ def _early_bird(model, data, params: EarlyBirdParams, spec, device, stage_id, ho
     history = train(model, data, epochs=params.max_epochs, lr=params.lr, after_backward=after_backward,
                     on_epoch_end=lambda epoch, m: detector.step(m), stateful=detector,
                     **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
-    return {"detector": params.detector, "found_epoch": detector.found_epoch, "epochs_trained": len(history),
-            "max_epochs": params.max_epochs, "threshold": params.threshold, "distances": detector.curve()}  # fmt: skip
+    return {"detector": params.detector, "found": detector.found_epoch is not None, "epoch": detector.found_epoch,
+            "epochs_trained": len(history), "max_epochs": params.max_epochs, "threshold": params.threshold,
+            "distances": list(detector.distances), "distance_epochs": list(detector.distance_epochs)}  # fmt: skip
 
 
 def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):
@@ -279,16 +292,14 @@ def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks
         train(model, data, epochs=params.epochs, lr=params.lr, **_train_kwargs(spec, device, stage_id, hooks))
 
 
-def _sparsity_layers(masks: dict[str, torch.Tensor] | None) -> list[dict]:
-    return [{"layer": name, "weights": int(mask.numel()), "kept": int(mask.sum()),
-             "sparsity": round(1.0 - float(mask.float().mean()), 4)} for name, mask in (masks or {}).items()]  # fmt: skip
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * fraction
 
 
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-
-    from service import __version__
-
-    return {"shears": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}  # fmt: skip
+def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
+    """Per-stage training curves for the report."""
+    return {
+        stage: {"epoch": [e.get("epoch") for e in events], "train_loss": [e.get("loss") for e in events],
+                "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
+        for stage, events in history.items()
+    }  # fmt: skip

@@ -294,7 +294,8 @@ def _plot_early_bird(early_bird: Mapping[str, Any] | None) -> str | None:
     fig = _figure()
     ax = fig.subplots()
     distances = early_bird["distances"]
-    ax.plot(range(1, len(distances) + 1), distances, marker="o", label="distance")
+    epochs = early_bird.get("distance_epochs") or list(range(1, len(distances) + 1))
+    ax.plot(epochs, distances, marker="o", label="distance")
     if early_bird.get("threshold") is not None:
         ax.axhline(early_bird["threshold"], color="#d62728", linestyle="--", label="threshold")
     if early_bird.get("epoch") is not None:
