@@ -57,6 +57,22 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(5.0, gt=0, description="How often the API re-queues lost jobs.")
     dispatch_retry_s: float = Field(30.0, gt=0, description="Re-send a queued job not started after this.")
     progress_interval_s: float = Field(1.0, ge=0, description="Minimum time between progress writes.")
+    broker_visibility_timeout_s: float = Field(
+        12 * 3600.0, gt=0,
+        description="Redis broker: an unacknowledged task is handed to another worker after this. "
+        "Keep it above the longest job (time_limit_s); a second delivery is refused by the job's "
+        "compare-and-set claim while the lease is renewed, but it costs a worker slot.",
+    )
+    broker_timeout_s: float = Field(
+        3.0, gt=0, description="Connect/read timeout of broker sockets: a POST never hangs on a dead broker."
+    )
+    s3_timeout_s: float = Field(30.0, gt=0, description="Connect and read timeout of S3 requests.")
+    s3_max_attempts: int = Field(5, ge=1, description="S3 attempts (exponential backoff) before storage-unavailable.")
+    worker_memory_limit_mb: int | None = Field(
+        None, ge=64,
+        description="Address-space limit (RLIMIT_AS) of each worker child; a job over it fails "
+        "`out-of-memory` and the worker keeps serving. Unset: no limit (the kernel's OOM killer decides).",
+    )
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key of completion webhooks.")
     allow_private_callbacks: bool = Field(
         False, description="Allow webhooks to loopback, link-local and private addresses."

@@ -28,8 +28,31 @@ def make_celery(settings: Settings) -> Celery:
             "store_processed": False,
             "control_folder": str(folder / "control"),
         }
+    elif settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        restore_interval = min(10.0, max(1.0, settings.broker_visibility_timeout_s / 4))
+        transport_options = {
+            # An unacknowledged task (acks_late) goes back to the queue after this long; the
+            # job's compare-and-set claim refuses the second delivery while the first runs.
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # Sweep for such tasks every min(visibility/2, ~100 s) (kombu scans every
+            # interval * throttle seconds).
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": max(1, int(min(settings.broker_visibility_timeout_s / 2, 100) / restore_interval)),
+            # Fail fast instead of hanging a request on a dead or frozen broker.
+            "socket_connect_timeout": settings.broker_timeout_s,
+            "socket_timeout": max(settings.broker_timeout_s, 2.0),
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        }
+        app.conf.update(
+            redis_socket_connect_timeout=settings.broker_timeout_s,
+            redis_socket_timeout=max(settings.broker_timeout_s, 2.0),
+        )
     app.conf.update(
         broker_transport_options=transport_options,
+        broker_connection_timeout=settings.broker_timeout_s,
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.task_queue,
         task_acks_late=True,

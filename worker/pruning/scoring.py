@@ -2,12 +2,34 @@
 
 Every function returns ``{layer name: float32 tensor of shape (units,)}``; lower means
 "prune first".
+
+**Shears choice — greedy redundancy** (``redundancy="greedy"``, what
+:func:`worker.pruning.channels.prune_channels` uses). The redundancy r_k of ALGORITHMS §3
+is pairwise: both units of a near-duplicate pair score ≈ 0, so a plain "lowest scores
+first" removes *both* twins, although removing one already deletes nothing from the
+partition and the survivor then carries a hyperplane no other unit has. In global scope
+this empties late layers (down to ``min_channels``) and accuracy collapses. The greedy
+variant removes units one at a time, within each layer: take the unit with the lowest
+current score s_k = min(i_k, r_k), remove it, and recompute the redundancy of the
+remaining units against the **kept** units only (r_k = min over kept k' ≠ k), so the twin
+of a removed unit is no longer redundant. The score returned for a unit is its score at
+the moment the greedy pass removes it (the *removal-time score*). Removing a unit can only
+raise the others' redundancy, so removal-time scores are non-decreasing along the greedy
+order, ties within a layer are removed in index order, and sorting by (score, index) —
+what :func:`worker.pruning.allocation.allocate` does, per layer and over the global
+pool — reproduces the greedy order exactly: the lowest-k of a layer is always a greedy
+prefix. Isolation does not change (a unit's activity does not depend on its neighbours).
+Units of different layers do not interact (their codes live in different spaces), so the
+per-layer greedy passes merged by score equal one global greedy pass. ``"pairwise"`` is
+the literal formula of ALGORITHMS §3 (kept as an option, and for comparison).
+The weight-space variant applies the same greedy pass to its angle-based redundancy.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,6 +39,49 @@ from worker.pruning.layers import PrunableLayer
 from worker.pruning.regions import RegionCodes, stream_preactivations
 
 _CHUNK_BYTES = 8192  # 65,536 bits per matmul chunk: float32 dot products stay exact
+
+Redundancy = Literal["greedy", "pairwise"]
+
+
+# --------------------------------------------------------------------------- greedy pass
+
+
+def greedy_removal(isolation: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy removal order of one layer's units and each unit's removal-time score.
+
+    ``isolation`` (units,) and ``distance`` (units, units): the folded pairwise distance
+    (min(H, 1 − H) in data space, θ/π in weight space), symmetric, values in [0, 0.5];
+    the diagonal is ignored. Redundancy is r_k = min(0.5, min over kept k' ≠ k of
+    distance[k, k']) (0.5 for a unit with no kept neighbour). Repeatedly remove the kept
+    unit with the lowest s_k = min(i_k, r_k) (ties: lowest index) and refresh r of the
+    units whose nearest kept neighbour it was. Returns (order, scores) with
+    ``scores[order]`` non-decreasing. O(units²) memory, about O(units²) time in practice.
+    """
+    units = int(isolation.shape[0])
+    iso = np.asarray(isolation, dtype=np.float64)
+    if units == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    d = np.array(distance, dtype=np.float64, copy=True)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.argmin(axis=1)
+    red = np.minimum(d[np.arange(units), nearest], 0.5)
+    kept = np.ones(units, dtype=bool)
+    order = np.empty(units, dtype=np.int64)
+    removal = np.empty(units, dtype=np.float64)
+    for step in range(units):
+        current = np.where(kept, np.minimum(iso, red), np.inf)
+        k = int(current.argmin())  # argmin returns the lowest index on ties
+        order[step], removal[k] = k, current[k]
+        kept[k] = False
+        d[:, k] = np.inf
+        stale = np.flatnonzero(kept & (nearest == k))
+        if stale.size:
+            rows = d[stale]
+            nearest[stale] = rows.argmin(axis=1)
+            red[stale] = np.minimum(rows[np.arange(stale.size), nearest[stale]], 0.5)
+    # float noise aside the sequence is already non-decreasing; make it exactly so
+    removal[order] = np.maximum.accumulate(removal[order])
+    return order, removal
 
 
 # --------------------------------------------------------------------------- data space
@@ -34,8 +99,10 @@ def _pairwise_agreement(codes: RegionCodes) -> np.ndarray:
     return gram
 
 
-def spline_layer_scores(codes: RegionCodes) -> torch.Tensor:
+def spline_layer_scores(codes: RegionCodes, redundancy: Redundancy = "pairwise") -> torch.Tensor:
     """s_k = min(isolation i_k, redundancy r_k) of one layer's units, in [0, 0.5].
+
+    ``redundancy="greedy"``: removal-time scores of the greedy pass (module docstring).
 
     - i_k = min(a_k, 1 − a_k), a_k the fraction of probe positions where unit k is on;
     - r_k = min over k' ≠ k of min(H, 1 − H), H the normalized Hamming distance between
@@ -51,17 +118,19 @@ def spline_layer_scores(codes: RegionCodes) -> torch.Tensor:
     if codes.units > 1:
         gram = _pairwise_agreement(codes)
         ham = (ones[:, None] + ones[None, :] - 2.0 * gram) / m
-        folded = np.minimum(ham, 1.0 - ham)
+        folded = np.clip(np.minimum(ham, 1.0 - ham), 0.0, 0.5)
+        if redundancy == "greedy":
+            return torch.from_numpy(greedy_removal(isolation, folded)[1]).float()
         np.fill_diagonal(folded, np.inf)
-        redundancy = folded.min(axis=1)
+        red = folded.min(axis=1)
     else:
-        redundancy = np.full(codes.units, 0.5)
-    return torch.from_numpy(np.minimum(isolation, redundancy)).float()
+        red = np.full(codes.units, 0.5)
+    return torch.from_numpy(np.minimum(isolation, red)).float()
 
 
-def spline_scores(codes: dict[str, RegionCodes]) -> dict[str, torch.Tensor]:
+def spline_scores(codes: dict[str, RegionCodes], redundancy: Redundancy = "pairwise") -> dict[str, torch.Tensor]:
     """Data-space spline scores of every layer (ALGORITHMS §3, Shears choice)."""
-    return {name: spline_layer_scores(c) for name, c in codes.items()}
+    return {name: spline_layer_scores(c, redundancy) for name, c in codes.items()}
 
 
 # --------------------------------------------------------------------------- weight space
@@ -91,6 +160,22 @@ def fold_bn(layer: PrunableLayer) -> tuple[torch.Tensor, torch.Tensor]:
     return normals, offsets
 
 
+def _angle_matrix(normals: torch.Tensor, groups: int) -> torch.Tensor:
+    """θ[k, k'] ∈ [0, π/2]: angle between the hyperplanes of units k and k' (sign
+    ignored); π/2 across conv groups (different input spaces), for zero normals and on
+    the diagonal."""
+    units = normals.shape[0]
+    unit = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (unit @ unit.T).abs().clamp(max=1.0)
+    group_of = torch.arange(units, device=normals.device) // max(1, units // groups)
+    cos[group_of[:, None] != group_of[None, :]] = 0.0
+    cos.fill_diagonal_(0.0)
+    zero = normals.norm(dim=1) == 0
+    cos[zero] = 0.0
+    cos[:, zero] = 0.0
+    return torch.arccos(cos)
+
+
 def _smallest_angles(normals: torch.Tensor, groups: int) -> torch.Tensor:
     """Smallest angle in [0, π/2] between each unit's hyperplane and another unit's of
     the same group (units of different conv groups live in different input spaces)."""
@@ -114,6 +199,7 @@ def spline_geometry_scores(
     max_positions: int = 64,
     seed: int = 0,
     batch_size: int = 256,
+    redundancy: Redundancy = "pairwise",
 ) -> dict[str, torch.Tensor]:
     """Weight-space spline scores (ALGORITHMS §3 alternative). **Shears choice** of formula:
 
@@ -128,7 +214,8 @@ def spline_geometry_scores(
       unit k's normal and another unit's of the same layer (and conv group), sign ignored:
       two hyperplanes through the centre of an isotropic cloud split a fraction θ/π of it
       differently (∈ [0, 0.5], analogue of min(H, 1 − H));
-    - s_k = min(ĩ_k, r̃_k) ∈ [0, 0.5], comparable across layers like the data-space score.
+    - s_k = min(ĩ_k, r̃_k) ∈ [0, 0.5], comparable across layers like the data-space score;
+      with ``redundancy="greedy"`` the removal-time scores of the greedy pass on θ/π.
     The mean and std of h_k over the probe positions are accumulated from the layer's
     pre-activation (the BN output in eval mode, which equals the folded map exactly).
     """
@@ -157,8 +244,13 @@ def spline_geometry_scores(
         isolation = 0.5 * torch.erfc(delta / math.sqrt(2.0))  # Φ(−δ)
         normals, _ = fold_bn(layer)
         groups = getattr(layer.module, "groups", 1)
-        redundancy = _smallest_angles(normals.double(), groups) / math.pi  # depthwise: all 0.5
-        scores[layer.name] = torch.minimum(isolation.cpu(), redundancy.cpu()).float()
+        if redundancy == "greedy":
+            angles = _angle_matrix(normals.double(), groups).cpu().numpy() / math.pi
+            _, removal = greedy_removal(isolation.cpu().numpy(), angles)
+            scores[layer.name] = torch.from_numpy(removal).float()
+            continue
+        red = _smallest_angles(normals.double(), groups) / math.pi  # depthwise: all 0.5
+        scores[layer.name] = torch.minimum(isolation.cpu(), red.cpu()).float()
     return scores
 
 
@@ -194,6 +286,7 @@ def random_scores(layers: Sequence[PrunableLayer], seed: int = 0) -> dict[str, t
 __all__ = [
     "bn_scale_scores",
     "fold_bn",
+    "greedy_removal",
     "l1_scores",
     "random_scores",
     "spline_geometry_scores",

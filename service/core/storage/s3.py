@@ -26,7 +26,11 @@ def _client(settings: Settings, endpoint: str | None):
         region_name=settings.s3_region,
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=settings.s3_secret_access_key,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"),
+        config=Config(
+            retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},  # exponential backoff
+            connect_timeout=settings.s3_timeout_s, read_timeout=settings.s3_timeout_s,
+            signature_version="s3v4",
+        ),
     )
 
 

@@ -1,0 +1,55 @@
+"""The README's CI examples (examples/ci-*.sh) run as written against the embedded service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import REPO_ROOT
+
+
+@pytest.mark.parametrize("script", ["ci-cli.sh", "ci-curl.sh"])
+def test_the_ci_example_prunes_a_model_and_downloads_the_artifacts(
+    script: str, deployment_embedded, model_and_data, tmp_path: Path
+) -> None:
+    base, key = deployment_embedded
+    model_path, data_path, _ = model_and_data
+    shutil.copy(model_path, tmp_path / "model.onnx")
+    shutil.copy(data_path, tmp_path / "data.npz")
+    shutil.copy(REPO_ROOT / "examples" / "shears-job.yaml", tmp_path / "shears-job.yaml")
+    env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+
+    run = subprocess.run(["bash", str(REPO_ROOT / "examples" / script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in ("model.onnx", "model.torchscript.pt", "report.json", "report.html"):
+        assert (tmp_path / "pruned" / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    assert report["structure"]["channels_removed"] is True
+    assert report["acceptance"]["passed"] is True
+
+
+def test_the_cli_exits_2_when_the_acceptance_gate_fails(deployment_embedded, model_and_data, tmp_path: Path) -> None:
+    base, key = deployment_embedded
+    model_path, data_path, _ = model_and_data
+    (tmp_path / "strict.yaml").write_text(
+        "pipeline: [{prune_channels: {criterion: random, ratio: 0.9}}]\nacceptance: {max_accuracy_drop: 0.0}\n"
+    )
+    env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key}
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "submit", str(model_path), "--dataset", str(data_path),
+         "--spec", str(tmp_path / "strict.yaml"), "--wait", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    job = json.loads(run.stdout)
+    assert job["status"] == "succeeded"
+    assert job["result"]["acceptance"]["passed"] is False
