@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import health, jobs, metrics
 from service.api.errors import install_error_handlers
+from service.api.uploads import remove_orphan_uploads
 from service.api.uploads_router import datasets_router, models_router
 from service.core.config import Settings, get_settings
 from service.core.db import create_schema, make_engine, make_session_factory
@@ -44,6 +45,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        removed = remove_orphan_uploads(settings.data_dir / "tmp")
+        if removed:
+            log.warning("removed %d temporary upload files of dead API processes", len(removed))
         create_schema(app.state.engine)
         task = asyncio.create_task(_reaper_loop(app)) if reaper else None
         yield

@@ -107,18 +107,74 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
     except SoftTimeLimitExceeded:
         jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
                   "raise it in the spec or use fewer epochs", reporter.stage)  # fmt: skip
-        store.delete_prefix(f"jobs/{job_id}/")
+        _discard_artifacts(store, job_id)
     except Exception as error:  # noqa: BLE001 - every failure must end on the row, with a reason
-        code = getattr(error, "code", None) or "internal-error"
-        log.exception("job %s failed", job_id)
-        jobs.fail(sessions, job_id, code, f"{error}"[:2000] or type(error).__name__, reporter.stage)
-        store.delete_prefix(f"jobs/{job_id}/")
+        code, message = classify_failure(error, settings)
+        log.exception("job %s failed (%s)", job_id, code)
+        jobs.fail(sessions, job_id, code, message, reporter.stage)
+        _discard_artifacts(store, job_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if status in {"succeeded", "failed", "cancelled"}:
             shutil.rmtree(checkpoints, ignore_errors=True)
         _notify(settings, sessions, job_id, spec)
     return status
+
+
+def _discard_artifacts(store: ArtifactStore, job_id: str) -> None:
+    """Remove what a failed job uploaded; the row (failed, no artifact list) already hides it."""
+    try:
+        store.delete_prefix(f"jobs/{job_id}/")
+    except Exception:  # noqa: BLE001 - storage down: the failed row never lists these objects
+        log.warning("could not remove the partial artifacts of job %s", job_id, exc_info=True)
+
+
+def _causes(error: BaseException):
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _storage_unreachable(error: BaseException) -> bool:
+    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    for cause in _causes(error):
+        if isinstance(cause, EndpointConnectionError | ConnectionClosedError | BotoConnectionError | HTTPClientError):
+            return True
+        if isinstance(cause, ClientError):
+            meta = cause.response.get("ResponseMetadata", {})
+            code = cause.response.get("Error", {}).get("Code", "")
+            if int(meta.get("HTTPStatusCode") or 0) >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+                return True
+    return False
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    for cause in _causes(error):
+        if isinstance(cause, MemoryError):
+            return True
+        text = str(cause)
+        if isinstance(cause, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()):
+            return True  # torch's CPU allocator and CUDA's out-of-memory errors
+    return False
+
+
+def classify_failure(error: BaseException, settings: Settings) -> tuple[str, str]:
+    """The stable code and the how-to-fix message a user sees for a failed job."""
+    if _out_of_memory(error):
+        limit = f"{settings.worker_memory_limit_mb} MiB" if settings.worker_memory_limit_mb else "its memory"
+        return "out-of-memory", (f"the job needed more memory than the worker allows ({limit}); lower "
+                                 "training.batch_size or use a smaller model, or ask the operator for "
+                                 "larger workers (SHEARS_WORKER_MEMORY_LIMIT_MB)")  # fmt: skip
+    if _storage_unreachable(error):
+        return "storage-unavailable", (f"the artifact store could not be reached ({type(error).__name__}) after "
+                                       f"{settings.s3_max_attempts} attempts with backoff; nothing was kept. "
+                                       "Submit the job again (with a new Idempotency-Key) once storage is back")  # fmt: skip
+    code = getattr(error, "code", None) or "internal-error"
+    return code, f"{error}"[:2000] or type(error).__name__
 
 
 def _upload_artifacts(store: ArtifactStore, job_id: str, files: dict[str, Path]) -> list[dict]:

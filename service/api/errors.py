@@ -7,6 +7,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -58,6 +59,18 @@ def install_error_handlers(app: FastAPI) -> None:
             f"The request is invalid at {fields}; fix the listed fields and retry.",
             errors=errors,
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+            raise exc  # a bug (bad SQL, constraint), not an outage: a 500 with a traceback in the log
+        return problem_response(
+            503, "database-unavailable",
+            "The job database is unreachable for a moment; nothing was changed. Retry after the "
+            "Retry-After delay (with the same Idempotency-Key for POST /v1/jobs).",
+            {"Retry-After": "5"},
+        )  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -76,7 +76,7 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         state["name"] = params.get(b"name", b"").decode()
         filename = params.get(b"filename")
         if filename is not None:
-            fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+            fd, path = tempfile.mkstemp(dir=tmp_dir, prefix=f"upload-{os.getpid()}-")
             state.update(filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
                          out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
 
@@ -128,3 +128,23 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
             form.cleanup()
             raise _too_large(limit)
     return form
+
+
+def remove_orphan_uploads(tmp_dir: Path) -> list[Path]:
+    """Delete temporary upload files left by API processes that died mid-upload (killed,
+    OOM, power loss). Files carry the writer's pid; those of live processes other than this
+    one are kept (several API processes may share ``tmp_dir`` on one host)."""
+    removed = []
+    for path in tmp_dir.glob("upload-*") if tmp_dir.is_dir() else ():
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and int(owner) != os.getpid():
+            try:
+                os.kill(int(owner), 0)
+                continue  # its writer is alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, another user's
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
