@@ -55,7 +55,7 @@ def build_router(
             if received is None:
                 raise Problem(422, "file-missing", f"Send the {kind} as a multipart part named `file`.")
             try:
-                file_format = check(received.path, settings)
+                file_format = await run_in_threadpool(check, received.path, settings)  # walks the file
             except sniff.Unacceptable as error:
                 raise Problem(422, error.code, str(error)) from error
             row = record(id=new_id(prefix), tenant=tenant, filename=received.filename,

@@ -45,6 +45,8 @@ def deployment_compose(service_settings: Settings, server_logs: Path, announce):
     settings = service_settings.model_copy(update={
         "api_keys": {hash_key(API_KEY): "ci"}, "lease_s": 60.0, "progress_interval_s": 0.2,
         "webhook_secret": WEBHOOK_SECRET, "allow_private_callbacks": True,  # receivers run on loopback here
+        # its own Redis database: the session's other worker must not take these jobs
+        "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/1",
     })  # fmt: skip
     worker = servers.Process("compose-worker", [sys.executable, "-m", *_compose_command("worker")],
                              server_logs, settings.as_env())  # fmt: skip

@@ -2,7 +2,8 @@
 
 - ``layerwise``: the same ratio in every layer.
 - ``global``: one pool of all units; the lowest scores go first, skipping units of a
-  layer once it is down to ``min_channels``.
+  layer once it is down to ``min_channels`` (or to its entry in ``floors``, a per-layer
+  minimum such as a fraction of the layer's width).
 Then, in both modes, every layer's kept count is rounded **up** to a multiple of
 ``round_to`` (never above the layer's width, never below ``min_channels``): the guard
 rails can only keep more channels than the ratio asks, never fewer. Within a layer the
@@ -37,18 +38,21 @@ def allocate(
     scope: Literal["global", "layerwise"] = "global",
     min_channels: int = 1,
     round_to: int = 1,
+    floors: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Indices (sorted int64) of the channels to REMOVE in each scored layer.
 
     ``ratio`` is the fraction of the scored channels to remove (floor of ratio × count,
     per layer in ``layerwise`` scope, over all layers in ``global`` scope), subject to the
-    guard rails above. Layers absent from ``scores`` are not touched.
+    guard rails above. Layers absent from ``scores`` are not touched. ``floors`` raises
+    ``min_channels`` per layer (both scopes).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError("ratio must be in [0, 1)")
     if min_channels < 1 or round_to < 1:
         raise ValueError("min_channels and round_to must be >= 1")
     widths = {name: int(s.numel()) for name, s in scores.items()}
+    minimum = {name: max(min_channels, int((floors or {}).get(name, 1)), 1) for name in scores}
     removed: dict[str, int] = {}
     if scope == "layerwise":
         for name, width in widths.items():
@@ -63,7 +67,7 @@ def allocate(
             order = torch.sort(flat, stable=True).indices.tolist()
             owner_list = owner.tolist()
             counts = [0] * len(names)
-            budget = [max(0, widths[n] - max(min_channels, 1)) for n in names]
+            budget = [max(0, widths[n] - minimum[n]) for n in names]
             taken = 0
             for idx in order:
                 li = owner_list[idx]
@@ -80,7 +84,7 @@ def allocate(
 
     plan: dict[str, torch.Tensor] = {}
     for name, width in widths.items():
-        keep = _kept_after_guards(width, width - removed[name], min_channels, round_to)
+        keep = _kept_after_guards(width, width - removed[name], minimum[name], round_to)
         plan[name] = _lowest(scores[name], width - keep)
     return plan
 

@@ -13,11 +13,32 @@ form one coupled set; its *root* is the member executed first. Only the root is 
 and allocated, and the root's plan is what gets removed from every member; plans given
 for non-root members are ignored. A coupled set containing an excluded layer (the
 classifier, ``exclude``) is left whole.
+
+**Shears choice — mean replacement** (``compensate=True``, the default of
+:func:`prune_channels`). Removing a channel deletes its contribution to every consumer.
+When the removed activation is near-constant (a unit that is almost always on or off,
+exactly what the isolation score and small filter norms select; typical of BN-folded
+ONNX convs with tiny weights and a large bias) that contribution is mostly a constant
+shift of the consumer's pre-activation, and dropping it can wreck accuracy although the
+removal itself is exact. Mean replacement keeps the best constant in its place: for
+each Conv/Linear ``m`` whose *input* channels the Torch-Pruning group removes (the
+group's in-channel items, with Torch-Pruning's own index mapping through flatten,
+concatenation and residual adds), with μ = E_probes[input of m] (per sample, per
+position) restricted to the removed channels, m's linear part applied to μ is added to
+m's output offset: δ = mean over output positions of (W ∗ μ_removed), added to m's bias
+(created when m has none) — or, when a BatchNorm directly follows m, subtracted from
+the BN's running mean (same effect in eval mode, no new parameter; in train mode the BN
+re-centres anyway). By linearity this is E[m(x)] − E[m(x without the channels)] up to the
+averaging over positions, exact for a Linear consumer. Means are measured on the probe
+set right before each group is removed (earlier removals and compensations included).
+Grouped convolutions as consumers (other than the depthwise convs that are pruned along)
+are left uncompensated.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +52,7 @@ from worker.pruning.allocation import allocate
 from worker.pruning.layers import PrunableLayer, classifier_name, discover_layers, resolve_excludes
 from worker.pruning.regions import compute_region_codes, select_probes
 from worker.pruning.scoring import (
+    Redundancy,
     bn_scale_scores,
     l1_scores,
     random_scores,
@@ -113,19 +135,98 @@ def coupled_sets(
         model.train(was_training)
 
 
+_COMPENSABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@torch.no_grad()
+def _input_means(model: nn.Module, modules: Sequence[nn.Module], probes: torch.Tensor,
+                 batch_size: int = 256) -> dict[nn.Module, torch.Tensor]:  # fmt: skip
+    """E over ``probes`` of each module's input (eval mode): shape (C, *spatial) for a
+    conv, (features,) for a linear (leading dims averaged)."""
+    sums: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module, inputs, _out):
+        x = inputs[0].detach().double()
+        if isinstance(module, nn.Linear):
+            x = x.reshape(-1, x.shape[-1])
+        sums[module] = sums.get(module, 0) + x.sum(0)
+        counts[module] = counts.get(module, 0) + x.shape[0]
+
+    handles = [m.register_forward_hook(hook) for m in set(modules)]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(probes), batch_size):
+            model(probes[i : i + batch_size].to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {m: (sums[m] / counts[m]) for m in sums}
+
+
+@torch.no_grad()
+def _compensate(model: nn.Module, graph: tp.DependencyGraph, group, probes: torch.Tensor,
+                bn_after: dict[nn.Module, nn.Module]) -> int:  # fmt: skip
+    """Mean replacement for one group before it is removed (module docstring).
+    Returns the number of consumers compensated."""
+    targets: list[tuple[nn.Module, list[int]]] = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if not graph.is_in_channel_pruning_fn(dep.handler) or not isinstance(module, _COMPENSABLE):
+            continue
+        if getattr(module, "groups", 1) != 1 or not idxs:
+            continue
+        targets.append((module, sorted({int(i) for i in idxs})))
+    if not targets:
+        return 0
+    means = _input_means(model, [m for m, _ in targets], probes)
+    done = 0
+    for module, idxs in targets:
+        mu = means.get(module)
+        if mu is None:  # not executed on these inputs
+            continue
+        removed = torch.zeros_like(mu)
+        index = torch.tensor(idxs, device=mu.device)
+        removed.index_copy_(0, index, mu.index_select(0, index))
+        weight = module.weight.detach().double()
+        if isinstance(module, nn.Linear):
+            delta = weight @ removed
+        else:
+            out = module._conv_forward(removed.unsqueeze(0), weight, None)
+            delta = out.flatten(2).mean(dim=2).squeeze(0)
+        delta = delta.to(module.weight.dtype)
+        bn = bn_after.get(module)
+        if bn is not None and bn.running_mean is not None:
+            bn.running_mean.sub_(delta.to(bn.running_mean.dtype))
+        elif module.bias is not None:
+            module.bias.add_(delta.to(module.bias.dtype))
+        else:
+            module.bias = nn.Parameter(delta.clone())
+        done += 1
+    return done
+
+
 def remove_channels(
     model: nn.Module,
     example_input: torch.Tensor,
     plan: dict[str, torch.Tensor],
     ignored_layers: Iterable[str | nn.Module] = (),
+    *,
+    compensate_probes: torch.Tensor | None = None,
 ) -> nn.Module:
     """Physically remove ``plan[name]`` (output-channel indices) from each named layer
     and from everything coupled to it; return the same (now smaller) model.
 
     For coupled sets the root's plan wins (module docstring). Sets touching an ignored
-    layer are skipped with a warning. The model keeps its input/output shapes.
+    layer are skipped with a warning. The model keeps its input/output shapes. With
+    ``compensate_probes``, each removal is mean-replaced on those inputs (module
+    docstring).
     """
     layers = discover_layers(model)
+    bn_after = {layer.module: layer.bn for layer in layers if layer.bn is not None}
     by_name = {layer.name: layer for layer in layers}
     unknown = [n for n in plan if n not in by_name]
     if unknown:
@@ -153,6 +254,8 @@ def remove_channels(
             group = graph.get_pruning_group(layer.module, _out_fn(layer.module), idxs)
             if not graph.check_pruning_group(group):
                 raise ValueError(f"pruning {root} would empty a coupled layer")
+            if compensate_probes is not None:
+                _compensate(model, graph, group, compensate_probes, bn_after)
             group.prune(record_history=False)
     finally:
         model.train(was_training)
@@ -203,15 +306,17 @@ def score_layers(
     *,
     seed: int = 0,
     max_positions: int = 64,
+    redundancy: Redundancy = "greedy",
 ) -> dict[str, torch.Tensor]:
     """Scores of ``layers`` for one criterion (``spline``, ``spline_geometry``, ``l1``,
-    ``bn_scale``, ``random``). Spline criteria need ``probes``."""
+    ``bn_scale``, ``random``). Spline criteria need ``probes``; their redundancy term is
+    ``greedy`` (removal-time scores, see :mod:`worker.pruning.scoring`) or ``pairwise``."""
     if criterion in ("spline", "spline_geometry") and probes is None:
         raise ValueError(f"criterion {criterion!r} needs probes")
     if criterion == "spline":
-        return spline_scores(compute_region_codes(model, probes, layers, max_positions, seed))
+        return spline_scores(compute_region_codes(model, probes, layers, max_positions, seed), redundancy)
     if criterion == "spline_geometry":
-        return spline_geometry_scores(model, layers, probes, max_positions, seed)
+        return spline_geometry_scores(model, layers, probes, max_positions, seed, redundancy=redundancy)
     if criterion == "l1":
         return l1_scores(layers)
     if criterion == "bn_scale":
@@ -235,6 +340,9 @@ def prune_channels(
     seed: int = 0,
     blend: int = 0,
     max_positions: int = 64,
+    redundancy: Redundancy = "greedy",
+    compensate: bool = True,
+    min_keep_fraction: float = 0.1,
 ) -> PruneResult:
     """Score, allocate and physically remove channels (ALGORITHMS §3); in place.
 
@@ -243,7 +351,11 @@ def prune_channels(
     (network slimming prunes through BN scales only); in ``global`` scope ``l1`` scores
     are divided by their layer's mean (Torch-Pruning's "mean" normalizer), because raw
     filter norms are not comparable across layers; spline scores are comparable by
-    construction and are used as they are.
+    construction and are used as they are; spline redundancy is ``greedy`` by default
+    (:mod:`worker.pruning.scoring`); removed channels are mean-replaced on the probe
+    set when ``compensate`` (module docstring); in ``global`` scope every layer keeps at
+    least ``max(min_channels, ceil(min_keep_fraction × width))`` channels, so no layer
+    collapses to a single channel (a relative guard rail on top of the absolute one).
     """
     layers = discover_layers(model)
     if not layers:
@@ -260,16 +372,22 @@ def prune_channels(
     sets = coupled_sets(model, example, layers)
     roots = {s[0] for s in sets if not (set(s) & excluded)}
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
+    if not 0.0 <= min_keep_fraction < 1.0:
+        raise ValueError("min_keep_fraction must be in [0, 1)")
     probes = None
-    if criterion in ("spline", "spline_geometry"):
+    if criterion in ("spline", "spline_geometry") or compensate:
         probes = select_probes(data.x_train, probes_n, seed, blend, y=data.y_train)
-    scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions)
+    scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions,
+                          redundancy=redundancy)  # fmt: skip
     if not scores:
         raise ValueError(f"criterion {criterion!r} found nothing to score (bn_scale needs BatchNorm layers)")
     if criterion == "l1" and scope == "global":
         scores = {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}
-    plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to)
-    remove_channels(model, example, plan, ignored_layers=excluded)
+    floors = None
+    if scope == "global" and min_keep_fraction > 0:
+        floors = {n: max(min_channels, math.ceil(min_keep_fraction * s.numel() - 1e-9)) for n, s in scores.items()}
+    plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors)
+    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None)
 
     channels_after = {layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
                       for layer in layers}  # fmt: skip
