@@ -49,3 +49,37 @@ class _Boom:
 
 def malicious_pickle(marker: Path) -> bytes:
     return pickle.dumps(_Boom(marker), protocol=4)
+
+
+def digits_mlp_onnx(hidden: int = 16, tile: int = 0) -> bytes:
+    """An ONNX MLP for the builtin ``digits`` data (input (N, 1, 8, 8), 10 classes), made
+    without torch. ``tile`` > 0 first repeats the input ``tile`` times along the channels
+    (then averages them away): the model stays tiny on disk but needs ``tile`` × 256 bytes
+    of memory per sample, which is how the out-of-memory tests ask for too much."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    initializers = [
+        numpy_helper.from_array((rng.normal(size=(64, hidden)) * 0.1).astype(np.float32), "W1"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "B1"),
+        numpy_helper.from_array((rng.normal(size=(hidden, 10)) * 0.1).astype(np.float32), "W2"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "B2"),
+    ]
+    nodes, source = [], "x"
+    if tile:
+        initializers.append(numpy_helper.from_array(np.array([1, tile, 1, 1], np.int64), "repeats"))
+        nodes += [helper.make_node("Tile", ["x", "repeats"], ["tiled"]),
+                  helper.make_node("ReduceMean", ["tiled"], ["mean"], axes=[1], keepdims=1)]  # fmt: skip
+        source = "mean"
+    nodes += [
+        helper.make_node("Flatten", [source], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W1", "B1"], ["hidden"]),
+        helper.make_node("Relu", ["hidden"], ["relu"]),
+        helper.make_node("Gemm", ["relu", "W2", "B2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "digits_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializers,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()

@@ -102,10 +102,11 @@ def ensure_binary(binary: str, apt_package: str) -> str:
     return path
 
 
-def start_redis(log_dir: Path) -> tuple[Process, str]:
+def start_redis(log_dir: Path, port: int | None = None) -> tuple[Process, str]:
+    """A redis-server without persistence (``port``: restart one on the same address)."""
     import redis
 
-    port = free_port()
+    port = port or free_port()
     binary = ensure_binary("redis-server", "redis-server")
     proc = Process(
         "redis-server",
@@ -182,11 +183,10 @@ def create_bucket(endpoint: str, bucket: str) -> None:
 
 
 def start_celery_worker(
-    log_dir: Path, settings: "Settings", name: str = "celery-worker", concurrency: int = 1
+    log_dir: Path, settings: "Settings", name: str = "celery-worker", concurrency: int = 1, wait: bool = True
 ) -> Process:
-    """A real ``celery worker`` process; returns once it answers a remote-control ping."""
-    from service.core.queue import make_celery
-
+    """A real ``celery worker`` process; returns once it answers a remote-control ping
+    (``wait=False``: at once; call ``wait_for_worker`` later, to start several in parallel)."""
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
     proc = Process(
         name,
@@ -194,10 +194,20 @@ def start_celery_worker(
          "--concurrency", str(concurrency), "--hostname", hostname, "--without-gossip",
          "--without-mingle"],
         log_dir,
-        settings.as_env(),
+        {"OMP_NUM_THREADS": "1", **settings.as_env()},
     )  # fmt: skip
+    proc.hostname = hostname.split("@")[0]
+    if wait:
+        wait_for_worker(proc, settings)
+    return proc
+
+
+def wait_for_worker(proc: Process, settings: "Settings") -> Process:
+    from service.core.queue import make_celery
+
+    name = proc.name
     control = make_celery(settings)
-    wanted = hostname.split("@")[0]
+    wanted = proc.hostname
 
     def answers() -> bool:
         replies = control.control.ping(timeout=0.5) or []
@@ -209,3 +219,21 @@ def start_celery_worker(
         proc.stop()
         raise
     return proc
+
+
+def start_api(log_dir: Path, settings: "Settings", name: str = "api") -> tuple[Process, str]:
+    """The API as production runs it (uvicorn with the app factory); returns once /healthz answers."""
+    port = free_port()
+    proc = Process(
+        name,
+        [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port)],
+        log_dir, settings.as_env(),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.ensure_alive() and httpx.get(f"{base}/healthz", timeout=2).is_success, 60, name)
+    except Exception:
+        proc.stop()
+        raise
+    return proc, base

@@ -4,9 +4,11 @@ artifacts, then flip the row. Owns everything about job rows and storage so that
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -32,10 +34,11 @@ class JobFailure(Exception):
 
 
 class ProgressReporter:
-    """Throttled progress writes to the job row; remembers whether cancellation was asked."""
+    """Throttled progress writes to the job row; remembers whether cancellation was asked
+    (or the job was taken away from this execution)."""
 
-    def __init__(self, sessions, job_id: str, settings: Settings) -> None:
-        self.sessions, self.job_id, self.settings = sessions, job_id, settings
+    def __init__(self, sessions, job_id: str, settings: Settings, attempt: int | None = None) -> None:
+        self.sessions, self.job_id, self.settings, self.attempt = sessions, job_id, settings, attempt
         self.cancelled = False
         self._last = 0.0
         self.stage = "starting"
@@ -46,10 +49,40 @@ class ProgressReporter:
         final = event.get("epoch") == event.get("epochs")
         if now - self._last >= self.settings.progress_interval_s or final:
             self._last = now
-            self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event, self.settings.lease_s)
+            self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event,
+                                                  self.settings.lease_s, self.attempt)  # fmt: skip
 
     def should_cancel(self) -> bool:
         return self.cancelled
+
+
+class Heartbeat:
+    """Renews the job's lease every lease_s/3 from a background thread while this process
+    lives, also through stages that report no progress (imports, export, upload). When the
+    process dies the renewals stop and the reaper re-queues the job after ``lease_s``."""
+
+    def __init__(self, sessions, job_id: str, attempt: int, lease_s: float) -> None:
+        self.sessions, self.job_id, self.attempt, self.lease_s = sessions, job_id, attempt, lease_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not jobs.renew_lease(self.sessions, self.job_id, self.attempt, self.lease_s):
+                    self.lost = True  # re-queued and claimed by another execution, or ended
+                    return
+            except Exception:  # noqa: BLE001 - database blip: try again next beat
+                log.warning("lease renewal of job %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def sha256_file(path: Path) -> str:
@@ -61,17 +94,26 @@ def sha256_file(path: Path) -> str:
 
 
 def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    """Run ``job_id`` to a terminal state (or leave it to another worker). Returns the status."""
+    """Run ``job_id`` to a terminal state (or leave it to another worker). Returns the status:
+    ``skipped`` when another execution holds the job (a duplicate delivery), ``lost`` when
+    the job was taken away from this one while it ran (its lease expired)."""
     if not jobs.start(sessions, job_id, settings.lease_s):
         return "skipped"  # another worker holds it, it was cancelled, or it already ended
     with sessions() as session:
         job = session.get(JobRecord, job_id)
+        attempt = job.attempt
         spec = JobSpec.model_validate(job.spec)
         model_row = session.get(ModelRecord, job.model_id)
         dataset_row = session.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
-    workdir = settings.data_dir / "work" / job_id
+    log.info("job %s attempt %d started", job_id, attempt)
+    with Heartbeat(sessions, job_id, attempt, settings.lease_s) as heartbeat:
+        return _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat)
+
+
+def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat) -> str:
+    workdir = settings.data_dir / "work" / job_id / str(attempt)
     checkpoints = settings.data_dir / "checkpoints" / job_id
-    reporter = ProgressReporter(sessions, job_id, settings)
+    reporter = ProgressReporter(sessions, job_id, settings, attempt)
     status = "failed"
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -91,33 +133,43 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
         )  # fmt: skip
         try:
             outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=reporter,
-                                   should_cancel=reporter.should_cancel, checkpoint_dir=checkpoints)  # fmt: skip
+                                   should_cancel=lambda: reporter.should_cancel() or heartbeat.lost,
+                                   checkpoint_dir=checkpoints)  # fmt: skip
         except Cancelled:
-            jobs.acknowledge_cancel(sessions, job_id)
-            status = "cancelled"
+            status = "cancelled" if jobs.acknowledge_cancel(sessions, job_id, attempt) else "lost"
+            return status
+        if heartbeat.lost or not jobs.renew_lease(sessions, job_id, attempt, settings.lease_s):
+            status = "lost"  # another execution owns the job: never overwrite its artifacts
             return status
         artifacts = _upload_artifacts(store, job_id, outcome.files)
         reporter.stage = "done"
-        if jobs.succeed(sessions, job_id, outcome.summary, artifacts):
+        if jobs.succeed(sessions, job_id, outcome.summary, artifacts, attempt):
             status = "succeeded"
-        else:  # cancelled while uploading: the row decides
-            store.delete_prefix(f"jobs/{job_id}/")
-            jobs.acknowledge_cancel(sessions, job_id)
+        elif jobs.acknowledge_cancel(sessions, job_id, attempt):  # cancelled while uploading
+            _discard_artifacts(store, job_id)
             status = "cancelled"
+        else:
+            status = "lost"
     except SoftTimeLimitExceeded:
-        jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
-                  "raise it in the spec or use fewer epochs", reporter.stage)  # fmt: skip
-        _discard_artifacts(store, job_id)
+        if jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
+                     "raise it in the spec or use fewer epochs", reporter.stage, attempt):  # fmt: skip
+            _discard_artifacts(store, job_id)
+        else:
+            status = "lost"
     except Exception as error:  # noqa: BLE001 - every failure must end on the row, with a reason
         code, message = classify_failure(error, settings)
         log.exception("job %s failed (%s)", job_id, code)
-        jobs.fail(sessions, job_id, code, message, reporter.stage)
-        _discard_artifacts(store, job_id)
+        if jobs.fail(sessions, job_id, code, message, reporter.stage, attempt):
+            _discard_artifacts(store, job_id)
+        else:
+            status = "lost"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            workdir.parent.rmdir()  # work/<job_id>, once no attempt uses it
         if status in {"succeeded", "failed", "cancelled"}:
             shutil.rmtree(checkpoints, ignore_errors=True)
-        _notify(settings, sessions, job_id, spec)
+            _notify(settings, sessions, job_id, spec)
     return status
 
 

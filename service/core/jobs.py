@@ -48,15 +48,35 @@ def start(sessions: sessionmaker, job_id: str, lease_s: float) -> bool:
     )  # fmt: skip
 
 
+def _mine(attempt: int | None, condition):
+    """``condition``, fenced to one execution: a worker that lost its lease (the job was
+    re-queued and claimed again, so ``attempt`` moved on) can no longer change the row."""
+    return condition if attempt is None else and_(condition, JobRecord.attempt == attempt)
+
+
 def report_progress(
-    sessions: sessionmaker, job_id: str, stage: str, progress: dict, lease_s: float
+    sessions: sessionmaker, job_id: str, stage: str, progress: dict, lease_s: float, attempt: int | None = None
 ) -> bool:
-    """Record progress and extend the lease. Returns True when cancellation was requested."""
-    _cas(
-        sessions, job_id, JobRecord.status.in_(ACTIVE),
+    """Record progress and extend the lease. Returns True when cancellation was requested,
+    or (with ``attempt``) when this execution no longer owns the job and must stop."""
+    owned = _cas(
+        sessions, job_id, _mine(attempt, JobRecord.status.in_(ACTIVE)),
         stage=stage, progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
     )  # fmt: skip
+    if attempt is not None and not owned:
+        return True
     return cancel_requested(sessions, job_id)
+
+
+def renew_lease(sessions: sessionmaker, job_id: str, attempt: int, lease_s: float) -> bool:
+    """The heartbeat of a live execution; False when the job is no longer this execution's."""
+    statement = (
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.status.in_(ACTIVE), JobRecord.attempt == attempt)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )  # no version bump: a heartbeat is not a change a poller (ETag) should see
+    with sessions.begin() as session:
+        return session.execute(statement).rowcount == 1
 
 
 def cancel_requested(sessions: sessionmaker, job_id: str) -> bool:
@@ -65,26 +85,27 @@ def cancel_requested(sessions: sessionmaker, job_id: str) -> bool:
     return bool(flag)
 
 
-def succeed(sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict]) -> bool:
+def succeed(sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict], attempt: int | None = None) -> bool:
     return _cas(
-        sessions, job_id, JobRecord.status == "running",
+        sessions, job_id, _mine(attempt, JobRecord.status == "running"),
         status="succeeded", result=result, artifacts=artifacts, finished_at=utcnow(),
         lease_expires_at=None, progress={"percent": 100.0},
     )  # fmt: skip
 
 
-def fail(sessions: sessionmaker, job_id: str, code: str, message: str, stage: str | None) -> bool:
+def fail(sessions: sessionmaker, job_id: str, code: str, message: str, stage: str | None,
+         attempt: int | None = None) -> bool:  # fmt: skip
     error = {"code": code, "message": message, "stage": stage}
     return _cas(
-        sessions, job_id, JobRecord.status.in_({"queued", *ACTIVE}),
+        sessions, job_id, _mine(attempt, JobRecord.status.in_({"queued", *ACTIVE})),
         status="failed", error=error, finished_at=utcnow(), lease_expires_at=None,
     )  # fmt: skip
 
 
-def acknowledge_cancel(sessions: sessionmaker, job_id: str) -> bool:
+def acknowledge_cancel(sessions: sessionmaker, job_id: str, attempt: int | None = None) -> bool:
     """The worker stopped a job whose cancellation was requested."""
     return _cas(
-        sessions, job_id, JobRecord.status.in_(ACTIVE),
+        sessions, job_id, _mine(attempt, and_(JobRecord.status.in_(ACTIVE), JobRecord.cancel_requested.is_(True))),
         status="cancelled", finished_at=utcnow(), lease_expires_at=None,
     )  # fmt: skip
 
