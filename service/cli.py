@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from service.core.children import die_with_parent
 from service.core.config import Settings
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_GATE_FAILED, EXIT_REQUEST_FAILED = 0, 1, 2, 3
@@ -66,7 +67,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     log_path = settings.data_dir / "worker.log"
     with open(log_path, "ab") as worker_log:
         env = {**os.environ, **settings.as_env()}
-        worker = subprocess.Popen(_worker_command(settings), env=env, stdout=worker_log, stderr=worker_log)
+        worker = subprocess.Popen(_worker_command(settings), env=env, stdout=worker_log, stderr=worker_log,
+                                  preexec_fn=die_with_parent)  # fmt: skip
         base = f"http://{settings.host}:{settings.port}"
         print(f"Shears listening on {base} (data in {settings.data_dir})", flush=True)
         print(f"  readiness: curl {base}/readyz", flush=True)

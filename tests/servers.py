@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from service.core.children import die_with_parent
+
 if TYPE_CHECKING:
     from service.core.config import Settings
 
@@ -56,7 +58,7 @@ class Process:
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            cwd=REPO_ROOT, start_new_session=True,
+            cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
 
     @property
