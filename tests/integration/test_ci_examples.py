@@ -53,3 +53,35 @@ def test_the_cli_exits_2_when_the_acceptance_gate_fails(deployment_embedded, mod
     job = json.loads(run.stdout)
     assert job["status"] == "succeeded"
     assert job["result"]["acceptance"]["passed"] is False
+
+
+def _cli(base: str, key: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_status_cancel_and_download_commands_follow_a_job(deployment_embedded, model_and_data, tmp_path: Path) -> None:
+    base, key = deployment_embedded
+    model_path, data_path, _ = model_and_data
+    (tmp_path / "long.yaml").write_text("pipeline: [{finetune: {epochs: 500}}]\n")
+    submitted = _cli(base, key, "submit", str(model_path), "--dataset", "digits", "--spec", str(tmp_path / "long.yaml"), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+
+    status = _cli(base, key, "status", job_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["id"] == job_id
+    cancelled = _cli(base, key, "cancel", job_id, "--json")
+    assert cancelled.returncode == 0
+    assert json.loads(cancelled.stdout)["status"] in {"cancelled", "cancelling"}
+
+    download = _cli(base, key, "download", job_id, str(tmp_path / "out"))
+    assert download.returncode == 3  # nothing to download: the job did not succeed
+    assert "409" in download.stderr and "job-not-succeeded" not in download.stdout
+
+
+def test_a_request_error_is_reported_with_exit_code_3(deployment_embedded) -> None:
+    base, _ = deployment_embedded
+    run = _cli(base, "wrong-key", "status", "job_000000000000000000000000")
+    assert run.returncode == 3
+    assert "401" in run.stderr
