@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import resource
+import threading
 
 from celery.signals import worker_process_init
 
 from service.core.config import get_settings
 from service.core.queue import make_celery
 
+log = logging.getLogger("shears.worker")
 settings = get_settings()
 app = make_celery(settings)
 app.conf.include = ["worker.tasks"]
@@ -21,3 +24,28 @@ def _limit_memory(**_) -> None:
     if settings.worker_memory_limit_mb:
         limit = settings.worker_memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _import_engine() -> None:
+    try:
+        import worker.execution  # noqa: F401
+        import worker.export  # noqa: F401  (onnx, onnxruntime)
+        import worker.io.models  # noqa: F401  (onnx2torch)
+        import worker.pipeline  # noqa: F401  (torch)
+        import worker.pruning.channels  # noqa: F401  (torch-pruning)
+        import worker.report  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx's exporter imports it on the first export)
+        import sklearn.datasets  # noqa: F401  (the built-in `digits` dataset)
+    except Exception:  # noqa: BLE001 - the task imports them again and reports the error on the job
+        log.warning("warming the engine imports failed", exc_info=True)
+
+
+@worker_process_init.connect
+def _warm_engine_imports(**_) -> None:
+    """Import the engine (torch, onnx, onnxruntime, torch-pruning: seconds of CPU) as soon as
+    a pool process starts, so that the first job does not pay for it (bench/api_queue.py).
+    In a background thread: worker_process_init must return within Celery's
+    worker_proc_alive_timeout (4 s), and a job that arrives meanwhile simply waits on the
+    import lock."""
+    if settings.worker_warm_imports:
+        threading.Thread(target=_import_engine, name="warm-engine-imports", daemon=True).start()

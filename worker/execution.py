@@ -49,8 +49,11 @@ class ProgressReporter:
         final = event.get("epoch") == event.get("epochs")
         if now - self._last >= self.settings.progress_interval_s or final:
             self._last = now
-            self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event,
-                                                  self.settings.lease_s, self.attempt)  # fmt: skip
+            try:
+                self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event,
+                                                      self.settings.lease_s, self.attempt)  # fmt: skip
+            except Exception:  # noqa: BLE001 - a database blip must not end a training run
+                log.warning("progress of job %s not recorded", self.job_id, exc_info=True)
 
     def should_cancel(self) -> bool:
         return self.cancelled
@@ -114,7 +117,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     workdir = settings.data_dir / "work" / job_id / str(attempt)
     checkpoints = settings.data_dir / "checkpoints" / job_id
     reporter = ProgressReporter(sessions, job_id, settings, attempt)
-    status = "failed"
+    status = "unrecorded"  # until the row says otherwise: checkpoints are kept for a retry
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         model_path = workdir / "input-model"
@@ -153,6 +156,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     except SoftTimeLimitExceeded:
         if jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
                      "raise it in the spec or use fewer epochs", reporter.stage, attempt):  # fmt: skip
+            status = "failed"
             _discard_artifacts(store, job_id)
         else:
             status = "lost"
@@ -160,6 +164,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         code, message = classify_failure(error, settings)
         log.exception("job %s failed (%s)", job_id, code)
         if jobs.fail(sessions, job_id, code, message, reporter.stage, attempt):
+            status = "failed"
             _discard_artifacts(store, job_id)
         else:
             status = "lost"
@@ -168,6 +173,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         with contextlib.suppress(OSError):
             workdir.parent.rmdir()  # work/<job_id>, once no attempt uses it
         if status in {"succeeded", "failed", "cancelled"}:
+            shutil.rmtree(workdir.parent, ignore_errors=True)  # also what killed attempts left
             shutil.rmtree(checkpoints, ignore_errors=True)
             _notify(settings, sessions, job_id, spec)
     return status

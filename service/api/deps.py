@@ -4,27 +4,39 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import Problem
 from service.core.config import Settings
 from service.core.storage import ArtifactStore
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are ``async def`` where they do no blocking I/O: FastAPI runs a plain ``def``
+# dependency in the threadpool, and every such hop costs a thread hand-off under the GIL
+# (bench/api_load.py: these hops, not the database, capped polling throughput).
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    session = request.app.state.sessions()  # no I/O: it connects on first use, in the endpoint's thread
+    try:
         yield session
+    finally:
+        if session.in_transaction():  # holds a connection: rolling back is I/O
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
@@ -33,7 +45,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def get_tenant(request: Request) -> str:
+async def get_tenant(request: Request) -> str:
     """The tenant of the bearer key; 401 with ``WWW-Authenticate`` otherwise."""
     settings: Settings = request.app.state.settings
     scheme, _, key = request.headers.get("authorization", "").partition(" ")

@@ -55,14 +55,42 @@ def install_metrics(app: FastAPI) -> None:
     registry.register(JobCollector(app))
     app.state.metrics_registry = registry
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
+    app.add_middleware(LatencyMiddleware, histogram=latency)
+
+
+class LatencyMiddleware:
+    """Observes each HTTP request's latency by method, route template and status. A plain
+    ASGI middleware: ``@app.middleware("http")`` (BaseHTTPMiddleware) wraps every request
+    in an extra task and memory streams, which cost more than the poll itself
+    (bench/api_load.py)."""
+
+    def __init__(self, app, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        latency.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - start)
-        return response
+        observed = False
+
+        def observe(status: int) -> None:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - start)
+
+        async def send_wrapper(message) -> None:
+            nonlocal observed
+            if message["type"] == "http.response.start" and not observed:
+                observed = True  # time to the response head, as before (streams may last long)
+                observe(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if not observed:
+                observe(500)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         description="sha256 hex digest of an API key -> tenant (`shears hash-key KEY` prints one).",
     )
     max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest model or dataset upload.")
+    database_pool_size: int = Field(
+        20, ge=1, description="Database connections each process keeps open (SQLAlchemy pool_size)."
+    )
+    database_max_overflow: int = Field(
+        0, ge=0,
+        description="Extra connections above the pool size, closed after each use. Overflow churn "
+        "(a new PostgreSQL backend per request) costs more than waiting for a pooled connection.",
+    )
     lease_s: float = Field(120.0, gt=0, description="A running job without a heartbeat this long is lost.")
     max_attempts: int = Field(3, ge=1, description="Executions of a job before `worker-lost`.")
     reaper_interval_s: float = Field(5.0, gt=0, description="How often the API re-queues lost jobs.")
@@ -68,6 +76,9 @@ class Settings(BaseSettings):
     )
     s3_timeout_s: float = Field(30.0, gt=0, description="Connect and read timeout of S3 requests.")
     s3_max_attempts: int = Field(5, ge=1, description="S3 attempts (exponential backoff) before storage-unavailable.")
+    worker_warm_imports: bool = Field(
+        True, description="Workers import the engine (torch, onnx) when they start, not on the first job."
+    )
     worker_memory_limit_mb: int | None = Field(
         None, ge=64,
         description="Address-space limit (RLIMIT_AS) of each worker child; a job over it fails "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from service.core.config import Settings
@@ -17,7 +17,10 @@ def make_engine(settings: Settings) -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        in_memory = make_url(url).database in (None, "", ":memory:")  # a single-connection pool
+        pool = {} if in_memory else {"pool_size": settings.database_pool_size,
+                                     "max_overflow": settings.database_max_overflow}  # fmt: skip
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - driver hook
@@ -27,7 +30,8 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.database_pool_size,
+                         max_overflow=settings.database_max_overflow)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -79,8 +79,8 @@ def deliver(url: str, payload: dict, secret: str, allow_private: bool, attempts:
             response = httpx.post(url, content=body, headers=headers, timeout=timeout_s, follow_redirects=False)
             if response.is_success:
                 return True
-            if 400 <= response.status_code < 500 and response.status_code not in {408, 429}:
-                return False
+            if 300 <= response.status_code < 500 and response.status_code not in {408, 429}:
+                return False  # a redirect or a refusal is final: retrying changes nothing
         except httpx.HTTPError:
             pass
         if attempt + 1 < attempts:
