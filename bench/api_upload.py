@@ -1,0 +1,131 @@
+"""Streamed uploads: a large model upload (a sparse file of random-looking ONNX bytes is not
+needed: the size check and the sniffing read the header, so a valid ONNX header followed by
+a large raw tensor payload is used) through POST /v1/models, with the API's VmRSS sampled
+every 50 ms, against a plain ``cp`` of the same file on the same disk.
+
+    .venv/bin/python bench/api_upload.py --size-mib 1024 --storage file s3
+
+The client streams the multipart body from disk (httpx, a generator of 1 MiB chunks), so
+the client's memory stays flat too. Prints JSON; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+
+from bench.common import deployment, header, loadavg, rss_kib, write_json  # noqa: E402
+
+
+def make_big_onnx(path: Path, size_mib: int) -> Path:
+    """A valid ONNX model (Identity) whose one initializer holds ``size_mib`` MiB of raw bytes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    count = (size_mib << 20) // 4
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[count])
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal(1 << 18).astype(np.float32).tobytes()  # 1 MiB of random floats, repeated
+    tensor.raw_data = block * (count * 4 // len(block)) + block[: (count * 4) % len(block)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[tensor],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with open(path, "wb") as out:
+        out.write(model.SerializeToString())
+    return path
+
+
+def multipart_stream(path: Path, boundary: str, chunk: int = 1 << 20):
+    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+           "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    with open(path, "rb") as stream:
+        while data := stream.read(chunk):
+            yield data
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def upload(base: str, headers: dict, path: Path, pid: int) -> dict:
+    boundary = uuid.uuid4().hex
+    size = path.stat().st_size
+    length = len(b"".join([next(multipart_stream(path, boundary))])) + size + len(f"\r\n--{boundary}--\r\n")
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(rss_kib(pid))
+            time.sleep(0.05)
+
+    baseline = rss_kib(pid)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    response = httpx.post(
+        f"{base}/v1/models", content=multipart_stream(path, boundary), timeout=600,
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    body = response.json()
+    return {
+        "status": response.status_code, "model_status": body.get("status"), "size_mib": round(size / 2**20, 1),
+        "seconds": round(seconds, 2), "mb_per_s": round(size / 1e6 / seconds, 1),
+        "api_rss_before_mib": round(baseline / 1024, 1), "api_rss_peak_mib": round(max(samples) / 1024, 1),
+        "api_rss_growth_mib": round((max(samples) - baseline) / 1024, 1), "rss_samples": len(samples),
+        "load": loadavg(),
+    }  # fmt: skip
+
+
+def plain_copy(path: Path, target_dir: Path) -> dict:
+    target = target_dir / "copy.bin"
+    subprocess.run(["sync"], check=False)
+    start = time.perf_counter()
+    subprocess.run(["cp", str(path), str(target)], check=True)
+    seconds = time.perf_counter() - start
+    size = path.stat().st_size
+    target.unlink()
+    return {"seconds": round(seconds, 2), "mb_per_s": round(size / 1e6 / seconds, 1), "load": loadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--storage", nargs="+", default=["file", "s3"], choices=["file", "s3"])
+    parser.add_argument("--uvicorn-args", default="--no-access-log", help="e.g. '--app-dir DIR' to run other code")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    header(f"api_upload {args.size_mib} MiB")
+    results: dict = {"size_mib": args.size_mib, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="shears-upload-", dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
+        path = make_big_onnx(Path(tmp) / "big.onnx", args.size_mib)
+        results["file_bytes"] = path.stat().st_size
+        results["cp"] = plain_copy(path, Path(tmp))
+        print({"cp": results["cp"]}, flush=True)
+        for storage in args.storage:
+            with deployment(database="sqlite", storage=storage, uvicorn_args=tuple(shlex.split(args.uvicorn_args))) as dep:
+                row = {"storage": storage, **upload(dep.base, dep.headers, path, dep.api.pid)}
+                row["cp_over_upload_time"] = round(row["seconds"] / results["cp"]["seconds"], 2)
+                results["runs"].append(row)
+                print(row, flush=True)
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""GPU benchmark (CUDA): training images/s dense vs ProbMask on ResNet-32 and VGG-19 with
+random 32×32 data, peak GPU memory of each, and pruned-model latency on the GPU (torch,
+eval, batch 1 and 128) before/after structured pruning.
+
+Needs a CUDA device (``torch.cuda.is_available()``); exits with a message otherwise.
+
+    .venv/bin/python bench/engine_gpu.py --arch resnet32 vgg19_bn --batch 128 --steps 50
+
+Steps mirror worker.training.train's loop body (the same as bench/engine_probmask.py); the
+ProbMask step includes the global projection (exact, on the device) after every Adam step,
+and is measured mid-schedule (K < n). Timings use CUDA events after warm-up, with
+``torch.backends.cudnn.benchmark`` on. Prints JSON; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.common import header, loadavg, write_json  # noqa: E402
+from worker.io import zoo  # noqa: E402
+from worker.io.data import DataSplits  # noqa: E402
+from worker.pruning.probmask import ProbMaskSparsifier  # noqa: E402
+
+
+def _train_rate(arch: str, batch: int, steps: int, warmup: int, probmask: bool, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = zoo.build(arch).to(device).train()
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(10, (batch,), device=device)
+    extra: list[torch.nn.Parameter] = []
+    sparsifier = None
+    if probmask:
+        sparsifier = ProbMaskSparsifier(model, 0.9).prepare()
+        sparsifier.set_epoch(8, 30)
+        extra = sparsifier.score_parameters()
+    ids = {id(p) for p in extra}
+    weights = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.SGD(weights, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    score_opt = torch.optim.Adam(extra, lr=6e-3) if extra else None
+    torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if score_opt is not None:
+            score_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if probmask:
+            torch.nn.utils.clip_grad_norm_(weights + extra, 3.0)
+        opt.step()
+        if score_opt is not None:
+            score_opt.step()
+            sparsifier.step()
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        step()
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1000.0
+    return {"images_per_s": round(batch * steps / seconds, 1), "step_ms": round(1000 * seconds / steps, 2),
+            "peak_mem_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}  # fmt: skip
+
+
+@torch.no_grad()
+def _latency_ms(model: torch.nn.Module, batch: int, device: torch.device, repeats: int = 50) -> float:
+    model = model.to(device).eval()
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    for _ in range(10):
+        model(x)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return round(times[len(times) // 2], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["resnet32", "vgg19_bn"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU (torch.cuda.is_available() is False)")
+        sys.exit(2)
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    header(f"engine_gpu {torch.cuda.get_device_name(device)} torch {torch.__version__}")
+    from worker.pruning.channels import prune_channels
+
+    results: dict = {"device": torch.cuda.get_device_name(device), "train": [], "latency": []}
+    for arch in args.arch:
+        dense = _train_rate(arch, args.batch, args.steps, args.warmup, False, device)
+        masked = _train_rate(arch, args.batch, args.steps, args.warmup, True, device)
+        row = {"arch": arch, "batch": args.batch, "dense": dense, "probmask": masked,
+               "probmask_over_dense_step": round(masked["step_ms"] / dense["step_ms"], 3), "load": loadavg()}  # fmt: skip
+        results["train"].append(row)
+        print(row, flush=True)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 3, 32, 32, generator=gen)
+        y = torch.randint(10, (256,), generator=gen)
+        data = DataSplits(x, y, x[:64], y[:64], 10)
+        for ratio in [0.0, *args.ratios]:
+            torch.manual_seed(0)
+            model = zoo.build(arch)
+            if ratio:
+                prune_channels(model, data, criterion="l1", ratio=ratio, scope="layerwise", probes_n=128, compensate=False)
+            lat = {"arch": arch, "ratio": ratio, "b1_ms": _latency_ms(model, 1, device),
+                   "b128_ms": _latency_ms(model, 128, device)}  # fmt: skip
+            results["latency"].append(lat)
+            print(lat, flush=True)
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
