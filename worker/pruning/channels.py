@@ -14,9 +14,10 @@ and allocated, and the root's plan is what gets removed from every member; plans
 for non-root members are ignored. A coupled set containing an excluded layer (the
 classifier, ``exclude``) is left whole.
 
-**Shears choice — mean replacement** (``compensate=True``, the default of
-:func:`prune_channels`). Removing a channel deletes its contribution to every consumer.
-When the removed activation is near-constant (a unit that is almost always on or off,
+**Shears choice — mean replacement** (``compensate=True`` of :func:`prune_channels`;
+off by default: in BENCHMARKS.md "Quality" it did not improve accuracy after finetuning
+on MNIST-1D or digits, and before finetuning it helped or hurt depending on the model).
+Removing a channel deletes its contribution to every consumer. When the removed activation is near-constant (a unit that is almost always on or off,
 exactly what the isolation score and small filter norms select; typical of BN-folded
 ONNX convs with tiny weights and a large bias) that contribution is mostly a constant
 shift of the consumer's pre-activation, and dropping it can wreck accuracy although the
@@ -341,8 +342,9 @@ def prune_channels(
     blend: int = 0,
     max_positions: int = 64,
     redundancy: Redundancy = "greedy",
-    compensate: bool = True,
+    compensate: bool = False,
     min_keep_fraction: float = 0.1,
+    normalize: Literal["mean", "none"] | None = None,
 ) -> PruneResult:
     """Score, allocate and physically remove channels (ALGORITHMS §3); in place.
 
@@ -353,7 +355,7 @@ def prune_channels(
     filter norms are not comparable across layers; spline scores are comparable by
     construction and are used as they are; spline redundancy is ``greedy`` by default
     (:mod:`worker.pruning.scoring`); removed channels are mean-replaced on the probe
-    set when ``compensate`` (module docstring); in ``global`` scope every layer keeps at
+    set when ``compensate`` (module docstring; opt-in); in ``global`` scope every layer keeps at
     least ``max(min_channels, ceil(min_keep_fraction × width))`` channels, so no layer
     collapses to a single channel (a relative guard rail on top of the absolute one).
     """
@@ -381,7 +383,9 @@ def prune_channels(
                           redundancy=redundancy)  # fmt: skip
     if not scores:
         raise ValueError(f"criterion {criterion!r} found nothing to score (bn_scale needs BatchNorm layers)")
-    if criterion == "l1" and scope == "global":
+    if normalize is None:
+        normalize = "mean" if criterion == "l1" else "none"
+    if normalize == "mean" and scope == "global":
         scores = {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}
     floors = None
     if scope == "global" and min_keep_fraction > 0:

@@ -70,3 +70,12 @@ def test_no_ratio_removes_nothing_and_bad_arguments_are_refused():
         allocate(scores, 0.5, "sideways")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         allocate(scores, 0.5, "global", min_channels=0)
+
+
+def test_per_layer_floors_stop_a_weak_layer_from_collapsing():
+    scores = scores_with_a_weak_layer()
+    plain = allocate(scores, 0.5, "global")
+    assert 16 - len(plain["weak"]) == 1  # the whole weak layer goes but one channel
+    floored = allocate(scores, 0.5, "global", floors={"weak": 4})
+    assert 16 - len(floored["weak"]) == 4
+    assert sum(len(v) for v in floored.values()) == 24  # the budget moved elsewhere

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -146,3 +148,42 @@ def test_onnx2torch_graph_modules_are_pruned_and_still_export():
     assert result.params_after < result.params_before
     assert graph(IMAGES.x_val).shape == (16, 3)
     assert onnxruntime_matches(graph, IMAGES.x_val[:5])
+
+
+@torch.no_grad()
+def test_mean_replacement_makes_removing_a_constant_unit_exact_for_a_linear_consumer():
+    torch.manual_seed(0)
+    model = MLP(inputs=16, hidden=12).eval()
+    model.fc1.weight[4] = 0.0
+    model.fc1.bias[4] = 0.8  # always on, constant 0.8: fc2 sees it as a bias
+    x = torch.randn(128, 1, 16)
+    reference = model(x)
+    plain = remove_channels(copy.deepcopy(model), x[:1], {"fc1": torch.tensor([4])})
+    compensated = remove_channels(copy.deepcopy(model), x[:1], {"fc1": torch.tensor([4])}, compensate_probes=x)
+    assert (plain(x) - reference).abs().max() > 0.05
+    assert torch.allclose(compensated(x), reference, atol=1e-5)
+    assert compensated.fc2.in_features == 11
+
+
+@torch.no_grad()
+def test_mean_replacement_goes_through_flatten_and_into_a_following_batchnorm():
+    torch.manual_seed(0)
+    model = randomize_bn(ConvBN2d()).eval()
+    model.conv2.weight[3] = 0.0
+    model.conv2.bias[3] = 0.0
+    model.bn2.bias[3] = 1.5  # conv2 channel 3 is the constant 1.5 after BN + ReLU
+    x = IMAGES.x_train
+    reference = model(x)
+    compensated = remove_channels(copy.deepcopy(model), x[:1], {"conv2": torch.tensor([3])}, compensate_probes=x)
+    assert compensated.fc.in_features == 7 * 4  # flatten of 2x2 pooled maps: 4 features removed
+    assert torch.allclose(compensated(x), reference, atol=1e-5)
+    # a conv consumer followed by a BN is compensated through the BN's running mean
+    model.conv1.weight[2] = 0.0
+    model.conv1.bias[2] = 0.0
+    model.bn1.bias[2] = 2.0
+    reference = model(x)
+    before = model.bn2.running_mean.clone()
+    plain = remove_channels(copy.deepcopy(model), x[:1], {"conv1": torch.tensor([2])})
+    compensated = remove_channels(copy.deepcopy(model), x[:1], {"conv1": torch.tensor([2])}, compensate_probes=x)
+    assert compensated.conv2.bias is not None and not torch.equal(compensated.bn2.running_mean, before)
+    assert (compensated(x) - reference).pow(2).mean() < 0.25 * (plain(x) - reference).pow(2).mean()

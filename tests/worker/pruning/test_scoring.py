@@ -13,6 +13,7 @@ from worker.pruning.regions import RegionCodes, compute_region_codes
 from worker.pruning.scoring import (
     bn_scale_scores,
     fold_bn,
+    greedy_removal,
     l1_scores,
     random_scores,
     spline_geometry_scores,
@@ -119,3 +120,44 @@ def test_baseline_scores_are_filter_norms_bn_scales_and_seeded_noise():
     r1, r2, r3 = random_scores(layers, 1), random_scores(layers, 1), random_scores(layers, 2)
     assert all(torch.equal(r1[n], r2[n]) for n in r1)
     assert not torch.equal(r1["conv1"], r3["conv1"])
+
+
+def test_greedy_redundancy_prunes_one_unit_of_a_duplicated_pair_not_both():
+    model, probes = crafted_mlp()
+    codes = compute_region_codes(model, probes, discover_layers(model))["fc1"]
+    pairwise = spline_layer_scores(codes)
+    greedy = spline_layer_scores(codes, "greedy")
+    assert pairwise[1] == 0 and pairwise[3] == 0  # the known weakness: both twins look free
+    # greedy: the dead and always-on units and ONE twin go first at score 0; the other twin
+    # is scored against the kept units only and is no longer redundant
+    assert sorted(torch.argsort(greedy, stable=True)[:3].tolist()) == [1, 5, 7]
+    assert greedy[1] == 0 and greedy[3] > 0.05
+    assert torch.all(greedy >= pairwise - 1e-7) and torch.all(greedy <= 0.5)
+
+
+def test_greedy_removal_scores_are_non_decreasing_along_the_removal_order():
+    rng = np.random.default_rng(3)
+    bits = rng.random((12, 400)) < rng.random((12, 1))
+    bits[5] = bits[2]
+    bits[9] = ~bits[2]
+    codes = RegionCodes(np.packbits(bits, axis=1), 12, 400, 400, 1)
+    activity = bits.mean(1)
+    iso = np.minimum(activity, 1 - activity)
+    ham = (bits[:, None, :] != bits[None, :, :]).mean(2)
+    order, scores = greedy_removal(iso, np.minimum(ham, 1 - ham))
+    assert sorted(order.tolist()) == list(range(12))
+    assert np.all(np.diff(scores[order]) >= 0)
+    # a stable sort by score reproduces the greedy order (what allocate() relies on)
+    assert np.array_equal(np.argsort(scores, kind="stable"), order)
+    np.testing.assert_allclose(spline_layer_scores(codes, "greedy").numpy(), scores, atol=1e-6)
+    # exactly one of the three copies of unit 2's split is removed at score 0
+    assert sum(scores[k] == 0 for k in (2, 5, 9)) == 2 and scores[[2, 5, 9]].max() > 0
+
+
+def test_greedy_geometry_scores_keep_one_of_two_parallel_hyperplanes():
+    model, probes = crafted_mlp()
+    layers = discover_layers(model)
+    pairwise = spline_geometry_scores(model, layers, probes)["fc1"]
+    greedy = spline_geometry_scores(model, layers, probes, redundancy="greedy")["fc1"]
+    assert pairwise[1] < 1e-3 and pairwise[3] < 1e-3
+    assert min(greedy[1], greedy[3]) < 1e-3 < max(greedy[1], greedy[3])

@@ -1,0 +1,300 @@
+"""Quality benchmark of the pruning engine (BENCHMARKS.md, section "Quality").
+
+Reproduces, on MNIST-1D and scikit-learn digits, with several seeds, mean ± std of the
+TEST accuracy (the held-out split: never used for training, early stopping or any
+choice; the engine's train/val split comes from the seed):
+
+- unstructured, 90/95/98 % sparsity: ProbMask vs global magnitude pruning vs random, same
+  total epochs from the same trained dense model (ProbMask: ``pm`` epochs of mask
+  training + the rest finetuning with the mask fixed; baselines: prune, then finetune
+  every epoch with the mask fixed);
+- structured, 30/50/70 % of the channels (layerwise, same ratio in every layer): spline
+  (data space), spline_geometry (weight space), L1 filter norm, BN scale (network
+  slimming) and random importances, same finetune budget, mean replacement on; plus at
+  50 % a few variants of the engine's choices (global scope with greedy vs pairwise
+  redundancy or mean-normalized scores, mean replacement off);
+- early-bird at 50 % channels: spline-EB and bn-EB (ticket epoch, accuracy after
+  finetune, training FLOPs) vs pruning the fully trained model with the same criterion.
+
+One dense training run per (dataset, seed, regime) serves every method: the plain run
+(with the spline detector watching, it does not change training) and the run with
+[EB]'s L1 penalty on BN scales (bn detector watching). The EB tickets are snapshots of
+those runs at the epoch their detector fired, so "EB" and "full" share their first
+epochs exactly. Training FLOPs are counted as 3 × MACs × samples per epoch (forward +
+backward ≈ 3 forwards).
+
+    .venv/bin/python bench/quality.py --seeds 0 1 2 --out bench/results/quality.json
+    .venv/bin/python bench/quality.py --quick --seeds 0  # the reduced budget of BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from worker.io.datasets import builtin_dataset  # noqa: E402
+from worker.io.zoo import build  # noqa: E402
+from worker.pruning.baselines import global_magnitude_prune, random_unstructured_prune  # noqa: E402
+from worker.pruning.channels import prune_channels  # noqa: E402
+from worker.pruning.early_bird import BNScaleDetector, SplineDetector  # noqa: E402
+from worker.pruning.layers import discover_layers  # noqa: E402
+from worker.pruning.probmask import finetune_with_masks, run_probmask  # noqa: E402
+from worker.pruning.regions import select_probes  # noqa: E402
+from worker.training import count_macs_params, evaluate, train  # noqa: E402
+
+SPARSITIES = (0.9, 0.95, 0.98)
+RATIOS = (0.3, 0.5, 0.7)
+CRITERIA = ("spline", "spline_geometry", "l1", "bn_scale", "random")
+
+
+class DigitsCNN(nn.Module):
+    """Conv-BN-ReLU ×3 (64, 128 stride 2, 128 channels) on 8×8 digits, linear head:
+    ≈ 240k parameters, wide enough for 98 % unstructured sparsity to mean something."""
+
+    def __init__(self, classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        c1, c2 = width, 2 * width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+        )  # fmt: skip
+        self.linear = nn.Linear(c2 * 16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(self.features(x), 1))
+
+
+def make_model(dataset: str) -> nn.Module:
+    if dataset == "mnist1d":
+        return build("mnist1d_cnn", num_classes=10, width=4.0)  # 100 channels, ≈ 66k parameters
+    return DigitsCNN()
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+BUDGETS = {
+    # epochs: dense training, ProbMask mask training (``pm``) within the unstructured total,
+    # structured finetune; SGD lr of dense training and of every finetune
+    "quick": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 3, "unstructured": 4, "finetune": 3, "ft_lr": 0.01},
+    "long-unstructured": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 12, "unstructured": 16, "finetune": 3,
+                          "ft_lr": 0.01},
+    "full": {"dense": 20, "lr": 0.05, "batch": 64, "pm": 8, "unstructured": 12, "finetune": 10, "ft_lr": 0.01},
+}  # fmt: skip
+
+
+def budgets(name: str) -> dict:
+    return dict(BUDGETS[name])
+
+
+def train_kwargs(b: dict, seed: int) -> dict:
+    return {"batch_size": b["batch"], "seed": seed, "device": "cpu"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_acc(model: nn.Module, data) -> float:
+    return 100.0 * evaluate(model, data.x_test, data.y_test)
+
+
+def flops_per_epoch(model: nn.Module, data) -> float:
+    macs, _ = count_macs_params(model, data.x_train[:1])
+    return 3.0 * macs * len(data.x_train)
+
+
+def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5) -> dict:
+    """Plain dense training (spline detector watching) and [EB]'s L1-on-γ training (bn
+    detector watching); snapshots at the epochs the detectors fire."""
+    out = {}
+    for regime in ("plain", "bn_l1"):
+        torch.manual_seed(seed)
+        model = make_model(dataset)
+        layers = discover_layers(model)
+        if regime == "plain":
+            detector = SplineDetector(select_probes(data.x_train, 512, seed), layers[:-1])
+            after_backward = None
+        else:
+            detector = BNScaleDetector(ratio=ratio)
+            after_backward = detector.add_l1_subgradient
+        snapshot: dict = {}
+
+        def on_epoch_end(_epoch, m, detector=detector, snapshot=snapshot):
+            fired_before = detector.found_epoch is not None
+            detector.step(m)
+            if detector.found_epoch is not None and not fired_before:
+                snapshot["model"] = copy.deepcopy(m)
+            return False  # keep training: the same run gives the fully trained model
+
+        start = time.perf_counter()
+        train(model, data, epochs=b["dense"], lr=b["lr"], after_backward=after_backward,
+              on_epoch_end=on_epoch_end, **train_kwargs(b, seed))  # fmt: skip
+        out[regime] = {"model": model, "ticket": snapshot.get("model"), "epoch": detector.found_epoch,
+                       "distances": [round(d, 4) for d in detector.distances],
+                       "seconds": time.perf_counter() - start}  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def unstructured(dense: nn.Module, data, b: dict, seed: int) -> dict:
+    rows = {}
+    total = b["unstructured"]
+    for sparsity in SPARSITIES:
+        key = f"{int(round(sparsity * 100))}%"
+        model = copy.deepcopy(dense)
+        run_probmask(model, data, sparsity=sparsity, epochs=b["pm"], lr=b["ft_lr"],
+                     finetune_epochs=total - b["pm"], finetune_lr=b["ft_lr"], **train_kwargs(b, seed))  # fmt: skip
+        rows[f"probmask {key}"] = test_acc(model, data)
+        for name, prune in (("magnitude", global_magnitude_prune), ("random", random_unstructured_prune)):
+            model = copy.deepcopy(dense)
+            masks = prune(model, sparsity) if prune is global_magnitude_prune else prune(model, sparsity, seed=seed)
+            finetune_with_masks(model, masks, data, epochs=total, lr=b["ft_lr"], **train_kwargs(b, seed))
+            rows[f"{name} {key}"] = test_acc(model, data)
+    return rows
+
+
+def prune_and_finetune(model: nn.Module, data, b: dict, seed: int, **kwargs) -> tuple[float, float, float]:
+    # the reported run had mean replacement on everywhere but in the "no mean replacement"
+    # variants (it was the engine default then; the engine now defaults to off)
+    kwargs.setdefault("compensate", True)
+    result = prune_channels(model, data, seed=seed, **kwargs)
+    pruned = test_acc(model, data)
+    train(model, data, epochs=b["finetune"], lr=b["ft_lr"], **train_kwargs(b, seed))
+    return test_acc(model, data), pruned, result.macs_after / result.macs_before
+
+
+def structured(dense: nn.Module, data, b: dict, seed: int) -> dict:
+    rows = {}
+    for ratio in RATIOS:
+        for criterion in CRITERIA:
+            acc, pruned, macs = prune_and_finetune(copy.deepcopy(dense), data, b, seed, criterion=criterion,
+                                                   ratio=ratio, scope="layerwise")  # fmt: skip
+            rows[f"{criterion} {int(ratio * 100)}%"] = acc
+            rows[f"{criterion} {int(ratio * 100)}% (before finetune)"] = pruned
+            rows[f"{criterion} {int(ratio * 100)}% MACs"] = 100 * macs
+    variants = {
+        "spline global greedy": {"criterion": "spline", "scope": "global", "redundancy": "greedy"},
+        "spline global pairwise": {"criterion": "spline", "scope": "global", "redundancy": "pairwise",
+                                   "min_keep_fraction": 0.0},
+        "spline global mean-normalized": {"criterion": "spline", "scope": "global", "normalize": "mean"},
+        "spline layerwise no mean replacement": {"criterion": "spline", "scope": "layerwise", "compensate": False},
+        "l1 layerwise no mean replacement": {"criterion": "l1", "scope": "layerwise", "compensate": False},
+        "l1 global (mean-normalized)": {"criterion": "l1", "scope": "global"},
+    }  # fmt: skip
+    for name, kwargs in variants.items():
+        acc, pruned, macs = prune_and_finetune(copy.deepcopy(dense), data, b, seed, ratio=0.5, **kwargs)
+        rows[f"{name} 50%"] = acc
+        rows[f"{name} 50% (before finetune)"] = pruned
+        rows[f"{name} 50% MACs"] = 100 * macs
+    return rows
+
+
+def early_bird(runs: dict, data, b: dict, seed: int, ratio: float = 0.5) -> dict:
+    rows = {}
+    for regime, criterion, label in (("plain", "spline", "spline"), ("bn_l1", "bn_scale", "bn")):
+        run = runs[regime]
+        dense_flops = flops_per_epoch(run["model"], data)
+        variants = [("full", run["model"], b["dense"])]
+        if run["ticket"] is not None:
+            variants.insert(0, ("EB", run["ticket"], run["epoch"]))
+        for kind, source, epochs in variants:
+            model = copy.deepcopy(source)
+            acc, _pruned, _macs = prune_and_finetune(model, data, b, seed, criterion=criterion, ratio=ratio,
+                                                     scope="layerwise")  # fmt: skip
+            flops = epochs * dense_flops + b["finetune"] * flops_per_epoch(model, data)
+            rows[f"{label} {kind}"] = acc
+            rows[f"{label} {kind} epoch"] = epochs
+            rows[f"{label} {kind} training GFLOPs"] = flops / 1e9
+        rows[f"{label} dense (no pruning)"] = test_acc(run["model"], data)
+    return rows
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    keys = list(per_seed[0])
+    out = {}
+    for k in keys:
+        values = [r[k] for r in per_seed if r.get(k) is not None]
+        if not values:
+            continue
+        out[k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                  "n": len(values), "values": values}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits"])
+    parser.add_argument("--parts", nargs="+", default=["unstructured", "structured", "early_bird"],
+                        choices=["unstructured", "structured", "early_bird"])  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="bench/results/quality.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seeds = args.seeds
+    name = args.budget or ("quick" if args.quick else "full")
+    b = budgets(name)
+    started = time.perf_counter()
+    machine = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+               "python": platform.python_version()}  # fmt: skip
+    report = {"budget": name, "budgets": b, "seeds": seeds, "machine": machine, "datasets": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets:
+        per_seed: dict[str, list[dict]] = {p: [] for p in args.parts}
+        extra: list[dict] = []
+        for seed in seeds:
+            data = builtin_dataset(dataset, seed=seed)
+            t0 = time.perf_counter()
+            runs = dense_runs(dataset, data, b, seed)
+            dense = runs["plain"]["model"]
+            info = {"seed": seed, "dense_test": test_acc(dense, data),
+                    "dense_params": count_macs_params(dense, data.x_train[:1])[1], "eb_epochs": {k: v["epoch"] for k, v in runs.items()},
+                    "eb_distances": {k: v["distances"] for k, v in runs.items()}}  # fmt: skip
+            elapsed = time.perf_counter() - t0
+            print(f"[{dataset} seed {seed}] dense test {info['dense_test']:.2f} ({elapsed:.0f}s)", flush=True)
+            for part in args.parts:
+                t1 = time.perf_counter()
+                if part == "unstructured":
+                    rows = unstructured(dense, data, b, seed)
+                elif part == "structured":
+                    rows = structured(dense, data, b, seed)
+                else:
+                    rows = early_bird(runs, data, b, seed)
+                per_seed[part].append(rows)
+                short = {k: round(v, 2) for k, v in rows.items() if "MACs" not in k and "before" not in k}
+                print(f"[{dataset} seed {seed}] {part} ({time.perf_counter() - t1:.0f}s): {short}", flush=True)
+            extra.append(info)
+            report["datasets"][dataset] = {"seeds": extra, **{p: summarize(v) for p, v in per_seed.items() if v}}
+            report["elapsed_s"] = round(time.perf_counter() - started, 1)
+            out.write_text(json.dumps(report, indent=1))  # partial results survive an interruption
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"done in {report['elapsed_s']:.0f}s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
