@@ -16,7 +16,7 @@ RUN pip install --no-cache-dir -c constraints.txt . \
  && useradd --system --uid 10001 shears
 USER shears
 EXPOSE 8000
-CMD ["uvicorn", "service.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "service.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-keep-alive", "30"]
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS worker
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1

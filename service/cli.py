@@ -77,7 +77,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print('  then: curl -H "Authorization: Bearer $SHEARS_API_KEY" $SHEARS_URL/v1/jobs', flush=True)
         print(f"  worker pid {worker.pid}, log {log_path}", flush=True)
         try:
-            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                        timeout_keep_alive=30)  # above HTTP clients' idle expiry: no reset race
         finally:
             worker.send_signal(signal.SIGTERM)
             try:

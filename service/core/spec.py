@@ -40,7 +40,10 @@ class PruneChannelsParams(Strict):
     """Structured pruning: whole channels removed physically ([SPLINE] §3)."""
 
     criterion: Literal["spline", "spline_geometry", "l1", "bn_scale", "random"] = "spline"
-    scope: Literal["global", "layerwise"] = "global"
+    scope: Literal["global", "layerwise"] = Field(
+        "layerwise", description="layerwise: the same ratio in every layer (measured best, BENCHMARKS.md); "
+        "global: one pool of all channels."
+    )
     ratio: OpenFraction = 0.5
     round_to: Annotated[int, Field(ge=1, le=256)] = 1
     min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
