@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 SPEC = {
     "pipeline": [
         {"prune_channels": {"criterion": "spline", "ratio": 0.5, "scope": "layerwise"}},
-        {"finetune": {"epochs": 30, "lr": 0.02}},
+        {"finetune": {"epochs": 30, "lr": 0.02, "distill": 0.9}},
     ],
     "training": {"batch_size": 32},
     "acceptance": {"max_accuracy_drop": 2.5},

@@ -174,7 +174,7 @@ def run_pipeline(
                 masks = _probmask(model, data, params, spec, device, stage_id, hooks)
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, FinetuneParams):
-                _finetune(model, data, params, spec, device, stage_id, hooks, masks)
+                _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=dense_model)
                 finetuned = finetuned or params.epochs > 0
 
     model = model.cpu().eval()
@@ -280,16 +280,20 @@ def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks
     return result["masks"]
 
 
-def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks) -> None:
+def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher) -> None:
+    """Train the pruned model; with ``distill`` > 0 it also matches the dense model's softened
+    outputs (knowledge distillation, Hinton et al. 2015)."""
     if params.epochs == 0:
         return
+    kwargs = _train_kwargs(spec, device, stage_id, hooks)
+    if params.distill > 0:
+        kwargs.update(teacher=copy.deepcopy(teacher).to(device).eval(), distill_weight=params.distill)
     if masks:
         from worker.pruning.probmask import finetune_with_masks
 
-        finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr,
-                            **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+        finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr, **kwargs)
     else:
-        train(model, data, epochs=params.epochs, lr=params.lr, **_train_kwargs(spec, device, stage_id, hooks))
+        train(model, data, epochs=params.epochs, lr=params.lr, **kwargs)
 
 
 def _percent(fraction: float | None) -> float | None:

@@ -238,6 +238,12 @@ def _stateful_list(stateful: Stateful | Sequence[Stateful] | None) -> list[State
     return list(stateful)  # type: ignore[arg-type]
 
 
+def _distillation(logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s knowledge-distillation loss: T² · KL(teacher ‖ student) at temperature T."""
+    student = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(student, teacher_log_probs, log_target=True, reduction="batchmean") * temperature**2
+
+
 def train(
     model: nn.Module,
     data: DataSplits,
@@ -257,6 +263,9 @@ def train(
     on_epoch_start: Callable[[int, nn.Module], None] | None = None,
     grad_clip: float | None = None,
     forward_passes: int = 1,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 4.0,
     stateful: Stateful | Sequence[Stateful] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with SGD (momentum, weight decay) + per-epoch cosine LR.
@@ -337,9 +346,17 @@ def train(
             if extra_opt is not None:
                 extra_opt.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=dev)
+            target = None
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(xb) / distill_temperature, dim=1)
             for _ in range(forward_passes):
                 logits = model(xb)
-                loss = loss + F.cross_entropy(logits, yb) / forward_passes
+                step_loss = F.cross_entropy(logits, yb)
+                if target is not None:
+                    step_loss = (1 - distill_weight) * step_loss + distill_weight * _distillation(
+                        logits, target, distill_temperature)
+                loss = loss + step_loss / forward_passes
             loss.backward()
             if after_backward is not None:
                 after_backward(model)

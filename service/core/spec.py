@@ -68,6 +68,10 @@ class FinetuneParams(Strict):
 
     epochs: Epochs = 10
     lr: Positive = 0.01
+    distill: Fraction = Field(
+        0.0, description="Weight of knowledge distillation from the dense model (0: plain "
+        "cross-entropy; Hinton et al., temperature 4)."
+    )
 
 
 class EarlyBirdStage(Strict):

@@ -195,3 +195,20 @@ def test_seed_everything_makes_every_rng_repeatable():
     g2 = seed_everything(7)
     second = (random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.rand(1, generator=g2)))
     assert first == second
+
+
+def test_distillation_pulls_the_student_towards_the_teachers_outputs(data):
+    teacher = fresh(MLP)
+    train(teacher, data, epochs=3, lr=0.05, batch_size=32)
+    teacher.eval()
+
+    def gap(student) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.kl_div(
+                torch.log_softmax(student.eval()(data.x_val) / 4, 1), torch.log_softmax(teacher(data.x_val) / 4, 1),
+                log_target=True, reduction="batchmean"))  # fmt: skip
+
+    plain, distilled = fresh(MLP, seed=1), fresh(MLP, seed=1)
+    train(plain, data, epochs=2, lr=0.05, batch_size=32, seed=3)
+    train(distilled, data, epochs=2, lr=0.05, batch_size=32, seed=3, teacher=teacher, distill_weight=1.0)
+    assert gap(distilled) < gap(plain)
