@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sys
-import types
 import warnings
 
 import torch
@@ -127,20 +126,9 @@ def make_data(
 
 
 def stub_torchvision() -> None:
-    """onnx2torch imports torchvision.ops at import time; torchvision is not installed.
-    Placeholders suffice for models without detection operators."""
-    if "torchvision" in sys.modules:
-        return
-
-    def unavailable(*_args, **_kwargs):
-        raise NotImplementedError("torchvision is not installed")
-
-    tv = types.ModuleType("torchvision")
-    ops = types.ModuleType("torchvision.ops")
-    ops.roi_align = ops.nms = ops.box_convert = unavailable  # type: ignore[attr-defined]
-    tv.ops = ops  # type: ignore[attr-defined]
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.ops"] = ops
+    """Import onnx2torch the way the engine does: against a torchvision stub that is removed
+    right after the import (a stub left in ``sys.modules`` breaks torch's dynamo exporter)."""
+    import worker.io.onnx_import  # noqa: F401
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
