@@ -194,9 +194,10 @@ async def _create_from_multipart(request, tenant, settings, store, idempotency_k
         if received["dataset"] is None and spec.dataset is None:
             raise Problem(422, "invalid-spec", "Give a `dataset` file part or spec.dataset.builtin.")
         try:
-            model_format = sniff.check_model_file(received["model"].path, settings.allow_torchscript_upload)
+            model_format = await run_in_threadpool(
+                sniff.check_model_file, received["model"].path, settings.allow_torchscript_upload)
             if received["dataset"] is not None:
-                sniff.check_dataset_file(received["dataset"].path)
+                await run_in_threadpool(sniff.check_dataset_file, received["dataset"].path)
         except sniff.Unacceptable as error:
             raise Problem(422, error.code, str(error)) from error
         request_hash = _hash(spec.model_dump(mode="json"), *(f.sha256 for f in received.values() if f))
