@@ -178,17 +178,9 @@ def _angle_matrix(normals: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _smallest_angles(normals: torch.Tensor, groups: int) -> torch.Tensor:
     """Smallest angle in [0, π/2] between each unit's hyperplane and another unit's of
-    the same group (units of different conv groups live in different input spaces)."""
-    units = normals.shape[0]
-    unit = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = (unit @ unit.T).abs().clamp(max=1.0)
-    group_of = torch.arange(units, device=normals.device) // max(1, units // groups)
-    cos[group_of[:, None] != group_of[None, :]] = 0.0
-    cos.fill_diagonal_(0.0)
-    zero = normals.norm(dim=1) == 0
-    cos[zero] = 0.0
-    cos[:, zero] = 0.0
-    return torch.arccos(cos.max(dim=1).values)  # a lone unit: cos 0, angle π/2
+    the same group (units of different conv groups live in different input spaces); a lone
+    unit gets π/2."""
+    return _angle_matrix(normals, groups).min(dim=1).values
 
 
 @torch.no_grad()
