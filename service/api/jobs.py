@@ -73,21 +73,9 @@ def _create_job(request: Request, tenant: str, spec: JobSpec, model_id: str, dat
                 JobRecord.tenant == tenant, JobRecord.idempotency_key == idempotency_key))  # fmt: skip
             if existing is not None:
                 return _replay(existing, request_hash), False
-        model = session.get(ModelRecord, model_id)
-        if model is None or model.tenant != tenant:
-            raise Problem(422, "model-not-found", f"model_id {model_id!r} does not exist; upload it with POST /v1/models.",
-                          errors=[{"field": "model_id", "message": "unknown model"}])  # fmt: skip
-        if model.status == "invalid":
-            raise Problem(422, "model-invalid", f"model {model_id} was rejected: {(model.error or {}).get('message')}",
-                          errors=[{"field": "model_id", "message": "invalid model"}])  # fmt: skip
+        _check_usable(session, ModelRecord, model_id, tenant, "model")
         if dataset_id:
-            dataset = session.get(DatasetRecord, dataset_id)
-            if dataset is None or dataset.tenant != tenant:
-                raise Problem(422, "dataset-not-found", f"dataset_id {dataset_id!r} does not exist; upload it with POST /v1/datasets.",
-                              errors=[{"field": "dataset_id", "message": "unknown dataset"}])  # fmt: skip
-            if dataset.status == "invalid":
-                raise Problem(422, "dataset-invalid", f"dataset {dataset_id} was rejected: {(dataset.error or {}).get('message')}",
-                              errors=[{"field": "dataset_id", "message": "invalid dataset"}])  # fmt: skip
+            _check_usable(session, DatasetRecord, dataset_id, tenant, "dataset")
         job = JobRecord(id=new_id("job"), tenant=tenant, model_id=model_id, dataset_id=dataset_id,
                         spec=spec.model_dump(mode="json"), status="queued", progress={},
                         max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
@@ -101,6 +89,18 @@ def _create_job(request: Request, tenant: str, spec: JobSpec, model_id: str, dat
                 JobRecord.tenant == tenant, JobRecord.idempotency_key == idempotency_key))  # fmt: skip
             return _replay(existing, request_hash), False
     return job, True
+
+
+def _check_usable(session, record: type, item_id: str, tenant: str, kind: str) -> None:
+    """422 naming the field when the tenant's upload ``item_id`` is missing or was rejected."""
+    row = session.get(record, item_id)
+    field = f"{kind}_id"
+    if row is None or row.tenant != tenant:
+        raise Problem(422, f"{kind}-not-found", f"{field} {item_id!r} does not exist; upload it with POST /v1/{kind}s.",
+                      errors=[{"field": field, "message": f"unknown {kind}"}])  # fmt: skip
+    if row.status == "invalid":
+        raise Problem(422, f"{kind}-invalid", f"{kind} {item_id} was rejected: {(row.error or {}).get('message')}",
+                      errors=[{"field": field, "message": f"invalid {kind}"}])  # fmt: skip
 
 
 def _replay(existing: JobRecord, request_hash: str) -> JobRecord:
