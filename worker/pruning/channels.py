@@ -60,7 +60,7 @@ from worker.pruning.scoring import (
     spline_geometry_scores,
     spline_scores,
 )
-from worker.training import count_macs_params
+from worker.pruning.training.evaluation import count_macs_params
 
 log = logging.getLogger(__name__)
 
