@@ -101,7 +101,11 @@ def train(
                          seed=seed, device=device, stage=stage, grad_clip=grad_clip, forward_passes=forward_passes)  # fmt: skip
     states = [] if stateful is None else [stateful] if hasattr(stateful, "state_dict") else list(stateful)
     legacy = _Legacy(after_backward, on_epoch_start, on_epoch_end, extra_params, epochs, states)
-    loss = Distillation(teacher, distill_weight, distill_temperature) if teacher is not None and distill_weight > 0 else None
+    loss = (
+        Distillation(teacher, distill_weight, distill_temperature)
+        if teacher is not None and distill_weight > 0
+        else None
+    )
     return _train(model, data, config, [legacy, *(hooks or TrainHooks()).callbacks(stage)], loss=loss)
 
 
