@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import threading
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
 from service.core.config import get_settings
 from service.core.queue import make_celery
+from service.core.workers import Heartbeat
 
 log = logging.getLogger("shears.worker")
 settings = get_settings()
 app = make_celery(settings)
 app.conf.include = ["worker.tasks"]
+_heartbeat: Heartbeat | None = None
+
+
+@celeryd_after_setup.connect
+def _consume_inspections(sender, instance, **_) -> None:
+    """Every worker also takes upload inspections from their own queue (whatever ``--queues``
+    says). Celery's consumer takes from its queues in turn, so an inspection backlog delays a
+    job by at most one inspection (each bounded by ``inspect_time_limit_s``)."""
+    instance.app.amqp.queues.select_add(settings.inspect_queue)
+
+
+@worker_ready.connect
+def _start_heartbeat(sender, **_) -> None:
+    """Beat from the main process: it stops when the worker dies, whatever kills it."""
+    global _heartbeat
+    _heartbeat = Heartbeat(settings, sender.hostname, os.getpid())
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @worker_process_init.connect
@@ -28,14 +53,15 @@ def _limit_memory(**_) -> None:
 
 def _import_engine() -> None:
     try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter imports it on the first export)
+        import sklearn.datasets  # noqa: F401  (the built-in `digits` dataset)
+
         import worker.execution  # noqa: F401
         import worker.export  # noqa: F401  (onnx, onnxruntime)
         import worker.io.models  # noqa: F401  (onnx2torch)
         import worker.pipeline  # noqa: F401  (torch)
         import worker.pruning.channels  # noqa: F401  (torch-pruning)
         import worker.report  # noqa: F401
-        import onnxscript  # noqa: F401  (torch.onnx's exporter imports it on the first export)
-        import sklearn.datasets  # noqa: F401  (the built-in `digits` dataset)
     except Exception:  # noqa: BLE001 - the task imports them again and reports the error on the job
         log.warning("warming the engine imports failed", exc_info=True)
 
