@@ -52,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.deps import hash_key
+    from service.edge import uvicorn_options
     from service.main import create_app
 
     overrides: dict = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
@@ -77,7 +78,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print('  then: curl -H "Authorization: Bearer $SHEARS_API_KEY" $SHEARS_URL/v1/jobs', flush=True)
         print(f"  worker pid {worker.process.pid}, log {log_path} (restarted if it dies)", flush=True)
         try:
-            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                        **uvicorn_options(settings))  # fmt: skip
         finally:
             worker.stop()
     return 0

@@ -25,6 +25,7 @@ from service.core.dispatch import reap
 from service.core.queue import make_celery
 from service.core.spec import JobSpec
 from service.core.storage import open_store
+from service.edge import EdgeLimits
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
     metrics.install_metrics(app)
+    app.add_middleware(EdgeLimits, settings=settings)  # outermost: limits apply before any work
     routers = (health.router, metrics.router, models_router, datasets_router, jobs.router)
     for router in routers:
         app.include_router(router)

@@ -19,7 +19,14 @@ from service.main import create_app
 
 KEY = "fuzz-key-0123456789"
 _DATA = Path(tempfile.mkdtemp(prefix="shears-fuzz-"))
-_SETTINGS = Settings(data_dir=_DATA, api_keys={hash_key(KEY): "fuzz"}, max_upload_bytes=1 << 20, worker_stale_s=1e9)
+_SETTINGS = Settings(
+    data_dir=_DATA,
+    api_keys={hash_key(KEY): "fuzz"},
+    max_upload_bytes=1 << 20,
+    worker_stale_s=1e9,
+    rate_limit_per_s=1e6,
+    rate_limit_burst=1_000_000,
+)
 app = create_app(_SETTINGS, reaper=False)
 create_schema(app.state.engine)
 beat(app.state.engine, "fuzz-worker", 1)  # one heartbeat that never goes stale: /readyz is 200, as with a worker
