@@ -215,8 +215,12 @@ def wait_for_worker(proc: Process, settings: Settings) -> Process:
         replies = control.control.ping(timeout=0.5) or []
         return any(wanted in next(iter(reply)) for reply in replies)
 
+    def warm() -> bool:  # a task started during the warm-up waits for it, inside its time limit
+        return not settings.worker_warm_imports or "engine imports warm" in proc.log_path.read_text(errors="replace")
+
     try:
         wait_until(lambda: proc.ensure_alive() and answers(), 90, name)
+        wait_until(lambda: proc.ensure_alive() and warm(), 180, f"{name} importing the engine")
     except Exception:
         proc.stop()
         raise

@@ -51,6 +51,17 @@ def _limit_memory(**_) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
+engine_imported = threading.Event()
+"""Set once the warm-up thread is done (or was never started). Tasks wait for it: importing
+torch from two threads at once can fail ("Only a single TORCH_LIBRARY can be used to register
+the namespace prims"), which made a job that arrived during the warm-up fail `internal-error`."""
+engine_imported.set()  # pools that fire no worker_process_init (solo, threads) warm nothing
+
+
+def wait_for_engine_imports() -> None:
+    engine_imported.wait()
+
+
 def _import_engine() -> None:
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter imports it on the first export)
@@ -62,8 +73,11 @@ def _import_engine() -> None:
         import worker.pipeline  # noqa: F401  (torch)
         import worker.pruning.channels  # noqa: F401  (torch-pruning)
         import worker.report  # noqa: F401
+        log.info("engine imports warm")
     except Exception:  # noqa: BLE001 - the task imports them again and reports the error on the job
         log.warning("warming the engine imports failed", exc_info=True)
+    finally:
+        engine_imported.set()
 
 
 @worker_process_init.connect
@@ -71,7 +85,10 @@ def _warm_engine_imports(**_) -> None:
     """Import the engine (torch, onnx, onnxruntime, torch-pruning: seconds of CPU) as soon as
     a pool process starts, so that the first job does not pay for it (bench/api_queue.py).
     In a background thread: worker_process_init must return within Celery's
-    worker_proc_alive_timeout (4 s), and a job that arrives meanwhile simply waits on the
-    import lock."""
+    worker_proc_alive_timeout (4 s); a task that arrives meanwhile waits for it to finish
+    (``wait_for_engine_imports``)."""
     if settings.worker_warm_imports:
+        engine_imported.clear()
         threading.Thread(target=_import_engine, name="warm-engine-imports", daemon=True).start()
+    else:
+        engine_imported.set()

@@ -78,8 +78,8 @@ def complete_contract(spec: dict, authenticated: set[tuple[str, str]]) -> dict:
     components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     for unused in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(unused, None)
-    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
-                                                "description": "An API key (`shears hash-key` for the operator)."}}  # fmt: skip
+    bearer = {"type": "http", "scheme": "bearer", "description": "An API key (`shears hash-key` for the operator)."}
+    components["securitySchemes"] = {"bearer": bearer}
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
