@@ -141,7 +141,6 @@ def test_a_job_whose_worker_host_is_killed_resumes_on_the_other_host_from_the_st
     assert f"artifacts/{checkpoints}manifest.json" in _stored_keys(endpoint, checkpoints)
     _kill(victim)  # SIGKILL, pool and all: the host is gone
     killed_at = max(_epoch(before), _epoch(_job(client, job_id)))
-    assert not (survivor.data_dir / "checkpoints" / job_id).exists(), "the survivor had the job before the kill"
 
     job = _wait_job(client, job_id, lambda j: j["status"] in {"succeeded", "failed", "cancelled"}, 600, "the end")
     assert job["status"] == "succeeded", job
