@@ -3,12 +3,12 @@
 1. Starts ``dockerd`` when none answers (installing Debian's docker.io / docker-compose when
    absent), builds the local base images (deploy/base-images.sh), copies the torch CPU wheel
    into the build context, builds the ``api`` and ``worker-cpu`` images from the Dockerfile.
-2. Brings the compose stack up (docker-compose.yml + deploy/compose.local.yml: API, two CPU
-   worker replicas, Redis, PostgreSQL, moto's S3 server in MinIO's place), published on
-   127.0.0.1 only, and waits for the healthchecks.
+2. Brings the compose stack up (docker-compose.yml + deploy/compose.local.yml: two API
+   replicas, two CPU worker replicas, Redis, PostgreSQL, moto's S3 server in MinIO's place),
+   published on 127.0.0.1 only, and waits for the healthchecks.
 3. Through HTTP only: uploads a model and a dataset, runs a job to ``succeeded``, checks its
    artifacts and that the ONNX model scores the accuracy the report states.
-4. Runs a long job, ``docker kill``s the worker container running it, and checks that the
+4. Through the other API replica: runs a long job, ``docker kill``s the worker container running it, and checks that the
    other replica resumes it from the checkpoint in S3 and succeeds.
 5. Tears the stack down (containers, network, volumes) and stops the dockerd it started,
    whatever happened. Prints the build and start times (recorded in BENCHMARKS.md).
@@ -161,12 +161,30 @@ def build_images(ca: Path | None) -> None:
 # ----------------------------------------------------------------------------- the stack
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports on 127.0.0.1."""
+    import socket
+
+    for _ in range(100):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 class Stack:
-    def __init__(self, api_port: int, s3_port: int) -> None:
-        self.env = {**IMAGES, "SHEARS_API_PORT": f"127.0.0.1:{api_port}", "SHEARS_S3_PORT": f"127.0.0.1:{s3_port}",
-                    "SHEARS_S3_PUBLIC_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+    """The compose project; API replicas publish ports from ``api_ports`` on 127.0.0.1 only."""
+
+    def __init__(self, api_ports: range, s3_port: int) -> None:
+        self.env = {**IMAGES, "SHEARS_API_PORT": f"127.0.0.1:{api_ports[0]}-{api_ports[-1]}",
+                    "SHEARS_S3_PORT": f"127.0.0.1:{s3_port}", "SHEARS_S3_PUBLIC_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
                     "SHEARS_API_KEYS": json.dumps({hash_key(API_KEY): "deploy-check"})}  # fmt: skip
-        self.base = f"http://127.0.0.1:{api_port}"
         compose = ["docker-compose"] if shutil.which("docker-compose") else [docker_cli(), "compose"]
         self.compose = [*compose, "-p", PROJECT, "-f", "docker-compose.yml", "-f", "deploy/compose.local.yml",
                         "--profile", "cpu"]  # fmt: skip
@@ -193,6 +211,11 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{service} not healthy in {timeout:.0f}s")
             time.sleep(1)
+
+    def api_bases(self) -> list[str]:
+        """The base URL of every API replica (the host port docker gave each)."""
+        ports = [run([docker_cli(), "port", c, "8000"], quiet=True).split()[0] for c in self.containers("api")]
+        return [f"http://{address}" for address in sorted(ports)]
 
     def logs(self, container: str) -> str:
         result = subprocess.run([docker_cli(), "logs", container], capture_output=True, text=True)
@@ -312,21 +335,29 @@ def main() -> int:
     try:
         dockerd = ensure_dockerd(work)
         build_images(extra_ca(work))
-        stack = Stack(free_port(), free_port())
-        with timed("compose up (API, 2 CPU workers, Redis, PostgreSQL, S3) until healthy"):
-            stack("up", "-d", "--no-build", "--scale", "worker-cpu=2", "api", "worker-cpu")
+        first = free_ports(2)
+        stack = Stack(range(first, first + 2), free_port())
+        with timed("compose up (2 API replicas, 2 CPU workers, Redis, PostgreSQL, S3) until healthy"):
+            stack("up", "-d", "--no-build", "--scale", "api=2", "--scale", "worker-cpu=2", "api", "worker-cpu")
             stack.wait_healthy("api", 600)
             for worker in stack.containers("worker-cpu"):
                 stack.health(worker)  # still running
-            wait_until(lambda: httpx.get(f"{stack.base}/readyz", timeout=5).is_success, 120, "/readyz", interval=1)
+            bases = stack.api_bases()
+            assert len(bases) == 2, bases
+            for base in bases:
+                wait_until(lambda b=base: httpx.get(f"{b}/readyz", timeout=5).is_success, 120, f"{base}/readyz")
+        say(f"API replicas at {bases}")
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        with httpx.Client(base_url=stack.base, headers=headers, timeout=60, follow_redirects=True) as client:
+        first_api = httpx.Client(base_url=bases[0], headers=headers, timeout=60, follow_redirects=True)
+        second_api = httpx.Client(base_url=bases[1], headers=headers, timeout=60, follow_redirects=True)
+        with first_api, second_api:
             data, x_val, y_val = dataset_npz()
-            model_id = upload(client, "models", "mlp.onnx", digits_mlp_onnx(hidden=32))
-            dataset_id = upload(client, "datasets", "digits.npz", data)
+            model_id = upload(first_api, "models", "mlp.onnx", digits_mlp_onnx(hidden=32))
+            dataset_id = upload(first_api, "datasets", "digits.npz", data)
             with timed("job through HTTP (upload → job → artifacts → accuracy)"):
-                check_a_job(client, model_id, dataset_id, x_val, y_val)
-            check_a_killed_worker(stack, client, model_id, dataset_id)
+                check_a_job(first_api, model_id, dataset_id, x_val, y_val)
+            # the other replica serves the same uploads and jobs: replicas share only PostgreSQL, Redis, S3
+            check_a_killed_worker(stack, second_api, model_id, dataset_id)
         say("PASSED")
         return 0
     except Exception:
