@@ -11,7 +11,7 @@ run: install
 test: install
 	.venv/bin/python -m pytest
 
-## The release check (root, ~N min, not in CI): build the images, run jobs through the compose
+## The deployment check (root, ~20 min cold; .ci/run runs it): build the images, run jobs through the compose
 ## stack, docker-kill a worker mid-job and see the job resume on the other (deploy/check.py).
 test-deploy: install
 	.venv/bin/python deploy/check.py
