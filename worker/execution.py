@@ -20,6 +20,7 @@ from service.core.models import DatasetRecord, JobRecord, ModelRecord
 from service.core.spec import JobSpec
 from service.core.storage import ArtifactStore
 from service.core.webhooks import deliver
+from worker.checkpoints import CheckpointMirror
 
 log = logging.getLogger("shears.worker")
 ARTIFACT_ORDER = ("model.onnx", "model.torchscript.pt", "masks.safetensors", "report.json", "report.html")
@@ -117,9 +118,11 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     workdir = settings.data_dir / "work" / job_id / str(attempt)
     checkpoints = settings.data_dir / "checkpoints" / job_id
     reporter = ProgressReporter(sessions, job_id, settings, attempt)
+    mirror = CheckpointMirror(store, job_id, checkpoints, attempt, may_write=lambda: not heartbeat.lost)
     status = "unrecorded"  # until the row says otherwise: checkpoints are kept for a retry
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        resumed_from = mirror.restore()  # the stored checkpoints, whichever host wrote them
         model_path = workdir / "input-model"
         store.get_file(model_row.storage_key, model_path)
         dataset_path = None
@@ -135,7 +138,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             allow_torchscript=settings.allow_torchscript_upload, device=settings.device,
         )  # fmt: skip
         try:
-            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=reporter,
+            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=_mirrored(mirror, reporter),
                                    should_cancel=lambda: reporter.should_cancel() or heartbeat.lost,
                                    checkpoint_dir=checkpoints)  # fmt: skip
         except Cancelled:
@@ -144,6 +147,8 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         if heartbeat.lost or not jobs.renew_lease(sessions, job_id, attempt, settings.lease_s):
             status = "lost"  # another execution owns the job: never overwrite its artifacts
             return status
+        if resumed_from is not None:
+            _note_resume(outcome, resumed_from, workdir / "out")
         artifacts = _upload_artifacts(store, job_id, outcome.files)
         reporter.stage = "done"
         if jobs.succeed(sessions, job_id, outcome.summary, artifacts, attempt):
@@ -174,9 +179,28 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             workdir.parent.rmdir()  # work/<job_id>, once no attempt uses it
         if status in {"succeeded", "failed", "cancelled"}:
             shutil.rmtree(workdir.parent, ignore_errors=True)  # also what killed attempts left
-            shutil.rmtree(checkpoints, ignore_errors=True)
+            mirror.discard()  # local copies and the stored ones
             _notify(settings, sessions, job_id, spec)
     return status
+
+
+def _mirrored(mirror: CheckpointMirror, reporter: ProgressReporter):
+    """The progress callback: an epoch's checkpoints are stored before the row shows the epoch."""
+
+    def on_progress(event: dict) -> None:
+        mirror.after_epoch(event)
+        reporter(event)
+
+    return on_progress
+
+
+def _note_resume(outcome, resumed_from: dict, out_dir: Path) -> None:
+    """Say in the summary and the report where this execution resumed (stage, epoch, attempt)."""
+    from worker.report import write_report
+
+    outcome.summary["resumed_from"] = resumed_from
+    outcome.report["resumed_from"] = resumed_from
+    write_report(outcome.report, out_dir)
 
 
 def _discard_artifacts(store: ArtifactStore, job_id: str) -> None:
