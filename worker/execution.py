@@ -18,7 +18,7 @@ from service.core import jobs
 from service.core.config import Settings
 from service.core.models import DatasetRecord, JobRecord, ModelRecord
 from service.core.spec import JobSpec
-from service.core.storage import ArtifactStore
+from service.core.storage import ArtifactNotFound, ArtifactStore, StorageUnavailable
 from service.core.webhooks import deliver
 
 log = logging.getLogger("shears.worker")
@@ -108,9 +108,30 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
         spec = JobSpec.model_validate(job.spec)
         model_row = session.get(ModelRecord, job.model_id)
         dataset_row = session.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
+        missing = _missing_inputs(job, model_row, dataset_row)
+    if missing:  # deleted while the job waited (the API refuses that; a race can still get here)
+        if jobs.fail(sessions, job_id, "input-deleted", missing, "starting", attempt):
+            _notify(settings, sessions, job_id, spec)
+            return "failed"
+        return "lost"
     log.info("job %s attempt %d started", job_id, attempt)
     with Heartbeat(sessions, job_id, attempt, settings.lease_s) as heartbeat:
         return _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat)
+
+
+def _missing_inputs(job: JobRecord, model_row, dataset_row) -> str:
+    gone = [f"{kind} {item_id}" for kind, item_id, row in (("model", job.model_id, model_row),
+            ("dataset", job.dataset_id, dataset_row)) if item_id and row is None]  # fmt: skip
+    return f"the {' and '.join(gone)} this job uses was deleted before it ran; upload it again and submit a new job" if gone else ""
+
+
+def _fetch(store: ArtifactStore, row, kind: str, path: Path) -> None:
+    """Copy an input upload to ``path``; ``input-deleted`` when its file is gone."""
+    try:
+        store.get_file(row.storage_key, path)
+    except ArtifactNotFound as error:
+        raise JobFailure("input-deleted", f"the {kind} {row.id} this job uses was deleted before it ran; "
+                         "upload it again and submit a new job") from error  # fmt: skip
 
 
 def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat) -> str:
@@ -121,11 +142,11 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         model_path = workdir / "input-model"
-        store.get_file(model_row.storage_key, model_path)
+        _fetch(store, model_row, "model", model_path)
         dataset_path = None
         if dataset_row is not None:
             dataset_path = workdir / f"input-dataset{Path(dataset_row.filename).suffix.lower()[:16]}"
-            store.get_file(dataset_row.storage_key, dataset_path)
+            _fetch(store, dataset_row, "dataset", dataset_path)
         from worker.pipeline import PipelineInputs, run_pipeline
         from worker.training import Cancelled
 
@@ -196,18 +217,7 @@ def _causes(error: BaseException):
 
 
 def _storage_unreachable(error: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    for cause in _causes(error):
-        if isinstance(cause, EndpointConnectionError | ConnectionClosedError | BotoConnectionError | HTTPClientError):
-            return True
-        if isinstance(cause, ClientError):
-            meta = cause.response.get("ResponseMetadata", {})
-            code = cause.response.get("Error", {}).get("Code", "")
-            if int(meta.get("HTTPStatusCode") or 0) >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
-                return True
-    return False
+    return any(isinstance(cause, StorageUnavailable) for cause in _causes(error))
 
 
 def _out_of_memory(error: BaseException) -> bool:
