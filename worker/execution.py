@@ -14,15 +14,16 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from service.core import artifacts as artifacts_spec
 from service.core import jobs
 from service.core.config import Settings
+from service.core.contracts import JobResult
 from service.core.models import DatasetRecord, JobRecord, ModelRecord
 from service.core.spec import JobSpec
 from service.core.storage import ArtifactNotFound, ArtifactStore, StorageUnavailable
 from service.core.webhooks import deliver
 
 log = logging.getLogger("shears.worker")
-ARTIFACT_ORDER = ("model.onnx", "model.torchscript.pt", "masks.safetensors", "report.json", "report.html")
 
 
 class JobFailure(Exception):
@@ -153,7 +154,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         inputs = PipelineInputs(
             model_path=model_path, architecture=spec.architecture or model_row.architecture,
             dataset_path=dataset_path, builtin_dataset=spec.dataset.builtin if spec.dataset else None,
-            allow_torchscript=settings.allow_torchscript_upload, device=settings.device,
+            allow_torchscript=settings.allow_torchscript_upload, device=settings.device, job_id=job_id,
         )  # fmt: skip
         try:
             outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=reporter,
@@ -165,9 +166,10 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         if heartbeat.lost or not jobs.renew_lease(sessions, job_id, attempt, settings.lease_s):
             status = "lost"  # another execution owns the job: never overwrite its artifacts
             return status
+        summary = JobResult.model_validate(outcome.summary).model_dump(mode="json")  # the published contract
         artifacts = _upload_artifacts(store, job_id, outcome.files)
         reporter.stage = "done"
-        if jobs.succeed(sessions, job_id, outcome.summary, artifacts, attempt):
+        if jobs.succeed(sessions, job_id, summary, artifacts, attempt):
             status = "succeeded"
         elif jobs.acknowledge_cancel(sessions, job_id, attempt):  # cancelled while uploading
             _discard_artifacts(store, job_id)
@@ -203,7 +205,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
 def _discard_artifacts(store: ArtifactStore, job_id: str) -> None:
     """Remove what a failed job uploaded; the row (failed, no artifact list) already hides it."""
     try:
-        store.delete_prefix(f"jobs/{job_id}/")
+        store.delete_prefix(artifacts_spec.job_prefix(job_id))
     except Exception:  # noqa: BLE001 - storage down: the failed row never lists these objects
         log.warning("could not remove the partial artifacts of job %s", job_id, exc_info=True)
 
@@ -248,12 +250,11 @@ def classify_failure(error: BaseException, settings: Settings) -> tuple[str, str
 def _upload_artifacts(store: ArtifactStore, job_id: str, files: dict[str, Path]) -> list[dict]:
     """Upload every artifact; the job succeeds only after all of them are stored."""
     artifacts = []
-    for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 99):
+    for name in sorted(files, key=artifacts_spec.order):
         path = files[name]
-        store.put_file(f"jobs/{job_id}/{name}", path)
+        store.put_file(artifacts_spec.artifact_key(job_id, name), path)
         artifacts.append({"name": name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path),
-                          "media_type": "text/html" if name.endswith(".html") else
-                          "application/json" if name.endswith(".json") else "application/octet-stream"})  # fmt: skip
+                          "media_type": artifacts_spec.media_type(name)})  # fmt: skip
     return artifacts
 
 

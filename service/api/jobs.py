@@ -20,8 +20,9 @@ from service.api.errors import Problem
 from service.api.schemas import JobList, JobOut
 from service.api.uploads import receive_form
 from service.api.uploads_router import check_received, discard_uploads, store_and_inspect
-from service.core import crud
+from service.core import artifacts, crud
 from service.core import jobs as job_states
+from service.core.contracts import JobReport
 from service.core.dispatch import dispatch_job
 from service.core.models import JobRecord, new_id
 from service.core.spec import JOB_SPEC_EXAMPLE, JobSpec
@@ -29,13 +30,6 @@ from service.core.webhooks import CallbackRefused, check_callback_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _PROBLEM = {"content": {"application/problem+json": {}}}
-MEDIA_TYPES = {
-    "model.onnx": "application/octet-stream",
-    "model.torchscript.pt": "application/octet-stream",
-    "masks.safetensors": "application/octet-stream",
-    "report.json": "application/json",
-    "report.html": "text/html",
-}
 
 
 def _dispatch(request: Request, job_id: str) -> None:
@@ -360,22 +354,23 @@ def download_artifact(job_id: str, name: str, tenant: TenantDep, session: Sessio
     job = _finished_job(session, job_id, tenant)
     if name not in {a["name"] for a in job.artifacts}:
         raise Problem(404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}; see GET /v1/jobs/{job_id}/artifacts.")
-    key = f"jobs/{job.id}/{name}"
+    key = artifacts.artifact_key(job.id, name)
     url = store.presigned_url(key, settings.presign_expires_s)
     if url:
         return RedirectResponse(url, status_code=307)
-    return StreamingResponse(store.iter_bytes(key), media_type=MEDIA_TYPES.get(name, "application/octet-stream"),
+    return StreamingResponse(store.iter_bytes(key), media_type=artifacts.media_type(name),
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
 
 
-@router.get("/{job_id}/report", summary="The job's report (JSON)", responses={404: _PROBLEM, 409: _PROBLEM})
-def get_report(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> dict:
+@router.get("/{job_id}/report", response_model=JobReport, summary="The job's report (JSON)",
+            responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
+def get_report(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> JobReport:
     job = _finished_job(session, job_id, tenant)
-    return json.loads(b"".join(store.iter_bytes(f"jobs/{job.id}/report.json")))
+    return JobReport.model_validate_json(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_JSON))))
 
 
 @router.get("/{job_id}/report.html", response_class=HTMLResponse, summary="The job's report with plots",
             responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
 def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> HTMLResponse:
     job = _finished_job(session, job_id, tenant)
-    return HTMLResponse(b"".join(store.iter_bytes(f"jobs/{job.id}/report.html")))
+    return HTMLResponse(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_HTML))))

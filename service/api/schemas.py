@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.contracts import JobProgress, JobResult
+from service.core.spec import JobSpec
 
 
 class Out(BaseModel):
@@ -61,13 +64,13 @@ class JobOut(Out):
     id: str
     status: str
     stage: str | None = None
-    progress: dict
+    progress: JobProgress = Field(default_factory=JobProgress)
     attempt: int
     model_id: str
     dataset_id: str | None = None
-    spec: dict
+    spec: JobSpec
     error: JobError | None = None
-    result: dict | None = None
+    result: JobResult | None = None
     artifacts: list[Artifact]
     created_at: datetime
     started_at: datetime | None = None
