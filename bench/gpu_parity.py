@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from worker.io.datasets import builtin_dataset
-from worker.training import seed_everything, train
+from worker.pruning.training import TrainConfig, seed_everything, train
 
 
 def main() -> None:
@@ -22,9 +22,9 @@ def main() -> None:
     for device in ("cpu", "cuda"):
         seed_everything(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-        train(model, data, epochs=2, lr=0.05, batch_size=32, device=device)
+        train(model, data, TrainConfig(epochs=2, lr=0.05, batch_size=32, device=device))
         models.append(model.cpu())
-    worst = max((a - b).abs().max().item() for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))
+    worst = max((a - b).abs().max().item() for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True))
     print(f"largest parameter difference cpu vs cuda after 2 epochs: {worst:.3e}")
 
 
