@@ -32,6 +32,7 @@ class PipelineInputs:
     builtin_dataset: str | None = None
     allow_torchscript: bool = False
     device: str = "auto"
+    job_id: str | None = None  # written into report.json / report.html
 
 
 @dataclass
@@ -180,7 +181,7 @@ def run_pipeline(
         dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
                  "num_classes": data.num_classes, "train": len(data.x_train), "val": len(data.x_val),
                  "test": None if data.x_test is None else len(data.x_test)},
-        spec=spec.model_dump(mode="json"),
+        spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
     )  # fmt: skip
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
