@@ -124,7 +124,7 @@ def load_model(
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors').",
         )
     if kind == "onnx":
-        from worker.io.onnx_import import convert_model, onnx_input_shape, read_onnx
+        from worker.io.onnx import convert_model, onnx_input_shape, read_onnx
 
         proto = read_onnx(path)
         shape = onnx_input_shape(proto)
