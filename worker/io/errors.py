@@ -20,6 +20,9 @@ MODEL_CODES = frozenset(
         "architecture-required",
         "unknown-architecture",
         "weights-mismatch",
+        "input-shape-required",
+        "input-shape-mismatch",
+        "multiple-inputs",
     }
 )
 DATASET_CODES = frozenset(

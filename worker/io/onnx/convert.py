@@ -12,6 +12,8 @@ from torch import fx
 
 import worker.io.onnx.converters  # noqa: F401  (registers our converters)
 from worker.io.errors import ModelRejected
+from worker.io.onnx.channel_constants import rewrite_channel_constants
+from worker.io.onnx.inputs import io_signature, real_inputs, resolve_input_shape
 from worker.io.onnx.passes import (
     _attr,
     _constants_to_initializers,
@@ -33,28 +35,40 @@ from worker.io.onnx.runtime import (
     _onnx2torch_convert,
     get_converter,
 )
-from worker.io.onnx.shapes import _rewrite_constant_reshapes, _value_shapes
+from worker.io.onnx.shape_folding import fold_shape_computations
+from worker.io.onnx.shapes import _rewrite_constant_reshapes, _value_shapes, fill_value_info, observed_shapes
 
 
-def prepare_for_torch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+def prepare_for_torch(
+    model: onnx.ModelProto,
+    pinned_batch: int | None = None,
+    observed: dict[str, list[int | str | None]] | None = None,
+) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Apply the graph passes to a copy of ``model``; return it and counts of what changed.
 
     The result carries shape-inferred ``value_info`` (converters such as BatchNormalization
-    read ranks from it).
+    read ranks from it). ``pinned_batch`` is the batch size the uploaded file fixed (1,
+    typically) before :func:`resolve_input_shape` made it symbolic: constant Reshape
+    targets that start with it are read as the batch. ``observed`` are dims measured by
+    :func:`observed_shapes`; they fill what shape inference leaves unknown.
     """
+    observed = observed or {}
     model = _infer(copy.deepcopy(model))
     graph = model.graph
     _constants_to_initializers(graph)
     _identity_of_initializers(graph)
     stats = {"folded_constants": _fold_constants(model)}
+    if observed:
+        stats.update(fold_shape_computations(graph, observed))
     _trim_batchnorm_outputs(graph)
     _flatten_gemm_bias(graph)
     model = _infer(model)
     graph = model.graph
-    shapes = _value_shapes(model)
+    shapes = {**observed, **{k: v for k, v in _value_shapes(model).items() if v and None not in v}}
     stats["linear_from_matmul"] = _matmul_to_linear(graph, shapes)
     stats["untied_initializers"] = _untie_shared_initializers(graph)
-    stats["reshape_rewrites"] = _rewrite_constant_reshapes(graph, shapes)
+    stats["reshape_rewrites"] = _rewrite_constant_reshapes(graph, shapes, pinned_batch)
+    stats["channel_constants"] = rewrite_channel_constants(graph, shapes)
     for node in graph.node:  # what remains with allowzero=1 has a runtime target
         if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and _attr(node, "allowzero", 0):
             node.domain = SHEARS_DOMAIN
@@ -64,7 +78,9 @@ def prepare_for_torch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
         o.domain == SHEARS_DOMAIN for o in model.opset_import
     ):
         model.opset_import.append(helper.make_opsetid(SHEARS_DOMAIN, 1))
-    return _infer(model), stats
+    model = _infer(model)
+    stats["observed_shapes"] = fill_value_info(model, observed)
+    return model, stats
 
 
 # ------------------------------------------------------------------------------------
@@ -113,9 +129,29 @@ def check_operators(model: onnx.ModelProto) -> None:
             ) from exc
 
 
-def convert_model(model: onnx.ModelProto) -> fx.GraphModule:
-    """Prepare, check operators, and convert a validated ``ModelProto`` (train mode)."""
-    prepared, _ = prepare_for_torch(model)
+def convert_model(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """Prepare, check operators, and convert a validated ``ModelProto`` (train mode).
+
+    The single input's symbolic dims are made concrete from ``input_shape`` (per sample)
+    or refused with ``input-shape-required`` (:func:`resolve_input_shape`). The module
+    carries the file's original signature as ``shears_onnx_io`` (an
+    :class:`~worker.io.onnx.inputs.IOSignature`) and the resolved per-sample shape as
+    ``shears_input_shape``, so the export can restore names, order, dtypes and axes.
+    """
+    signature = io_signature(model)
+    model = copy.deepcopy(model)
+    first = real_inputs(model)[0].type.tensor_type.shape.dim if real_inputs(model) else []
+    pinned = (
+        int(first[0].dim_value) if len(first) and first[0].HasField("dim_value") and first[0].dim_value > 0 else None
+    )
+    if len(real_inputs(model)) != 1:  # name an unsupported operator first: it is the harder blocker
+        check_operators(prepare_for_torch(model)[0])
+    shape = resolve_input_shape(model, input_shape)
+    inits = {t.name for t in model.graph.initializer}
+    kept_inputs = [v for v in model.graph.input if v.name not in inits]  # weights listed as inputs (IR < 4)
+    del model.graph.input[:]
+    model.graph.input.extend(kept_inputs)
+    prepared, _ = prepare_for_torch(model, pinned_batch=pinned, observed=observed_shapes(model, shape))
     check_operators(prepared)
     try:
         module = _onnx2torch_convert(prepared)
@@ -128,9 +164,11 @@ def convert_model(model: onnx.ModelProto) -> fx.GraphModule:
         ) from exc
     for param in module.parameters():
         param.requires_grad_(True)
+    module.shears_onnx_io = signature
+    module.shears_input_shape = shape
     return module.train()
 
 
-def load_onnx(path: Path) -> fx.GraphModule:
+def load_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
     """Load an uploaded ONNX file as a trainable ``torch.fx.GraphModule`` (see module doc)."""
-    return convert_model(read_onnx(Path(path)))
+    return convert_model(read_onnx(Path(path)), input_shape)

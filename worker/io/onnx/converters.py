@@ -198,6 +198,29 @@ def _reshape_allowzero(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRe
     return OperationConverterResult(ShearsReshape(), onnx_mapping_from_node(node))
 
 
+class ShearsGlobalMaxPool(nn.Module, OnnxToTorchModule):
+    """GlobalMaxPool: the maximum over every spatial axis, kept as size-1 axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
+
+
+def _global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return OperationConverterResult(ShearsGlobalMaxPool(), onnx_mapping_from_node(node))
+
+
+def _batch_norm_v7(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """BatchNormalization opset 6/7: ``spatial=1`` (the default) is opset 9's operator.
+
+    ``spatial=0`` (statistics per activation, not per channel) has no torch layer and is
+    refused; ``is_test`` (opset 6) only says inference mode, which torch's eval mode is.
+    """
+    if node.attributes.get("spatial", 1) != 1:
+        raise NotImplementedError("BatchNormalization with spatial=0 (per-activation statistics) is not supported")
+    return get_converter("BatchNormalization", 9)(node, graph)
+
+
 def _register(op: str, version: int, converter: Any, domain: str = "") -> None:
     try:
         add_converter(operation_type=op, version=version, domain=domain)(converter)
@@ -249,6 +272,9 @@ def _register_converters() -> None:
     for version in (15, 19, 21):
         _register("CastLike", version, _cast_like)
     _register("Gelu", 20, _gelu)
+    _register("GlobalMaxPool", 1, _global_max_pool)
+    for version in (6, 7):
+        _register("BatchNormalization", version, _batch_norm_v7)
     _register("Mish", 18, _mish)
     _register("Linear", 1, _linear, domain=SHEARS_DOMAIN)
     _register("Reshape", 1, _reshape_allowzero, domain=SHEARS_DOMAIN)

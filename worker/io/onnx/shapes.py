@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -42,7 +43,9 @@ def _batch_dim(graph: onnx.GraphProto, shapes: dict[str, list[int | str | None]]
     return shapes[real_inputs[0]][0]
 
 
-def _rewrite_constant_reshapes(graph: onnx.GraphProto, shapes: dict[str, list[int | str | None]]) -> int:
+def _rewrite_constant_reshapes(
+    graph: onnx.GraphProto, shapes: dict[str, list[int | str | None]], pinned_batch: int | None = None
+) -> int:
     """Make Reshapes with a constant target keep the batch dimension; return rewrites made.
 
     ``Reshape(x[N, C, 1, 1], [N or -1 or 1, C])`` → ``Flatten(axis=1)`` (batch-agnostic
@@ -69,7 +72,11 @@ def _rewrite_constant_reshapes(graph: onnx.GraphProto, shapes: dict[str, list[in
         rest = dims[1:]
         rest_known = all(isinstance(d, int) and d > 0 for d in rest)
         rest_size = math.prod(rest) if rest_known else None  # type: ignore[arg-type]
-        first_is_batch = target[0] in (-1, 0) or (isinstance(batch, int) and target[0] == batch)
+        first_is_batch = (
+            target[0] in (-1, 0)
+            or (isinstance(batch, int) and target[0] == batch)
+            or (pinned_batch is not None and isinstance(batch, str) and target[0] == pinned_batch)
+        )
         if len(target) == 2 and first_is_batch and rest_size is not None:
             if target[1] == rest_size or (target[1] == -1 and target[0] != -1):
                 node.op_type = "Flatten"
@@ -100,3 +107,81 @@ def onnx_input_shape(model: onnx.ModelProto) -> tuple[int, ...] | None:
     if len(dims) < 2 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
         return None
     return tuple(int(d.dim_value) for d in dims[1:])
+
+
+class Observed(dict):
+    """``{value name: dims}`` as measured (``batch`` marks dims that follow the batch), plus
+    ``values``: ``{name: (at batch 1, at batch 2)}`` for small integer tensors (shape arithmetic)."""
+
+    values: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def observed_shapes(model: onnx.ModelProto, sample_shape: tuple[int, ...]) -> Observed:
+    """Every value's dims as onnxruntime computes them, for the gaps ONNX shape inference leaves.
+
+    Exporters such as paddle2onnx write graphs whose shapes ``onnx.shape_inference`` cannot
+    follow (converters then see a BatchNormalization of unknown rank). Running the graph
+    twice on zeros, at batch 1 and batch 2, with every value exposed as an output, gives
+    the real dims; those that differ between the runs follow the batch and are named
+    ``batch``. Returns ``{}`` when onnxruntime cannot run the model (nothing is lost: the
+    converters fall back to inference). Only the single input is fed; shape only, values
+    are never read.
+    """
+    try:
+        import onnxruntime as ort
+
+        probe = copy.deepcopy(model)
+        graph = probe.graph
+        declared = {v.name for v in graph.output}
+        inits = {t.name for t in graph.initializer}
+        for node in graph.node:
+            for name in node.output:
+                if name and name not in declared and name not in inits:
+                    graph.output.append(onnx.ValueInfoProto(name=name))
+                    declared.add(name)
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(
+            next(v for v in graph.input if v.name == feed.name).type.tensor_type.elem_type
+        )
+        names = [o.name for o in session.get_outputs()]
+        runs = [session.run(names, {feed.name: np.zeros((batch, *sample_shape), dtype=dtype)}) for batch in (1, 2)]
+    except Exception:
+        empty = Observed()
+        empty.values = {}
+        return empty
+    shapes = Observed()
+    shapes.values = {}
+    for name, one, two in zip(names, *runs, strict=True):
+        if not isinstance(one, np.ndarray) or not isinstance(two, np.ndarray) or one.ndim != two.ndim:
+            continue
+        shapes[name] = [a if a == b else "batch" for a, b in zip(one.shape, two.shape, strict=True)]
+        if one.dtype.kind in "iu" and one.size <= 64 and two.size <= 64:
+            shapes.values[name] = (one, two)
+    return shapes
+
+
+def fill_value_info(model: onnx.ModelProto, observed: dict[str, list[int | str | None]]) -> int:
+    """Add ``value_info`` (with the observed dims) for values that have no shape; return how many."""
+    graph = model.graph
+    known = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+             if v.type.tensor_type.HasField("shape")}  # fmt: skip
+    known |= {t.name for t in graph.initializer}
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    added = 0
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in known and name in observed:
+                dims = observed[name]
+                info = helper.make_tensor_value_info(name, elem.get(name, onnx.TensorProto.FLOAT), dims)
+                kept = [v for v in graph.value_info if v.name != name]
+                del graph.value_info[:]
+                graph.value_info.extend(kept)
+                graph.value_info.append(info)
+                known.add(name)
+                added += 1
+    return added
