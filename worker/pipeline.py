@@ -106,7 +106,8 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     else:
         data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
     loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes)  # fmt: skip
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes,
+                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
     model = loaded.module.float()
     try:
         with torch.no_grad():

@@ -221,6 +221,31 @@ def _batch_norm_v7(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult
     return get_converter("BatchNormalization", 9)(node, graph)
 
 
+# Opsets 1–8: versions whose semantics for float tensors equal the next version onnx2torch
+# has (only attributes that were removed later, such as ``consumed_inputs``, or
+# type-support changes differ), so the old node converts with that converter.
+_OLD_OPSET_ALIASES = {
+    "Flatten": (9, (1,)),
+    "Gemm": (9, (7,)),
+    "Dropout": (10, (1, 6, 7)),
+    "Cast": (9, (1, 6)),
+    "Constant": (9, (1,)),
+    "MaxPool": (8, (1,)),
+    "Relu": (6, (1,)),
+    "Tanh": (6, (1,)),
+    "Exp": (6, (1,)),
+    "Abs": (6, (1,)),
+    "Floor": (6, (1,)),
+    "Elu": (6, (1,)),
+    "Selu": (6, (1,)),
+    "Sum": (8, (6,)),
+    "Max": (8, (6,)),
+    "Min": (8, (6,)),
+    "PRelu": (7, (6,)),
+    "Clip": (6, (1,)),
+}
+
+
 def _register(op: str, version: int, converter: Any, domain: str = "") -> None:
     try:
         add_converter(operation_type=op, version=version, domain=domain)(converter)
@@ -252,6 +277,7 @@ def _register_converters() -> None:
         "Unsqueeze": (13, (21,)),
         "ScatterND": (16, (18,)),
     }
+    aliases.update(_OLD_OPSET_ALIASES)
     for op, (old, new_versions) in aliases.items():
         try:
             converter = get_converter(op, old)
