@@ -61,8 +61,20 @@ def _reason(exc: BaseException) -> str:
 def blocked_roots(model: nn.Module, example: torch.Tensor, roots: Sequence[str]) -> dict[str, str]:
     """``{root: reason}`` for the coupled-set roots whose channels cannot be removed (module doc).
 
-    ``example`` is one input batch; trials run at batch 2. ``model`` is not modified.
+    ``example`` is one input batch; trials run at batch 2. ``model`` is not modified. The
+    answer is remembered on the model for the same roots and parameter shapes (inspection
+    and pruning of one model ask twice).
     """
+    key = (tuple(roots), tuple(example.shape[1:]), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    cached = getattr(model, "_shears_blocked", None)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    blocked = _blocked_roots(model, example, roots)
+    object.__setattr__(model, "_shears_blocked", (key, dict(blocked)))
+    return blocked
+
+
+def _blocked_roots(model: nn.Module, example: torch.Tensor, roots: Sequence[str]) -> dict[str, str]:
     was_training = model.training
     model.eval()
     probe = torch.cat([example[:1], example[:1]], 0)
