@@ -19,7 +19,7 @@ def corpus_paths():
 
 def test_the_corpus_has_ten_models_from_several_producers_and_tasks():
     entries = manifest()
-    assert len(entries) >= 10 and len(FAST) >= 5
+    assert len(entries) >= 10 and len(FAST) >= 3
     assert len({e["wheel"] for e in entries}) >= 6 and len({e["task"] for e in entries}) >= 8
 
 
