@@ -151,6 +151,7 @@ def run_pipeline(
     finetuned = False
     masks: dict[str, torch.Tensor] | None = None
     layers_report: list[dict] = []
+    excluded_sets: dict[str, str] = {}  # layer → why its channels could not be pruned (partial pruning)
     early_bird: dict | None = None
     pruned_accuracy: float | None = None
     channels_removed = False
@@ -166,10 +167,12 @@ def run_pipeline(
                     criterion = "spline" if params.detector == "spline" else "bn_scale"
                     result = _prune(model, data, PruneChannelsParams(criterion=criterion, ratio=params.ratio), spec)
                     layers_report, channels_removed = result.layer_table(), True
+                    excluded_sets.update(result.blocked)
                     pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, PruneChannelsParams):
                 result = _prune(model, data, params, spec)
                 layers_report, channels_removed = result.layer_table(), True
+                excluded_sets.update(result.blocked)
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, ProbMaskParams):
                 masks = _probmask(model, data, params, spec, device, stage_id, hooks)
@@ -212,6 +215,7 @@ def run_pipeline(
                  "test": None if data.x_test is None else len(data.x_test)},
         spec=spec.model_dump(mode="json"),
     )  # fmt: skip
+    report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in excluded_sets.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
