@@ -277,8 +277,7 @@ def _register_converters() -> None:
         "Unsqueeze": (13, (21,)),
         "ScatterND": (16, (18,)),
     }
-    aliases.update(_OLD_OPSET_ALIASES)
-    for op, (old, new_versions) in aliases.items():
+    for op, (old, new_versions) in [*aliases.items(), *_OLD_OPSET_ALIASES.items()]:
         try:
             converter = get_converter(op, old)
         except NotImplementedError:
