@@ -96,7 +96,8 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     else:
         data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
     loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes)  # fmt: skip
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes,
+                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
     model = loaded.module.float()
     try:
         with torch.no_grad():
@@ -183,6 +184,7 @@ def run_pipeline(
                  "test": None if data.x_test is None else len(data.x_test)},
         spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
     )  # fmt: skip
+    report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {

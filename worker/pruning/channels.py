@@ -51,6 +51,8 @@ from torch import nn
 from worker.io.data import DataSplits
 from worker.pruning.allocation import allocate
 from worker.pruning.criteria import CRITERION_NAMES, Importance, Redundancy, ScoringContext, get_criterion
+from worker.pruning.custom_layers import dependency_graph
+from worker.pruning.exclusion import NothingToPrune, blocked_roots
 from worker.pruning.layers import PrunableLayer, classifier_name, discover_layers, resolve_excludes
 from worker.pruning.regions import select_probes
 from worker.pruning.training.evaluation import count_macs_params
@@ -66,10 +68,7 @@ def _out_fn(module: nn.Module):
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input.to(device), verbose=False
-        )
+    return dependency_graph(model, example_input.to(device))  # with Shears' custom pruners
 
 
 def _out_members(graph: tp.DependencyGraph, group, names: dict[nn.Module, str]) -> set[str]:
@@ -281,6 +280,7 @@ class PruneResult:
     macs_before: int
     macs_after: int
     scores: dict[str, list[float]] = field(default_factory=dict)
+    blocked: dict[str, str] = field(default_factory=dict)  # excluded root → why its channels cannot go
 
     def layer_table(self) -> list[dict]:
         """One row per prunable layer for the report."""
@@ -355,8 +355,12 @@ def prune_channels(
     macs_before, params_before = count_macs_params(model, example)
 
     sets = coupled_sets(model, example, layers)
-    roots = {s[0] for s in sets if not (set(s) & excluded)}
+    blocked = blocked_roots(model, example, [s[0] for s in sets if not (set(s) & excluded)])  # partial pruning
+    roots = {s[0] for s in sets if not (set(s) & excluded) and s[0] not in blocked}
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
+    if not candidates and blocked:
+        raise NothingToPrune(blocked)
+    excluded |= set(blocked)
     if not 0.0 <= min_keep_fraction < 1.0:
         raise ValueError("min_keep_fraction must be in [0, 1)")
     importance = get_criterion(criterion) if isinstance(criterion, str) else criterion
@@ -393,6 +397,7 @@ def prune_channels(
         macs_before=macs_before,
         macs_after=macs_after,
         scores={n: [float(v) for v in s.tolist()] for n, s in scores.items()},
+        blocked=blocked,
     )
 
 

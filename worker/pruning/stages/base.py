@@ -24,6 +24,7 @@ class EngineState:
     masks: dict[str, torch.Tensor] | None = None  # unstructured keep masks (ProbMask)
     layers: list[dict] = field(default_factory=list)  # per-layer channels before/after
     channels_removed: bool = False
+    excluded: dict[str, str] = field(default_factory=dict)  # layer -> why its channels stay (partial pruning)
     pruned_accuracy: float | None = None  # validation accuracy right after the last pruning
     finetuned: bool = False
     early_bird: dict | None = None  # the early-bird report section
