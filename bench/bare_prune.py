@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     with torch.no_grad():
         correct = sum(int((model(x.to(args.device)).argmax(1).cpu() == y).sum())
-                      for x, y in zip(x_val.split(256), y_val.split(256)))  # fmt: skip
+                      for x, y in zip(x_val.split(256), y_val.split(256), strict=True))  # fmt: skip
 
     from pathlib import Path
 

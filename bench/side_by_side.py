@@ -249,7 +249,11 @@ def run_api(info: dict, out: Path, device: str) -> dict:
             job = client.post("/v1/jobs", json=spec)
             job.raise_for_status()
             job_id = job.json()["id"]
-            while (state := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+            while (state := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
                 time.sleep(0.2)
             finished = time.perf_counter()
             if state["status"] != "succeeded":
@@ -288,9 +292,11 @@ def side_by_side(cases: list[str], paths: list[str], repeats: int = 1, device: s
         info = prepare_case(case, work / case.replace(":", "_").replace("/", "_"), size)
         runs: dict[str, list[dict]] = {p: [] for p in paths}
         for repeat in range(repeats):
-            order = paths[repeat % len(paths):] + paths[: repeat % len(paths)]  # rotate who goes first
+            order = paths[repeat % len(paths) :] + paths[: repeat % len(paths)]  # rotate who goes first
             for path in order:
-                result = RUNNERS[path](info, work / f"{info['case'].replace(':', '_').replace('/', '_')}-{path}-{repeat}", device)
+                result = RUNNERS[path](
+                    info, work / f"{info['case'].replace(':', '_').replace('/', '_')}-{path}-{repeat}", device
+                )
                 runs[path].append(result)
                 print(f"# {case} {path} #{repeat}: {json.dumps(result)}", flush=True)
         results["cases"][case] = {
