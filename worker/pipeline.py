@@ -131,7 +131,7 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
     from worker.export import check_onnx_parity, export_torchscript, onnx_export_info, save_masks
-    from worker.report import build_report, layer_stats, write_report
+    from worker.report import build_report, channel_counts, layer_stats, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(total_epochs=_total_epochs(spec), on_progress=on_progress)
@@ -143,9 +143,14 @@ def run_pipeline(
         model, data, model_format = load_inputs(inputs, spec)
     example = data.x_val[:1]
     with run.stage("evaluate_dense"):
-        dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
+        source = inputs.model_path if model_format == "onnx" else None
+        dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec, source_onnx=source)
 
-    dense_model = copy.deepcopy(model).cpu()
+    dense_channels = channel_counts(model)
+    # the dense model is kept only as a distillation teacher
+    distills = any(isinstance(p, FinetuneParams) and p.distill > 0 and p.epochs > 0
+                   for p in (next(iter(vars(s).values())) for s in spec.pipeline))  # fmt: skip
+    dense_model = copy.deepcopy(model).cpu() if distills else None
     model = model.to(device)
     finetuned = False
     masks: dict[str, torch.Tensor] | None = None
@@ -182,7 +187,7 @@ def run_pipeline(
     with run.stage("export"):
         final = _measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32]),
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val)),
                             **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
@@ -200,7 +205,7 @@ def run_pipeline(
         macs_before=dense["macs"], macs_after=final["macs"],
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
+        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
         early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
@@ -223,8 +228,34 @@ def run_pipeline(
     return PipelineOutcome(files=files, summary=summary, report=report)
 
 
-def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: JobSpec) -> dict:
-    """Accuracy, size, MACs and onnxruntime latency of ``model`` (exported to ``onnx_path``)."""
+def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:
+    """At most 32 inputs and about ``max_elements`` values (at least 2 inputs): the export parity
+    check's cost stays bounded for large inputs (6 images at 224×224)."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return x[: max(2, min(32, max_elements // per_sample))]
+
+
+def _usable_source(path: Path | None, dynamic_batch: bool) -> bool:
+    """Whether an uploaded ONNX file can stand for the dense model in the latency measurement:
+    a single file whose batch axis is dynamic when batch 32 is measured."""
+    from worker.export import onnx_export_info
+
+    if path is None:
+        return False
+    try:
+        info = onnx_export_info(path)
+    except Exception:  # noqa: BLE001 - an unreadable file is exported instead
+        return False
+    return info["single_file"] and (info["dynamic_batch"] or not dynamic_batch)
+
+
+def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: JobSpec,
+             source_onnx: Path | None = None) -> dict:  # fmt: skip
+    """Accuracy, size, MACs and onnxruntime latency of ``model`` (exported to ``onnx_path``).
+
+    With ``source_onnx`` (the uploaded ONNX file of this same model) the size and latency are
+    those of that file and no export is made: re-exporting the dense model only to time it
+    cost as much as the final export (``latency.source`` says which file was timed)."""
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
     model = model.to(device).eval()
@@ -232,8 +263,19 @@ def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: Jo
     test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
-    export_onnx(cpu_model, example, onnx_path, opset=spec.export.opset, dynamic_batch=spec.export.dynamic_batch)
-    latency = onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=(1, 32) if spec.export.dynamic_batch else (1,))
+    batch_sizes = (1, 32) if spec.export.dynamic_batch else (1,)
+    latency = None
+    if _usable_source(source_onnx, spec.export.dynamic_batch):
+        try:
+            latency = {**onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
+                       "source": "uploaded"}  # fmt: skip
+            onnx_path = source_onnx
+        except Exception:  # noqa: BLE001 - onnxruntime cannot run the upload: time our export instead
+            latency = None
+    if latency is None:
+        export_onnx(cpu_model, example, onnx_path, opset=spec.export.opset, dynamic_batch=spec.export.dynamic_batch)
+        latency = {**onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
+                   "source": "exported"}  # fmt: skip
     return {"accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
             "file": file_sizes(onnx_path), "latency_ms": latency}  # fmt: skip
 
@@ -287,7 +329,7 @@ def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks
         return
     kwargs = _train_kwargs(spec, device, stage_id, hooks)
     if params.distill > 0:
-        kwargs.update(teacher=copy.deepcopy(teacher).to(device).eval(), distill_weight=params.distill)
+        kwargs.update(teacher=teacher.to(device).eval(), distill_weight=params.distill)  # a copy made for this
     if masks:
         from worker.pruning.probmask import finetune_with_masks
 
