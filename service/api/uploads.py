@@ -2,11 +2,14 @@
 
 Starlette's form parser buffers whole parts before a route runs; this reader enforces the
 size limit while the bytes arrive (413 as soon as the limit is crossed, or at once when the
-declared Content-Length is over it) and keeps memory flat for multi-GiB models.
+declared Content-Length is over it) and keeps memory flat for multi-GiB models: the body is
+parsed, hashed and written in 4 MiB blocks in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -19,6 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from service.api.errors import Problem
 
 MAX_FIELD_BYTES = 256 * 1024
+BLOCK_BYTES = 4 << 20  # parse, hash and write uploads in blocks of this size, off the event loop
 
 
 @dataclass
@@ -105,14 +109,32 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         "on_header_value": on_header_value, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })  # fmt: skip
+    pending: asyncio.Future | None = None
     try:
+        # The socket's small chunks are gathered into large blocks; each block is parsed,
+        # hashed and written in a worker thread (hashlib and file writes release the GIL)
+        # while the event loop receives the next one: at most two blocks in memory.
+        block = bytearray()
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit + MAX_FIELD_BYTES:
                 raise _too_large(limit)
-            parser.write(chunk)
+            block += chunk
+            if len(block) >= BLOCK_BYTES:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, bytes(block)))
+                block.clear()
+        if pending is not None:
+            await pending
+        pending = None
+        if block:
+            await asyncio.to_thread(parser.write, bytes(block))
         parser.finalize()
     except BaseException as error:
+        if pending is not None:  # let the thread finish before its file is closed and removed
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
         if state.get("out") is not None and not state["out"].closed:
             state["out"].close()
             state["path"].unlink(missing_ok=True)
