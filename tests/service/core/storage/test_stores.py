@@ -72,3 +72,14 @@ def test_the_local_store_refuses_keys_that_escape_its_root(tmp_path: Path) -> No
 def test_an_unknown_storage_scheme_is_refused_with_the_accepted_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file:// or s3://"):
         open_store(Settings(data_dir=tmp_path, storage_uri="ftp://host/x"))
+
+
+def test_a_stored_file_survives_the_deletion_of_its_source_and_replaces_an_older_object(store, tmp_path: Path) -> None:
+    source = tmp_path / "upload-tmp"
+    source.write_bytes(b"old" * 1000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()
+    source.write_bytes(b"new" * 2000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()  # the local store links the file on one filesystem: the object must outlive its source
+    assert b"".join(store.iter_bytes("uploads/models/m1")) == b"new" * 2000
