@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.common import deployment, header, loadavg, rss_kib, write_json  # noqa: E402
+from bench.common import cpu_seconds, deployment, header, loadavg, rss_kib, write_json  # noqa: E402
 
 
 def make_big_onnx(path: Path, size_mib: int) -> Path:
@@ -72,6 +72,7 @@ def upload(base: str, headers: dict, path: Path, pid: int) -> dict:
             time.sleep(0.05)
 
     baseline = rss_kib(pid)
+    cpu_before = cpu_seconds(pid)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
@@ -80,12 +81,13 @@ def upload(base: str, headers: dict, path: Path, pid: int) -> dict:
         headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    api_cpu = cpu_seconds(pid) - cpu_before
     done.set()
     sampler.join()
     body = response.json()
     return {
         "status": response.status_code, "model_status": body.get("status"), "size_mib": round(size / 2**20, 1),
-        "seconds": round(seconds, 2), "mb_per_s": round(size / 1e6 / seconds, 1),
+        "seconds": round(seconds, 2), "mb_per_s": round(size / 1e6 / seconds, 1), "api_cpu_s": round(api_cpu, 2),
         "api_rss_before_mib": round(baseline / 1024, 1), "api_rss_peak_mib": round(max(samples) / 1024, 1),
         "api_rss_growth_mib": round((max(samples) - baseline) / 1024, 1), "rss_samples": len(samples),
         "load": loadavg(),

@@ -85,7 +85,7 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
                          out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+        chunk = memoryview(data)[start:end]  # no copy: written and hashed in place
         if state["out"] is not None:
             state["out"].write(chunk)
             state["hash"].update(chunk)
@@ -114,22 +114,24 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         # The socket's small chunks are gathered into large blocks; each block is parsed,
         # hashed and written in a worker thread (hashlib and file writes release the GIL)
         # while the event loop receives the next one: at most two blocks in memory.
-        block = bytearray()
+        chunks: list[bytes] = []
+        gathered = 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit + MAX_FIELD_BYTES:
                 raise _too_large(limit)
-            block += chunk
-            if len(block) >= BLOCK_BYTES:
+            chunks.append(chunk)
+            gathered += len(chunk)
+            if gathered >= BLOCK_BYTES:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, bytes(block)))
-                block.clear()
+                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, b"".join(chunks)))
+                chunks, gathered = [], 0
         if pending is not None:
             await pending
         pending = None
-        if block:
-            await asyncio.to_thread(parser.write, bytes(block))
+        if chunks:
+            await asyncio.to_thread(parser.write, b"".join(chunks))
         parser.finalize()
     except BaseException as error:
         if pending is not None:  # let the thread finish before its file is closed and removed
