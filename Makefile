@@ -1,4 +1,4 @@
-.PHONY: install run test openapi
+.PHONY: install run test test-deploy openapi
 
 install:
 	bash scripts/bootstrap.sh
@@ -10,6 +10,11 @@ run: install
 ## Install everything, then run the whole test suite (unit + integration on real servers).
 test: install
 	.venv/bin/python -m pytest
+
+## The deployment check (root, ~20 min cold; .ci/run runs it): build the images, run jobs through the compose
+## stack, docker-kill a worker mid-job and see the job resume on the other (deploy/check.py).
+test-deploy: install
+	.venv/bin/python deploy/check.py
 
 openapi: install
 	.venv/bin/shears openapi > openapi.yaml

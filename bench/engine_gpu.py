@@ -7,7 +7,7 @@ Needs a CUDA device (``torch.cuda.is_available()``); exits with a message otherw
 
     .venv/bin/python bench/engine_gpu.py --arch resnet32 vgg19_bn --batch 128 --steps 50
 
-Steps mirror worker.training.train's loop body (the same as bench/engine_probmask.py); the
+Steps mirror worker.pruning.training.train's loop body (the same as bench/engine_probmask.py); the
 ProbMask step includes the global projection (exact, on the device) after every Adam step,
 and is measured mid-schedule (K < n). Timings: wall clock around device-synchronised loops after warm-up, with
 ``torch.backends.cudnn.benchmark`` on. Prints JSON; asserts nothing.

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from worker.io.datasets import builtin_dataset  # noqa: E402
-from worker.training import seed_everything, train  # noqa: E402
+from worker.pruning.training import TrainConfig, seed_everything, train  # noqa: E402
 
 
 def parity(device: str = "cuda", epochs: int = 2) -> dict:
@@ -32,7 +32,7 @@ def parity(device: str = "cuda", epochs: int = 2) -> dict:
         model = torch.nn.Sequential(
             torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
         )
-        train(model, data, epochs=epochs, lr=0.05, batch_size=32, device=dev)
+        train(model, data, TrainConfig(epochs=epochs, lr=0.05, batch_size=32, device=dev))
         models.append(model.cpu())
     pairs = zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True)
     worst = max((a - b).abs().max().item() for a, b in pairs)

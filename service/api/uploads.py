@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from service.api.errors import Problem
 
@@ -38,10 +38,11 @@ class ReceivedFile:
 class ReceivedForm:
     files: dict[str, ReceivedFile] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
+    temporary: list[Path] = field(default_factory=list)  # every file made, finished or not
 
     def cleanup(self) -> None:
-        for received in self.files.values():
-            received.path.unlink(missing_ok=True)
+        for path in self.temporary:
+            path.unlink(missing_ok=True)
 
 
 def _too_large(limit: int) -> Problem:
@@ -51,7 +52,9 @@ def _too_large(limit: int) -> Problem:
 
 
 async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedForm:
-    """Read a multipart/form-data body into temporary files (removed on any error)."""
+    """Read a multipart/form-data body into temporary files. However the request ends
+    (refused, malformed, unterminated, repeated parts, client gone, cancelled) every file
+    it made is removed here; on success the caller removes them with ``form.cleanup()``."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -79,8 +82,11 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         _, params = parse_options_header(state["headers"].get("content-disposition", ""))
         state["name"] = params.get(b"name", b"").decode()
         filename = params.get(b"filename")
+        if state["name"] in form.files or state["name"] in form.fields:
+            raise Problem(422, "duplicate-part", f"The form repeats the part {state['name'][:40]!r}; send each part once.")
         if filename is not None:
             fd, path = tempfile.mkstemp(dir=tmp_dir, prefix=f"upload-{os.getpid()}-")
+            form.temporary.append(Path(path))
             state.update(filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
                          out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
 
@@ -133,13 +139,15 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         if chunks:
             await asyncio.to_thread(parser.write, b"".join(chunks))
         parser.finalize()
-    except BaseException as error:
+        if parser.state != MultipartState.END:
+            raise Problem(400, "malformed-multipart", "The multipart body ended before its closing boundary "
+                          "(`--<boundary>--`); send the complete body.")  # fmt: skip
+    except BaseException as error:  # a Problem, a parse error, a client disconnect, a cancellation
         if pending is not None:  # let the thread finish before its file is closed and removed
             with contextlib.suppress(BaseException):
                 await asyncio.shield(pending)
         if state.get("out") is not None and not state["out"].closed:
             state["out"].close()
-            state["path"].unlink(missing_ok=True)
         form.cleanup()
         if isinstance(error, Problem):
             raise
