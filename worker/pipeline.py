@@ -122,7 +122,7 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
     from worker.export import check_onnx_parity, export_torchscript, onnx_export_info, save_masks
-    from worker.report import build_report, layer_stats, write_report
+    from worker.report import build_report, channel_counts, layer_stats, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(total_epochs=0, on_progress=on_progress)
@@ -135,9 +135,13 @@ def run_pipeline(
     run.total_epochs = _total_epochs(spec, len(data.x_train))
     example = data.x_val[:1]
     with run.stage("evaluate_dense"):
-        dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export)
+        source = inputs.model_path if model_format == "onnx" else None
+        dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export, source_onnx=source)
 
-    dense_model = copy.deepcopy(model).cpu()
+    dense_channels = channel_counts(model)
+    # the dense model is kept only as a distillation teacher
+    distills = any(getattr(s.params, "distill", 0) > 0 and getattr(s.params, "epochs", 0) > 0 for s in spec.pipeline)
+    dense_model = copy.deepcopy(model).cpu() if distills else None
     state = EngineState(model=model.to(device))
     stages = spec.pipeline
     for index, stage in enumerate(stages):
@@ -155,7 +159,7 @@ def run_pipeline(
     with run.stage("export"):
         final = measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec.export)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32]),
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val)),
                             **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
@@ -173,7 +177,7 @@ def run_pipeline(
         macs_before=dense["macs"], macs_after=final["macs"],
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
+        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
         early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
@@ -208,3 +212,10 @@ def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
                 "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
         for stage, events in history.items()
     }  # fmt: skip
+
+
+def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:
+    """At most 32 inputs and about ``max_elements`` values (at least 2 inputs): the export parity
+    check's cost stays bounded for large inputs (6 images at 224×224)."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return x[: max(2, min(32, max_elements // per_sample))]

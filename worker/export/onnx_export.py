@@ -6,8 +6,6 @@ import contextlib
 import io
 import json
 import logging
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -239,43 +237,42 @@ def onnxruntime_latency(
     path: Path,
     input_shape: tuple[int, ...],
     batch_sizes: tuple[int, ...] = (1, 32),
-    repeats: int = 20,
+    repeats: int = 50,
     *,
-    warmup: int = 3,
+    warmup: int = 1,
     threads: int | None = 1,
     seed: int = 0,
+    budget_s: float = 1.5,
+    rel_tolerance: float = 0.05,
 ) -> dict[str, Any]:
-    """Median/min/p90 wall time (ms) of ``session.run`` per batch size, after ``warmup`` runs.
+    """Median/min/p90 wall time (ms) of ``session.run`` per batch size, bounded in time.
 
-    ``input_shape`` is per sample; ``threads=1`` (default) pins onnxruntime to one intra-op
-    thread so numbers are comparable across machines and runs; ``None`` lets it choose.
+    Each batch size gets ``budget_s`` seconds (warmup included) and at most ``repeats`` runs,
+    and stops early once its median is known to ``±rel_tolerance`` (95% interval;
+    :func:`worker.export.latency.bounded_latency`); ``stable``, ``ci95_ms`` and ``ci_rel``
+    report how precise each median is. ``input_shape`` is per sample; ``threads=1``
+    (default) pins onnxruntime to one intra-op thread so numbers are comparable across
+    machines and runs; ``None`` lets it choose.
     """
+    from worker.export.latency import bounded_latency
+
     session = _session(path, threads)
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(seed)
     results: dict[str, Any] = {}
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        for _ in range(warmup):
-            session.run(None, {name: x})
-        times = []
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            session.run(None, {name: x})
-            times.append((time.perf_counter() - start) * 1000.0)
-        times.sort()
-        results[str(batch)] = {
-            "median_ms": statistics.median(times),
-            "min_ms": times[0],
-            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "repeats": len(times),
-        }
+        results[str(batch)] = bounded_latency(
+            lambda x=x: session.run(None, {name: x}), budget_s=budget_s, min_repeats=min(5, max(1, repeats)),
+            max_repeats=max(1, repeats), warmup=warmup, rel_tolerance=rel_tolerance,
+        )  # fmt: skip
     import onnxruntime as ort
 
     return {
         "batch_sizes": results,
         "threads": threads,
         "warmup": warmup,
+        "budget_s": budget_s,
         "provider": "CPUExecutionProvider",
         "onnxruntime": ort.__version__,
     }

@@ -208,6 +208,7 @@ def remove_channels(
     ignored_layers: Iterable[str | nn.Module] = (),
     *,
     compensate_probes: torch.Tensor | None = None,
+    graph: tp.DependencyGraph | None = None,
 ) -> nn.Module:
     """Physically remove ``plan[name]`` (output-channel indices) from each named layer
     and from everything coupled to it; return the same (now smaller) model.
@@ -215,7 +216,8 @@ def remove_channels(
     For coupled sets the root's plan wins (module docstring). Sets touching an ignored
     layer are skipped with a warning. The model keeps its input/output shapes. With
     ``compensate_probes``, each removal is mean-replaced on those inputs (module
-    docstring).
+    docstring). ``graph``: this model's dependency graph when the caller has built it already
+    (it is built once per job: tracing a large model costs seconds).
     """
     layers = discover_layers(model)
     bn_after = {layer.module: layer.bn for layer in layers if layer.bn is not None}
@@ -226,7 +228,7 @@ def remove_channels(
     ignored = {x if isinstance(x, str) else _name_of(model, x) for x in ignored_layers}
     was_training = model.training
     try:
-        graph = _build_graph(model, example_input)
+        graph = graph if graph is not None else _build_graph(model, example_input)
         for members in _coupled_sets_from_graph(graph, layers):
             root = members[0]
             for other in members[1:]:
@@ -354,7 +356,10 @@ def prune_channels(
     channels_before = {layer.name: layer.out_features for layer in layers}
     macs_before, params_before = count_macs_params(model, example)
 
-    sets = coupled_sets(model, example, layers)
+    was_training = model.training
+    graph = _build_graph(model, example)  # once: coupled sets here, the removal below
+    model.train(was_training)
+    sets = _coupled_sets_from_graph(graph, layers)
     blocked = blocked_roots(model, example, [s[0] for s in sets if not (set(s) & excluded)])  # partial pruning
     roots = {s[0] for s in sets if not (set(s) & excluded) and s[0] not in blocked}
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
@@ -379,7 +384,8 @@ def prune_channels(
     if scope == "global" and min_keep_fraction > 0:
         floors = {n: max(min_channels, math.ceil(min_keep_fraction * s.numel() - 1e-9)) for n, s in scores.items()}
     plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors)
-    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None)
+    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None,
+                    graph=graph)  # fmt: skip
 
     channels_after = {layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
                       for layer in layers}  # fmt: skip
