@@ -151,6 +151,7 @@ def run_pipeline(
     masks: dict[str, torch.Tensor] | None = None
     layers_report: list[dict] = []
     early_bird: dict | None = None
+    probmask_info: dict | None = None
     pruned_accuracy: float | None = None
     channels_removed = False
     stages = spec.pipeline
@@ -171,7 +172,7 @@ def run_pipeline(
                 layers_report, channels_removed = result.layer_table(), True
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, ProbMaskParams):
-                masks = _probmask(model, data, params, spec, device, stage_id, hooks)
+                masks, probmask_info = _probmask(model, data, params, spec, device, stage_id, hooks)
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, FinetuneParams):
                 _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=dense_model)
@@ -201,7 +202,7 @@ def run_pipeline(
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
         layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
-        early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
+        early_bird=early_bird, probmask=probmask_info, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
         if data.x_test is not None else None,
@@ -271,13 +272,15 @@ def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):
                           probes_n=params.probes, seed=spec.seed)  # fmt: skip
 
 
-def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks) -> dict[str, torch.Tensor]:
+def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks) -> tuple[dict, dict]:
+    """The masks, and what the report says about the run (score lr used, undecided scores, warnings)."""
     from worker.pruning.probmask import run_probmask
 
     result = run_probmask(model, data, sparsity=params.sparsity, epochs=params.epochs, lr=params.lr,
                           score_lr=params.score_lr, exclude=params.exclude, final_mask=params.final_mask,
                           mask_samples=params.mask_samples, **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
-    return result["masks"]
+    info = {key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")}
+    return result["masks"], info
 
 
 def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher) -> None:

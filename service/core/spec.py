@@ -57,7 +57,12 @@ class ProbMaskParams(Strict):
     sparsity: OpenFraction = 0.9
     epochs: Annotated[int, Field(ge=1, le=1000)] = 30
     lr: Positive = 0.01
-    score_lr: Positive = 6e-3
+    score_lr: Positive | None = Field(
+        None, description="Initial Adam lr of the keep-probabilities (cosine-annealed). Default (null): scaled to "
+        "the job's steps so that the sum of the per-step score lr over the stage is 20 (initial lr = 20 / "
+        "(steps per epoch × (epochs + 1) / 2), at most 1.0). The paper's 6e-3 assumes ~59k steps; with a few "
+        "hundred steps it leaves the scores undecided."
+    )
     exclude: list[LayerName] = Field(default_factory=list, max_length=1000)
     final_mask: Literal["topk", "sample"] = "topk"
     mask_samples: Annotated[int, Field(ge=1, le=8)] = 1
@@ -144,6 +149,23 @@ class JobSpec(Strict):
     def _one_dataset(self) -> JobSpec:
         if self.dataset_id is not None and self.dataset is not None:
             raise ValueError("give only one of dataset_id (an uploaded dataset) or dataset.builtin")
+        return self
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> JobSpec:
+        """Channel removal (``prune_channels``, ``early_bird``) after ``probmask`` would change the
+        shapes of the weight masks ProbMask fixed (and dense early-bird training would revive the
+        zeros): refused, with the order that works."""
+        names = self.stage_names()
+        if "probmask" in names:
+            first = names.index("probmask")
+            late = [n for n in names[first + 1 :] if n in ("prune_channels", "early_bird")]
+            if late:
+                raise ValueError(
+                    f"pipeline: '{late[0]}' cannot follow 'probmask' (it changes the layers whose weights "
+                    f"ProbMask masked); put '{late[0]}' before 'probmask', e.g. "
+                    f"[{late[0]}, probmask, finetune]"
+                )
         return self
 
     def stage_names(self) -> list[str]:

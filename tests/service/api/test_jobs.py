@@ -170,3 +170,16 @@ def test_a_spec_that_is_not_json_gets_422(client, model_id) -> None:
 def test_the_spec_schema_lists_every_stage(client) -> None:
     schema = client.get("/v1/jobs/spec-schema").json()
     assert {"EarlyBirdStage", "PruneChannelsStage", "ProbMaskStage", "FinetuneStage"} <= set(schema["$defs"])
+
+
+@pytest.mark.parametrize("late", ["prune_channels", "early_bird"])
+def test_a_channel_stage_after_probmask_is_refused_with_the_order_that_works(client, model_id, late) -> None:
+    pipeline = [{"probmask": {"sparsity": 0.9}}, {late: {}}, {"finetune": {}}]
+    response = client.post("/v1/jobs", json=_spec(model_id, pipeline=pipeline))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/invalid-spec")
+    assert f"put '{late}' before 'probmask'" in response.text
+    assert client.get("/v1/jobs").json()["items"] == []
+    works = [{late: {}}, {"probmask": {"sparsity": 0.9}}, {"finetune": {}}]
+    assert client.post("/v1/jobs", json=_spec(model_id, pipeline=works)).status_code == 202
