@@ -285,9 +285,12 @@ class ProbMaskSparsifier:
 
     def step(self) -> float:
         """Project all scores onto the current budget K (after every optimizer step),
-        then move the schedules on to the next step."""
+        then move the schedules on to the next step. After the last step of an epoch the
+        eval masks are refreshed (validation runs with the mask that would be exported)."""
         self.last_v = project_scores_(self.score_parameters(), self.budget, self.projection)
         self.set_step(self.step_index + 1)
+        if self.step_index % self.steps_per_epoch == 0:
+            self.refresh_eval_masks()
         return self.last_v
 
     def undecided_fraction(self) -> float:
@@ -491,15 +494,11 @@ def run_probmask(
     if score_lr is None:
         score_lr = scaled_score_lr(epochs, steps_per_epoch, score_lr_total)
 
-    def on_epoch_end(_epoch: int, _model: nn.Module) -> bool:
-        sparsifier.refresh_eval_masks()
-        return False
-
     history = train(
         model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
         batch_size=batch_size, seed=seed, device=dev, stage=stage, hooks=hooks,
         extra_params=ExtraParams(sparsifier.score_parameters(), score_lr, 0.0, sparsifier.step),
-        on_epoch_start=lambda e, _m: sparsifier.set_epoch(e), on_epoch_end=on_epoch_end,
+        on_epoch_start=lambda e, _m: sparsifier.set_epoch(e),
         grad_clip=grad_clip, forward_passes=mask_samples,
     )  # fmt: skip
     undecided = sparsifier.undecided_fraction()
