@@ -162,9 +162,8 @@ def run_pipeline(
             if isinstance(params, EarlyBirdParams):
                 early_bird = _early_bird(model, data, params, spec, device, stage_id, hooks)
                 follows = index + 1 < len(stages) and isinstance(next(iter(vars(stages[index + 1]).values())), PruneChannelsParams)
-                if not follows:
-                    criterion = "spline" if params.detector == "spline" else "bn_scale"
-                    result = _prune(model, data, PruneChannelsParams(criterion=criterion, ratio=params.ratio), spec)
+                if not follows:  # apply the ticket as drawn
+                    result = _prune_ticket(model, data, params, spec)
                     layers_report, channels_removed = result.layer_table(), True
                     pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, PruneChannelsParams):
@@ -254,14 +253,30 @@ def _early_bird(model, data, params: EarlyBirdParams, spec, device, stage_id, ho
         after_backward = detector.add_l1_subgradient
     else:
         probes = select_probes(data.x_train, 512, seed=spec.seed)
-        detector = SplineDetector(probes, discover_layers(model), threshold=params.threshold, window=params.window)
+        detector = SplineDetector(probes, discover_layers(model), threshold=params.threshold, window=params.window,
+                                  relative_threshold=params.relative_threshold)  # fmt: skip
         after_backward = None
+    # [EB]: a constant lr until the ticket (the run's length is not known in advance)
     history = train(model, data, epochs=params.max_epochs, lr=params.lr, after_backward=after_backward,
-                    on_epoch_end=lambda epoch, m: detector.step(m), stateful=detector,
+                    on_epoch_end=lambda epoch, m: detector.step(m), stateful=detector, lr_schedule="constant",
                     **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+    threshold = getattr(detector, "effective_threshold", params.threshold)
     return {"detector": params.detector, "found": detector.found_epoch is not None, "epoch": detector.found_epoch,
-            "epochs_trained": len(history), "max_epochs": params.max_epochs, "threshold": params.threshold,
-            "distances": list(detector.distances), "distance_epochs": list(detector.distance_epochs)}  # fmt: skip
+            "epochs_trained": len(history), "max_epochs": params.max_epochs, "threshold": threshold,
+            "window": params.window, "distances": list(detector.distances),
+            "distance_epochs": list(detector.distance_epochs)}  # fmt: skip
+
+
+def _prune_ticket(model, data, params: EarlyBirdParams, spec: JobSpec):
+    """The ticket as the detector drew it: ``bn`` with the one global |γ| threshold it converged
+    on ([EB]; raw scales, no per-layer floor beyond one channel), ``spline`` with spline scores."""
+    if params.detector == "bn":
+        prune = PruneChannelsParams(criterion="bn_scale", ratio=params.ratio, scope="global")
+        from worker.pruning.channels import prune_channels
+
+        return prune_channels(model, data, criterion="bn_scale", ratio=params.ratio, scope="global",
+                              normalize="none", min_keep_fraction=0.0, exclude=prune.exclude, seed=spec.seed)  # fmt: skip
+    return _prune(model, data, PruneChannelsParams(criterion="spline", ratio=params.ratio), spec)
 
 
 def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):

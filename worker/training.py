@@ -267,6 +267,7 @@ def train(
     distill_weight: float = 0.0,
     distill_temperature: float = 4.0,
     stateful: Stateful | Sequence[Stateful] | None = None,
+    lr_schedule: str = "cosine",
 ) -> list[dict]:
     """Train ``model`` in place with SGD (momentum, weight decay) + per-epoch cosine LR.
 
@@ -282,6 +283,7 @@ def train(
       (ProbMask's mask samples per step).
     - ``stateful``: objects whose ``state_dict`` is saved in checkpoints and restored on
       resume (early-bird detectors).
+    - ``lr_schedule``: ``"cosine"`` (default) or ``"constant"`` (early-bird search, [EB]).
 
     Deterministic on CPU for a fixed seed: minibatch order comes from a generator seeded
     by ``(seed, epoch)`` and the global RNG state is part of the checkpoint, so a resumed
@@ -302,7 +304,10 @@ def train(
     extra_ids = {id(p) for p in extra}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in extra_ids]
     optimizer = torch.optim.SGD(weights, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}")
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs)) if lr_schedule == "cosine"
+                 else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0))  # fmt: skip
     extra_opt = extra_sched = None
     if extra_params is not None:
         extra_opt = torch.optim.Adam(extra, lr=extra_params.lr, weight_decay=extra_params.weight_decay)

@@ -26,14 +26,42 @@ class Strict(BaseModel):
 
 
 class EarlyBirdParams(Strict):
-    """Train densely until the pruning decision stops changing ([EB] §2a, [SPLINE] §2b)."""
+    """Train densely until the pruning decision stops changing ([EB] §2a, [SPLINE] §2b).
+
+    ``window``, ``threshold`` and ``relative_threshold`` default per detector (the papers'
+    values): ``bn`` 4 earlier masks (the last 5) within 0.1; ``spline`` 3 earlier codes within
+    0.16, calibrated to half the distance of the first epochs. The resolved spec holds them.
+    """
 
     detector: Literal["spline", "bn"] = "spline"
     ratio: OpenFraction = Field(0.5, description="Channel ratio the ticket is drawn for.")
     max_epochs: Annotated[int, Field(ge=1, le=1000)] = 40
-    threshold: Positive = Field(0.16, description="Distance under which masks count as equal.")
-    window: Annotated[int, Field(ge=1, le=20)] = 3
-    lr: Positive = 0.1
+    threshold: Positive | None = Field(
+        None, description="Distance under which masks count as equal. Default: 0.1 for bn ([EB]), 0.16 for spline."
+    )
+    window: Annotated[int, Field(ge=1, le=20)] | None = Field(
+        None, description="Number of earlier epochs the newest one is compared with (both detectors). "
+        "Default: 4 for bn ([EB] keeps the last 5 masks), 3 for spline."
+    )
+    relative_threshold: OpenFraction | None = Field(
+        None, description="spline only: a ticket also needs the distance below this fraction of the largest of "
+        "the first `window` distances (the distance scale of the first epochs). Default 0.5 for spline; not "
+        "used by bn."
+    )
+    lr: Positive = Field(0.1, description="Constant learning rate of the dense training before the ticket ([EB]).")
+
+    @model_validator(mode="after")
+    def _detector_defaults(self) -> EarlyBirdParams:
+        defaults = {"bn": (4, 0.1, None), "spline": (3, 0.16, 0.5)}[self.detector]
+        if self.window is None:
+            self.window = defaults[0]
+        if self.threshold is None:
+            self.threshold = defaults[1]
+        if self.relative_threshold is None:
+            self.relative_threshold = defaults[2]
+        elif self.detector == "bn":
+            raise ValueError("relative_threshold is a spline-detector setting; the bn detector uses threshold")
+        return self
 
 
 class PruneChannelsParams(Strict):
