@@ -88,11 +88,14 @@ class _Run:
         self.emit(event)
 
 
-def _total_epochs(spec: JobSpec) -> int:
+def _total_epochs(spec: JobSpec, n_train: int = 0) -> int:
     total = 0
     for stage in spec.pipeline:
         params = next(iter(vars(stage).values()))
-        total += getattr(params, "max_epochs", 0) or getattr(params, "epochs", 0)
+        if isinstance(params, FinetuneParams):
+            total += params.resolved_epochs(n_train, spec.training.batch_size)
+        else:
+            total += getattr(params, "max_epochs", 0) or getattr(params, "epochs", 0) or 0
     return total
 
 
@@ -141,6 +144,7 @@ def run_pipeline(
 
     with run.stage("load"):
         model, data, model_format = load_inputs(inputs, spec)
+    run.total_epochs = _total_epochs(spec, len(data.x_train))
     example = data.x_val[:1]
     with run.stage("evaluate_dense"):
         dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
@@ -175,7 +179,7 @@ def run_pipeline(
                 pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
             elif isinstance(params, FinetuneParams):
                 _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=dense_model)
-                finetuned = finetuned or params.epochs > 0
+                finetuned = finetuned or params.resolved_epochs(len(data.x_train), spec.training.batch_size) > 0
 
     model = model.cpu().eval()
     files: dict[str, Path] = {}
@@ -301,7 +305,8 @@ def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks
 def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher) -> None:
     """Train the pruned model; with ``distill`` > 0 it also matches the dense model's softened
     outputs (knowledge distillation, Hinton et al. 2015)."""
-    if params.epochs == 0:
+    epochs = params.resolved_epochs(len(data.x_train), spec.training.batch_size)
+    if epochs == 0:
         return
     kwargs = _train_kwargs(spec, device, stage_id, hooks)
     if params.distill > 0:
@@ -309,9 +314,9 @@ def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks
     if masks:
         from worker.pruning.probmask import finetune_with_masks
 
-        finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr, **kwargs)
+        finetune_with_masks(model, masks, data, epochs=epochs, lr=params.lr, **kwargs)
     else:
-        train(model, data, epochs=params.epochs, lr=params.lr, **kwargs)
+        train(model, data, epochs=epochs, lr=params.lr, **kwargs)
 
 
 def _percent(fraction: float | None) -> float | None:

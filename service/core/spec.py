@@ -99,12 +99,26 @@ class ProbMaskParams(Strict):
 class FinetuneParams(Strict):
     """Plain training of the pruned network (masks, if any, stay fixed)."""
 
-    epochs: Epochs = 10
+    epochs: Epochs | None = Field(
+        None, description="Epochs of finetuning. Default (null): enough epochs for `steps` optimizer steps on the "
+        "dataset (at least 10, at most 100), so the budget scales with the dataset instead of being a fixed 10 epochs."
+    )
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        1000, description="Optimizer steps of the default budget (used when `epochs` is null)."
+    )
     lr: Positive = 0.01
     distill: Fraction = Field(
-        0.0, description="Weight of knowledge distillation from the dense model (0: plain "
-        "cross-entropy; Hinton et al., temperature 4)."
+        0.9, description="Weight of knowledge distillation from the dense model (Hinton et al., temperature 4); "
+        "0 for plain cross-entropy. On by default: over six variants of the acceptance model it cut the worst drop "
+        "from 6.0 to 1.9 points (README)."
     )
+
+    def resolved_epochs(self, n_train: int, batch_size: int) -> int:
+        """``epochs``, or the epochs that hold ``steps`` optimizer steps (10 to 100)."""
+        if self.epochs is not None:
+            return self.epochs
+        per_epoch = max(1, -(-n_train // batch_size))
+        return min(100, max(10, -(-self.steps // per_epoch)))
 
 
 class EarlyBirdStage(Strict):
