@@ -161,17 +161,21 @@ def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5, regim
 # ----------------------------------------------------------------------------- experiments
 
 
-def unstructured(dense: nn.Module, data, b: dict, seed: int, baselines=("magnitude", "random")) -> dict:
+def unstructured(dense: nn.Module, data, b: dict, seed: int, baselines=("magnitude", "random"),
+                 sparsities=SPARSITIES) -> dict:  # fmt: skip
     rows = {}
     total = b["unstructured"]
-    for sparsity in SPARSITIES:
+    for sparsity in sparsities:
         key = f"{int(round(sparsity * 100))}%"
         model = copy.deepcopy(dense)
         result = run_probmask(model, data, sparsity=sparsity, epochs=b["pm"], lr=b["ft_lr"],
-                              score_lr=b.get("score_lr", 6e-3), finetune_epochs=total - b["pm"],
-                              finetune_lr=b["ft_lr"], **train_kwargs(b, seed))  # fmt: skip
-        rows[f"probmask {key}"] = test_acc(model, data)
+                              score_lr=b.get("score_lr", 6e-3), **train_kwargs(b, seed))  # fmt: skip
+        rows[f"probmask {key} (before finetune)"] = test_acc(model, data)
         rows[f"probmask {key} undecided %"] = 100 * result["undecided"]
+        if total > b["pm"]:  # what run_probmask(finetune_epochs=...) does, after the row above
+            finetune_with_masks(model, result["masks"], data, total - b["pm"], b["ft_lr"], weight_decay=5e-4,
+                                stage="probmask_finetune", **train_kwargs(b, seed))  # fmt: skip
+        rows[f"probmask {key}"] = test_acc(model, data)
         for name, prune in (("magnitude", global_magnitude_prune), ("random", random_unstructured_prune)):
             if name not in baselines:
                 continue
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--baselines", nargs="+", default=["magnitude", "random"], choices=["magnitude", "random"])
     parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args(argv)
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             for part in args.parts:
                 t1 = time.perf_counter()
                 if part == "unstructured":
-                    rows = unstructured(dense, data, b, seed, baselines=args.baselines)
+                    rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
                 elif part == "structured":
                     rows = structured(dense, data, b, seed)
                 else:
