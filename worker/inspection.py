@@ -56,7 +56,7 @@ def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store:
     from worker.io.datasets import load_dataset_file
 
     def examine(path: Path, row: DatasetRecord) -> dict:
-        data = load_dataset_file(path)
+        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes)
         return {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
 
