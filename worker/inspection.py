@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 
 from service.core.config import Settings
@@ -22,7 +24,7 @@ def _finish(sessions, record: type, item_id: str, status: str, info=None, error=
                         .values(status=status, info=info, error=error))  # fmt: skip
 
 
-def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine) -> str:
+def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine, time_limit_s: int) -> str:
     with sessions() as session:
         row = session.get(record, item_id)
         if row is None or row.status != "validating":
@@ -30,34 +32,45 @@ def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine
         key, filename = row.storage_key, row.filename
     with tempfile.TemporaryDirectory(prefix="shears-inspect-") as tmp:
         path = Path(tmp) / (Path(filename).suffix and f"upload{Path(filename).suffix}" or "upload")
-        store.get_file(key, path)
         try:
-            info = examine(path, row)
+            store.get_file(key, path)
+            info = examine(path, row)  # imports the engine too: all of it runs under the time limit
         except Exception as error:  # noqa: BLE001 - any failure to read the upload makes it invalid
-            code = getattr(error, "code", None) or "unreadable"
-            log.info("%s %s invalid: %s", record.__tablename__, item_id, error)
-            _finish(sessions, record, item_id, "invalid", error={"code": code, "message": str(error)[:2000]})
+            code, message = getattr(error, "code", None) or "unreadable", str(error)
+            if isinstance(error, SoftTimeLimitExceeded):
+                code, message = "inspection-timeout", (
+                    f"Checking this file took longer than {time_limit_s} s (SHEARS_INSPECT_TIME_LIMIT_S); "
+                    "upload a smaller model (fewer nodes) or ask the operator to raise the limit."
+                )
+            log.info("%s %s invalid: %s", record.__tablename__, item_id, message)
+            _finish(sessions, record, item_id, "invalid", error={"code": code, "message": message[:2000]})
             return "invalid"
     _finish(sessions, record, item_id, "ready", info=info)
     return "ready"
 
 
-def inspect_model_upload(model_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    from worker.io.models import inspect_model, load_model
+def inspect_model_upload(model_id: str, settings: Settings, sessions, store: ArtifactStore,
+                         ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
+    """``ready`` returns once the worker may import the engine (its warm-up is done)."""
 
     def examine(path: Path, row: ModelRecord) -> dict:
+        ready()
+        from worker.io.models import inspect_model, load_model
+
         loaded = load_model(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
         return inspect_model(loaded.module, loaded.input_shape)
 
-    return _inspect(ModelRecord, model_id, sessions, store, examine)
+    return _inspect(ModelRecord, model_id, sessions, store, examine, settings.inspect_time_limit_s)
 
 
-def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    from worker.io.datasets import load_dataset_file
-
+def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore,
+                           ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
     def examine(path: Path, row: DatasetRecord) -> dict:
+        ready()
+        from worker.io.datasets import load_dataset_file
+
         data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes)
         return {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
 
-    return _inspect(DatasetRecord, dataset_id, sessions, store, examine)
+    return _inspect(DatasetRecord, dataset_id, sessions, store, examine, settings.inspect_time_limit_s)
