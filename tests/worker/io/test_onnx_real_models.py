@@ -184,3 +184,65 @@ def test_parity_is_checked_on_every_output_and_fails_when_one_differs(tmp_path):
         ).bias = torch.nn.Parameter(torch.ones(6))  # the torch model now differs in both outputs
     parity = check_onnx_parity(module, out, torch.randn(3, 3, 10, 10))
     assert not parity["passed"] and len(parity["outputs"]) == 2
+
+
+def _c2f_block() -> onnx.ModelProto:
+    """A YOLOv8 C2f block: Conv → Split into two halves, the second half read by a bottleneck
+    Conv *and* the Concat (a piece with two consumers) → Concat → Conv → Sigmoid output."""
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Split", ["c1", "halves"], ["p0", "p1"], axis=1),
+        helper.make_node("Conv", ["p1", "wm"], ["m1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["m1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "wm2"], ["m2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Concat", ["p0", "p1", "m2"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["c2"], ["boxes"]),
+    ]
+    inits = [_init("w1", (8, 3, 3, 3)), numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
+             _init("wm", (6, 4, 3, 3)), _init("wm2", (4, 6, 3, 3)), _init("w2", (5, 12, 1, 1))]  # fmt: skip
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 10, 10])
+    y = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 5, 10, 10])
+    return _model(nodes, [x], [y], inits, 13)
+
+
+def test_a_yolov8_style_split_with_a_piece_read_twice_is_partially_pruned_like_onnxruntime(tmp_path):
+    path = _save(_c2f_block(), tmp_path / "c2f.onnx")
+    loaded = load_model(path)
+    module = loaded.module.eval()
+    x = np.random.default_rng(2).standard_normal((3, 3, 10, 10)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), _ort(path, x)[0], rtol=1e-4, atol=1e-5)
+
+    report = inspect_model(module, loaded.input_shape)
+    assert report["channel_prunable"]  # the dependency graph builds despite the shared piece
+    result = prune_channels(module, _inputs_only(loaded.input_shape), criterion="l1", ratio=0.5, exclude=())
+    widths = {n: m.out_channels for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    # the bottleneck's convs (6 → 3, 4 → 2: the Concat follows) lost channels; the split conv and the output did not
+    assert sorted(widths.values()) == [2, 3, 5, 8]
+    assert result.blocked  # the split conv (constant halves) and the output conv are excluded, named
+
+    out = export_onnx(module, torch.from_numpy(x[:2]), tmp_path / "pruned.onnx")
+    info = onnx_export_info(out)
+    assert info["inputs"] == ["image"] and info["outputs"] == ["boxes"] and info["dynamic_batch"]
+    assert check_onnx_parity(module, out, torch.randn(3, 3, 10, 10))["passed"]
+
+
+def test_a_computed_reshape_of_a_rank_one_value_keeps_its_target_instead_of_becoming_a_flatten(tmp_path):
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "axis"], ["total"], keepdims=0),
+        helper.make_node("Shape", ["total"], ["shape"]),
+        helper.make_node("Concat", ["shape", "one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["total", "target"], ["column"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]  # fmt: skip
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("column", TensorProto.FLOAT, ["N", 1])], inits, 13)  # fmt: skip
+    path = _save(model, tmp_path / "column.onnx")
+    module = load_model(path).module.eval()
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, 1)
+    np.testing.assert_allclose(got, _ort(path, x)[0], rtol=1e-5, atol=1e-5)

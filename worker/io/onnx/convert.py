@@ -37,6 +37,7 @@ from worker.io.onnx.runtime import (
 )
 from worker.io.onnx.shape_folding import fold_shape_computations
 from worker.io.onnx.shapes import _rewrite_constant_reshapes, _value_shapes, fill_value_info, observed_shapes
+from worker.io.onnx.split_pieces import separate_split_pieces
 
 
 def prepare_for_torch(
@@ -162,6 +163,7 @@ def convert_model(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = 
             "unsupported-operator",
             f"conversion to torch failed: {str(exc)[:300] or type(exc).__name__}.",
         ) from exc
+    separate_split_pieces(module)  # Torch-Pruning needs one consumer per Split piece (YOLOv8 C2f)
     for param in module.parameters():
         param.requires_grad_(True)
     module.shears_onnx_io = signature

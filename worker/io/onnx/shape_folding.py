@@ -73,7 +73,7 @@ def fold_shape_computations(graph: onnx.GraphProto, observed: Observed) -> dict[
                 continue
             rest = in_dims[1:]
             if (
-                len(out_dims) == 2 and in_dims[0] == "batch" and out_dims[0] == "batch"
+                len(out_dims) == 2 and len(in_dims) >= 2 and in_dims[0] == "batch" and out_dims[0] == "batch"
                 and all(isinstance(d, int) for d in rest) and out_dims[1] == math.prod(rest)
             ):  # fmt: skip
                 node.op_type = "Flatten"
