@@ -1,4 +1,4 @@
-.PHONY: install run test openapi
+.PHONY: install run test test-deploy openapi corpus
 
 install:
 	bash scripts/bootstrap.sh
@@ -11,5 +11,15 @@ run: install
 test: install
 	.venv/bin/python -m pytest
 
+## The deployment check (root, ~20 min cold; .ci/run runs it): build the images, run jobs through the compose
+## stack, docker-kill a worker mid-job and see the job resume on the other (deploy/check.py).
+test-deploy: install
+	.venv/bin/python deploy/check.py
+
 openapi: install
 	.venv/bin/shears openapi > openapi.yaml
+
+## Prune every model of the ONNX corpus (corpus/manifest.json) end to end and print the table.
+corpus:
+	.venv/bin/python scripts/fetch-corpus.py
+	.venv/bin/python -m worker.corpus

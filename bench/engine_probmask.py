@@ -4,7 +4,7 @@ the memory of region codes (packed bits vs float).
 
     .venv/bin/python bench/engine_probmask.py --what step projection earlybird codes
 
-Steps mirror ``worker.training.train``'s loop body (zero_grad, forward, cross-entropy,
+Steps mirror ``worker.pruning.training.train``'s loop body (zero_grad, forward, cross-entropy,
 backward, [clip], SGD step, [Adam step on the scores + projection]) on random 32×32
 data; the ProbMask step is measured at a mid-schedule epoch (budget K < n, so the
 projection is active). Prints JSON; asserts nothing.
@@ -139,13 +139,13 @@ def earlybird_times(arch: str, width: float, batch: int, train_n: int, probes: i
     from worker.pruning.early_bird import BNScaleDetector, SplineDetector
     from worker.pruning.layers import discover_layers
     from worker.pruning.regions import select_probes
-    from worker.training import train
+    from worker.pruning.training import TrainConfig, train
 
     torch.manual_seed(0)
     data = _data(train_n)
     model = zoo.build(arch, width=width)
     start = time.perf_counter()
-    train(model, data, epochs=1, lr=0.01, batch_size=batch)
+    train(model, data, TrainConfig(epochs=1, lr=0.01, batch_size=batch))
     epoch_s = time.perf_counter() - start
     layers = discover_layers(model)
     probe_x = select_probes(data.x_train, probes, seed=0)

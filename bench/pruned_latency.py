@@ -27,7 +27,7 @@ from worker.export import export_onnx, onnxruntime_latency  # noqa: E402
 from worker.io import zoo  # noqa: E402
 from worker.io.data import DataSplits  # noqa: E402
 from worker.pruning.channels import prune_channels  # noqa: E402
-from worker.training import count_macs_params  # noqa: E402
+from worker.pruning.training import count_macs_params  # noqa: E402
 
 
 def measure(model: torch.nn.Module, path: Path, repeats: int) -> dict:

@@ -54,7 +54,7 @@ from worker.pruning.early_bird import BNScaleDetector, SplineDetector  # noqa: E
 from worker.pruning.layers import discover_layers  # noqa: E402
 from worker.pruning.probmask import finetune_with_masks, run_probmask  # noqa: E402
 from worker.pruning.regions import select_probes  # noqa: E402
-from worker.training import count_macs_params, evaluate, train  # noqa: E402
+from worker.pruning.training import BaseCallback, TrainConfig, count_macs_params, evaluate, train  # noqa: E402
 
 SPARSITIES = (0.9, 0.95, 0.98)
 RATIOS = (0.3, 0.5, 0.7)
@@ -102,8 +102,8 @@ def budgets(name: str) -> dict:
     return dict(BUDGETS[name])
 
 
-def train_kwargs(b: dict, seed: int) -> dict:
-    return {"batch_size": b["batch"], "seed": seed, "device": "cpu"}
+def config(b: dict, seed: int, epochs: int, lr: float) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=b["batch"], seed=seed, device="cpu")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -118,6 +118,26 @@ def flops_per_epoch(model: nn.Module, data) -> float:
     return 3.0 * macs * len(data.x_train)
 
 
+class TicketSnapshot(BaseCallback):
+    """Steps an early-bird detector (and its L1 term) without stopping the run; keeps a
+    copy of the model at the epoch the detector fires."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.snapshot: dict = {}
+
+    def after_backward(self, state) -> None:
+        if hasattr(self.detector, "after_backward"):
+            self.detector.after_backward(state)
+
+    def on_epoch_end(self, state) -> bool:
+        fired_before = self.detector.found_epoch is not None
+        self.detector.step(state.model)
+        if self.detector.found_epoch is not None and not fired_before:
+            self.snapshot["model"] = copy.deepcopy(state.model)
+        return False  # keep training: the same run gives the fully trained model
+
+
 def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5) -> dict:
     """Plain dense training (spline detector watching) and [EB]'s L1-on-γ training (bn
     detector watching); snapshots at the epochs the detectors fire."""
@@ -128,22 +148,12 @@ def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5) -> di
         layers = discover_layers(model)
         if regime == "plain":
             detector = SplineDetector(select_probes(data.x_train, 512, seed), layers[:-1])
-            after_backward = None
         else:
             detector = BNScaleDetector(ratio=ratio)
-            after_backward = detector.add_l1_subgradient
-        snapshot: dict = {}
-
-        def on_epoch_end(_epoch, m, detector=detector, snapshot=snapshot):
-            fired_before = detector.found_epoch is not None
-            detector.step(m)
-            if detector.found_epoch is not None and not fired_before:
-                snapshot["model"] = copy.deepcopy(m)
-            return False  # keep training: the same run gives the fully trained model
-
+        watcher = TicketSnapshot(detector)
         start = time.perf_counter()
-        train(model, data, epochs=b["dense"], lr=b["lr"], after_backward=after_backward,
-              on_epoch_end=on_epoch_end, **train_kwargs(b, seed))  # fmt: skip
+        train(model, data, config(b, seed, b["dense"], b["lr"]), [watcher])
+        snapshot = watcher.snapshot
         out[regime] = {"model": model, "ticket": snapshot.get("model"), "epoch": detector.found_epoch,
                        "distances": [round(d, 4) for d in detector.distances],
                        "seconds": time.perf_counter() - start}  # fmt: skip
@@ -159,13 +169,13 @@ def unstructured(dense: nn.Module, data, b: dict, seed: int) -> dict:
     for sparsity in SPARSITIES:
         key = f"{int(round(sparsity * 100))}%"
         model = copy.deepcopy(dense)
-        run_probmask(model, data, sparsity=sparsity, epochs=b["pm"], lr=b["ft_lr"],
-                     finetune_epochs=total - b["pm"], finetune_lr=b["ft_lr"], **train_kwargs(b, seed))  # fmt: skip
+        result = run_probmask(model, data, config(b, seed, b["pm"], b["ft_lr"]).with_(grad_clip=3.0), sparsity=sparsity)
+        finetune_with_masks(model, result["masks"], data, config(b, seed, total - b["pm"], b["ft_lr"]))
         rows[f"probmask {key}"] = test_acc(model, data)
         for name, prune in (("magnitude", global_magnitude_prune), ("random", random_unstructured_prune)):
             model = copy.deepcopy(dense)
             masks = prune(model, sparsity) if prune is global_magnitude_prune else prune(model, sparsity, seed=seed)
-            finetune_with_masks(model, masks, data, epochs=total, lr=b["ft_lr"], **train_kwargs(b, seed))
+            finetune_with_masks(model, masks, data, config(b, seed, total, b["ft_lr"]))
             rows[f"{name} {key}"] = test_acc(model, data)
     return rows
 
@@ -176,7 +186,7 @@ def prune_and_finetune(model: nn.Module, data, b: dict, seed: int, **kwargs) -> 
     kwargs.setdefault("compensate", True)
     result = prune_channels(model, data, seed=seed, **kwargs)
     pruned = test_acc(model, data)
-    train(model, data, epochs=b["finetune"], lr=b["ft_lr"], **train_kwargs(b, seed))
+    train(model, data, config(b, seed, b["finetune"], b["ft_lr"]))
     return test_acc(model, data), pruned, result.macs_after / result.macs_before
 
 

@@ -8,7 +8,7 @@ field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 spec=$(python3 -c 'import json,sys,yaml; print(json.dumps(yaml.safe_load(open("shears-job.yaml"))))' 2>/dev/null \
        || echo '{"pipeline": [{"prune_channels": {"ratio": 0.5}}, {"finetune": {"epochs": 3}}]}')
 job=$(curl -sS --fail-with-body -H "$auth" -F model=@model.onnx -F dataset=@data.npz -F "spec=$spec" \
-      "$SHEARS_URL/v1/jobs" | field '["id"]')
+      "$SHEARS_URL/v1/jobs/upload" | field '["id"]')
 echo "job $job"
 while :; do
   status=$(curl -sS --fail-with-body -H "$auth" "$SHEARS_URL/v1/jobs/$job" | field '["status"]')

@@ -42,12 +42,12 @@ def train_dense_onnx(path: Path, seed: int = 0) -> float:
     from worker.export import export_onnx
     from worker.io.datasets import builtin_dataset
     from worker.io.zoo import build
-    from worker.training import evaluate, train
+    from worker.pruning.training import TrainConfig, evaluate, train
 
     data = builtin_dataset("mnist1d", seed=seed)
     torch.manual_seed(seed)
     model = build("mnist1d_cnn", num_classes=10)
-    train(model, data, epochs=30, lr=0.1, batch_size=128, seed=seed, device="cpu")
+    train(model, data, TrainConfig(epochs=30, lr=0.1, batch_size=128, seed=seed, device="cpu"))
     export_onnx(model.eval(), data.x_val[:1], path, opset=18, dynamic_batch=True)
     return 100.0 * evaluate(model, data.x_test, data.y_test)
 

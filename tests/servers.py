@@ -104,30 +104,29 @@ def ensure_binary(binary: str, apt_package: str) -> str:
     return path
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> tuple[Process, str]:
-    """A redis-server without persistence (``port``: restart one on the same address)."""
+def start_redis(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Process, str]:
+    """A redis-server without persistence (``port``: restart one on the same address;
+    ``host``: a local address to listen on instead of loopback)."""
     import redis
 
     port = port or free_port()
     binary = ensure_binary("redis-server", "redis-server")
     proc = Process(
         "redis-server",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(log_dir)],
+        [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
+         "--dir", str(log_dir), "--protected-mode", "yes" if host == "127.0.0.1" else "no"],
         log_dir,
     )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://{host}:{port}/0"
     client = redis.Redis.from_url(url, socket_timeout=1)
     wait_until(lambda: proc.ensure_alive() and client.ping(), 20, "redis-server")
     return proc, url
 
 
-def start_moto(log_dir: Path) -> tuple[Process, str]:
+def start_moto(log_dir: Path, host: str = "127.0.0.1") -> tuple[Process, str]:
     port = free_port()
-    proc = Process(
-        "moto-s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_dir
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    proc = Process("moto-s3", [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], log_dir)
+    endpoint = f"http://{host}:{port}"
     wait_until(
         lambda: proc.ensure_alive() and httpx.get(endpoint, timeout=1).status_code < 500,
         60,
@@ -192,14 +191,16 @@ def create_bucket(endpoint: str, bucket: str) -> None:
 
 
 def start_celery_worker(
-    log_dir: Path, settings: Settings, name: str = "celery-worker", concurrency: int = 1, wait: bool = True
+    log_dir: Path, settings: Settings, name: str = "celery-worker", concurrency: int = 1, wait: bool = True,
+    prefix: tuple[str, ...] = (),
 ) -> Process:
     """A real ``celery worker`` process; returns once it answers a remote-control ping
-    (``wait=False``: at once; call ``wait_for_worker`` later, to start several in parallel)."""
+    (``wait=False``: at once; call ``wait_for_worker`` later, to start several in parallel;
+    ``prefix``: a command that runs it elsewhere, e.g. ``ip netns exec <host>``)."""
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
     proc = Process(
         name,
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+        [*prefix, sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
          "--concurrency", str(concurrency), "--hostname", hostname, "--without-gossip",
          "--without-mingle"],
         log_dir,

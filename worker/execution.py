@@ -15,15 +15,17 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from service.core import artifacts as artifacts_spec
 from service.core import jobs
 from service.core.config import Settings
+from service.core.contracts import JobResult
 from service.core.models import DatasetRecord, JobRecord, ModelRecord
 from service.core.spec import JobSpec
-from service.core.storage import ArtifactStore
+from service.core.storage import ArtifactNotFound, ArtifactStore, StorageUnavailable
 from service.core.webhooks import deliver
+from worker.checkpoints import CheckpointMirror
 
 log = logging.getLogger("shears.worker")
-ARTIFACT_ORDER = ("model.onnx", "model.torchscript.pt", "masks.safetensors", "report.json", "report.html")
 
 
 class JobFailure(Exception):
@@ -123,9 +125,30 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
         spec = JobSpec.model_validate(job.spec)
         model_row = session.get(ModelRecord, job.model_id)
         dataset_row = session.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
+        missing = _missing_inputs(job, model_row, dataset_row)
+    if missing:  # deleted while the job waited (the API refuses that; a race can still get here)
+        if jobs.fail(sessions, job_id, "input-deleted", missing, "starting", attempt):
+            _notify(settings, sessions, job_id, spec)
+            return "failed"
+        return "lost"
     log.info("job %s attempt %d started", job_id, attempt)
     with Heartbeat(sessions, job_id, attempt, settings.lease_s) as heartbeat:
         return _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat)
+
+
+def _missing_inputs(job: JobRecord, model_row, dataset_row) -> str:
+    gone = [f"{kind} {item_id}" for kind, item_id, row in (("model", job.model_id, model_row),
+            ("dataset", job.dataset_id, dataset_row)) if item_id and row is None]  # fmt: skip
+    return f"the {' and '.join(gone)} this job uses was deleted before it ran; upload it again and submit a new job" if gone else ""
+
+
+def _fetch(store: ArtifactStore, row, kind: str, path: Path) -> None:
+    """Copy an input upload to ``path``; ``input-deleted`` when its file is gone."""
+    try:
+        store.get_file(row.storage_key, path)
+    except ArtifactNotFound as error:
+        raise JobFailure("input-deleted", f"the {kind} {row.id} this job uses was deleted before it ran; "
+                         "upload it again and submit a new job") from error  # fmt: skip
 
 
 def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat) -> str:
@@ -133,29 +156,31 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     checkpoints = settings.data_dir / "checkpoints" / job_id
     reporter = ProgressReporter(sessions, job_id, settings, attempt)
     clock = JobClock(spec.time_limit_s)
+    mirror = CheckpointMirror(store, job_id, checkpoints, attempt, may_write=lambda: not heartbeat.lost)
     status = "unrecorded"  # until the row says otherwise: checkpoints are kept for a retry
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        resumed_from = mirror.restore()  # the stored checkpoints, whichever host wrote them
         model_path = workdir / "input-model"
-        store.get_file(model_row.storage_key, model_path)
+        _fetch(store, model_row, "model", model_path)
         dataset_path = None
         if dataset_row is not None:
             dataset_path = workdir / f"input-dataset{Path(dataset_row.filename).suffix.lower()[:16]}"
-            store.get_file(dataset_row.storage_key, dataset_path)
+            _fetch(store, dataset_row, "dataset", dataset_path)
         from worker.pipeline import PipelineInputs, run_pipeline
         from worker.training import Cancelled
 
         inputs = PipelineInputs(
             model_path=model_path, architecture=spec.architecture or model_row.architecture,
             dataset_path=dataset_path, builtin_dataset=spec.dataset.builtin if spec.dataset else None,
-            allow_torchscript=settings.allow_torchscript_upload, device=settings.device,
+            allow_torchscript=settings.allow_torchscript_upload, device=settings.device, job_id=job_id,
         )  # fmt: skip
         def should_cancel() -> bool:
             clock.check()
             return reporter.should_cancel() or heartbeat.lost
 
         try:
-            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=reporter,
+            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=_mirrored(mirror, reporter),
                                    should_cancel=should_cancel, checkpoint_dir=checkpoints)  # fmt: skip
         except Cancelled:
             status = "cancelled" if jobs.acknowledge_cancel(sessions, job_id, attempt) else "lost"
@@ -163,9 +188,12 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         if heartbeat.lost or not jobs.renew_lease(sessions, job_id, attempt, settings.lease_s):
             status = "lost"  # another execution owns the job: never overwrite its artifacts
             return status
+        if resumed_from is not None:
+            _note_resume(outcome, resumed_from, workdir / "out")
+        summary = JobResult.model_validate(outcome.summary).model_dump(mode="json")  # the published contract
         artifacts = _upload_artifacts(store, job_id, outcome.files)
         reporter.stage = "done"
-        if jobs.succeed(sessions, job_id, outcome.summary, artifacts, attempt):
+        if jobs.succeed(sessions, job_id, summary, artifacts, attempt):
             status = "succeeded"
         elif jobs.acknowledge_cancel(sessions, job_id, attempt):  # cancelled while uploading
             _discard_artifacts(store, job_id)
@@ -186,15 +214,34 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             workdir.parent.rmdir()  # work/<job_id>, once no attempt uses it
         if status in {"succeeded", "failed", "cancelled"}:
             shutil.rmtree(workdir.parent, ignore_errors=True)  # also what killed attempts left
-            shutil.rmtree(checkpoints, ignore_errors=True)
+            mirror.discard()  # local copies and the stored ones
             _notify(settings, sessions, job_id, spec)
     return status
+
+
+def _mirrored(mirror: CheckpointMirror, reporter: ProgressReporter):
+    """The progress callback: an epoch's checkpoints are stored before the row shows the epoch."""
+
+    def on_progress(event: dict) -> None:
+        mirror.after_epoch(event)
+        reporter(event)
+
+    return on_progress
+
+
+def _note_resume(outcome, resumed_from: dict, out_dir: Path) -> None:
+    """Say in the summary and the report where this execution resumed (stage, epoch, attempt)."""
+    from worker.report import write_report
+
+    outcome.summary["resumed_from"] = resumed_from
+    outcome.report["resumed_from"] = resumed_from
+    write_report(outcome.report, out_dir)
 
 
 def _discard_artifacts(store: ArtifactStore, job_id: str) -> None:
     """Remove what a failed job uploaded; the row (failed, no artifact list) already hides it."""
     try:
-        store.delete_prefix(f"jobs/{job_id}/")
+        store.delete_prefix(artifacts_spec.job_prefix(job_id))
     except Exception:  # noqa: BLE001 - storage down: the failed row never lists these objects
         log.warning("could not remove the partial artifacts of job %s", job_id, exc_info=True)
 
@@ -208,18 +255,7 @@ def _causes(error: BaseException):
 
 
 def _storage_unreachable(error: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    for cause in _causes(error):
-        if isinstance(cause, EndpointConnectionError | ConnectionClosedError | BotoConnectionError | HTTPClientError):
-            return True
-        if isinstance(cause, ClientError):
-            meta = cause.response.get("ResponseMetadata", {})
-            code = cause.response.get("Error", {}).get("Code", "")
-            if int(meta.get("HTTPStatusCode") or 0) >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
-                return True
-    return False
+    return any(isinstance(cause, StorageUnavailable) for cause in _causes(error))
 
 
 # How libraries word an allocation that failed (torch's CPU allocator, CUDA, onnxruntime, C++)
@@ -267,12 +303,11 @@ def classify_failure(error: BaseException, settings: Settings, time_limit_s: int
 def _upload_artifacts(store: ArtifactStore, job_id: str, files: dict[str, Path]) -> list[dict]:
     """Upload every artifact; the job succeeds only after all of them are stored."""
     artifacts = []
-    for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 99):
+    for name in sorted(files, key=artifacts_spec.order):
         path = files[name]
-        store.put_file(f"jobs/{job_id}/{name}", path)
+        store.put_file(artifacts_spec.artifact_key(job_id, name), path)
         artifacts.append({"name": name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path),
-                          "media_type": "text/html" if name.endswith(".html") else
-                          "application/json" if name.endswith(".json") else "application/octet-stream"})  # fmt: skip
+                          "media_type": artifacts_spec.media_type(name)})  # fmt: skip
     return artifacts
 
 

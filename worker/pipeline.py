@@ -1,13 +1,9 @@
 """The engine's one entry point: load → stages of the spec → export → report.
 
 Pure torch and files: no job rows, Celery or object storage (worker.execution adapts this to
-jobs; worker.local runs it from the command line). Stages run in the order of the spec:
-
-- ``early_bird``: dense training until the pruning decision stops changing ([EB], [SPLINE]);
-  when no ``prune_channels`` stage follows, the ticket is drawn with the detector's criterion.
-- ``prune_channels``: score, allocate and physically remove channels ([SPLINE] §3).
-- ``probmask``: unstructured sparsity under one global budget ([PROBMASK]).
-- ``finetune``: train the result; masks from ProbMask stay fixed.
+jobs; worker.local runs it from the command line). Stages run in the order of the spec, each
+through the runner registered for its params type (:mod:`worker.pruning.stages`:
+``early_bird``, ``prune_channels``, ``probmask``, ``finetune``).
 """
 
 from __future__ import annotations
@@ -21,15 +17,11 @@ from pathlib import Path
 
 import torch
 
-from service.core.spec import (
-    EarlyBirdParams,
-    FinetuneParams,
-    JobSpec,
-    ProbMaskParams,
-    PruneChannelsParams,
-)
+from service.core.spec import JobSpec
 from worker.io.data import DataSplits
-from worker.training import TrainHooks, count_macs_params, evaluate, resolve_device, seed_everything, train
+from worker.measure import measure
+from worker.pruning.stages import EngineState, StageContext, runner_for
+from worker.pruning.training import TrainHooks, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -40,6 +32,7 @@ class PipelineInputs:
     builtin_dataset: str | None = None
     allow_torchscript: bool = False
     device: str = "auto"
+    job_id: str | None = None  # written into report.json / report.html
 
 
 @dataclass
@@ -88,12 +81,9 @@ class _Run:
         self.emit(event)
 
 
-def _total_epochs(spec: JobSpec) -> int:
-    total = 0
-    for stage in spec.pipeline:
-        params = next(iter(vars(stage).values()))
-        total += getattr(params, "max_epochs", 0) or getattr(params, "epochs", 0)
-    return total
+def _total_epochs(spec: JobSpec, n_train: int) -> int:
+    batch = spec.training.batch_size
+    return sum(runner_for(stage.params).planned_epochs(stage.params, n_train, batch) for stage in spec.pipeline)
 
 
 def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:
@@ -106,7 +96,8 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     else:
         data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
     loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes)  # fmt: skip
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes,
+                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
     model = loaded.module.float()
     try:
         with torch.no_grad():
@@ -131,58 +122,44 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
     from worker.export import check_onnx_parity, export_torchscript, onnx_export_info, save_masks
-    from worker.report import build_report, layer_stats, write_report
+    from worker.report import build_report, channel_counts, layer_stats, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(total_epochs=_total_epochs(spec), on_progress=on_progress)
+    run = _Run(total_epochs=0, on_progress=on_progress)
     hooks = TrainHooks(on_progress=run.epoch_progress, should_cancel=should_cancel, checkpoint_dir=checkpoint_dir)
     seed_everything(spec.seed)
     device = resolve_device(inputs.device)
 
     with run.stage("load"):
         model, data, model_format = load_inputs(inputs, spec)
+    run.total_epochs = _total_epochs(spec, len(data.x_train))
     example = data.x_val[:1]
     with run.stage("evaluate_dense"):
-        dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
+        source = inputs.model_path if model_format == "onnx" else None
+        dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export, source_onnx=source)
 
-    dense_model = copy.deepcopy(model).cpu()
-    model = model.to(device)
-    finetuned = False
-    masks: dict[str, torch.Tensor] | None = None
-    layers_report: list[dict] = []
-    early_bird: dict | None = None
-    pruned_accuracy: float | None = None
-    channels_removed = False
+    dense_channels = channel_counts(model)
+    # the dense model is kept only as a distillation teacher
+    distills = any(getattr(s.params, "distill", 0) > 0 and getattr(s.params, "epochs", 0) > 0 for s in spec.pipeline)
+    dense_model = copy.deepcopy(model).cpu() if distills else None
+    state = EngineState(model=model.to(device))
     stages = spec.pipeline
     for index, stage in enumerate(stages):
-        name, params = next(iter(vars(stage).items()))
-        stage_id = f"{index}-{name}"
-        with run.stage(name):
-            if isinstance(params, EarlyBirdParams):
-                early_bird = _early_bird(model, data, params, spec, device, stage_id, hooks)
-                follows = index + 1 < len(stages) and isinstance(next(iter(vars(stages[index + 1]).values())), PruneChannelsParams)
-                if not follows:
-                    criterion = "spline" if params.detector == "spline" else "bn_scale"
-                    result = _prune(model, data, PruneChannelsParams(criterion=criterion, ratio=params.ratio), spec)
-                    layers_report, channels_removed = result.layer_table(), True
-                    pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-            elif isinstance(params, PruneChannelsParams):
-                result = _prune(model, data, params, spec)
-                layers_report, channels_removed = result.layer_table(), True
-                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-            elif isinstance(params, ProbMaskParams):
-                masks = _probmask(model, data, params, spec, device, stage_id, hooks)
-                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-            elif isinstance(params, FinetuneParams):
-                _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=dense_model)
-                finetuned = finetuned or params.epochs > 0
+        context = StageContext(
+            data=data, spec=spec, device=device, hooks=hooks, teacher=dense_model, stage_id=f"{index}-{stage.name}",
+            next_params=stages[index + 1].params if index + 1 < len(stages) else None,
+        )  # fmt: skip
+        with run.stage(stage.name):
+            runner_for(stage.params).run(stage.params, context, state)
+    model, masks, early_bird = state.model, state.masks, state.early_bird
+    finetuned, pruned_accuracy, channels_removed = state.finetuned, state.pruned_accuracy, state.channels_removed
 
     model = model.cpu().eval()
     files: dict[str, Path] = {}
     with run.stage("export"):
-        final = _measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec)
+        final = measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec.export)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32]),
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val)),
                             **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
@@ -200,7 +177,7 @@ def run_pipeline(
         macs_before=dense["macs"], macs_after=final["macs"],
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
+        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
         early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
@@ -209,8 +186,9 @@ def run_pipeline(
         dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
                  "num_classes": data.num_classes, "train": len(data.x_train), "val": len(data.x_val),
                  "test": None if data.x_test is None else len(data.x_test)},
-        spec=spec.model_dump(mode="json"),
+        spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
     )  # fmt: skip
+    report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
@@ -221,79 +199,6 @@ def run_pipeline(
         "unstructured_sparsity": report["structure"]["unstructured_sparsity"],
     }  # fmt: skip
     return PipelineOutcome(files=files, summary=summary, report=report)
-
-
-def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: JobSpec) -> dict:
-    """Accuracy, size, MACs and onnxruntime latency of ``model`` (exported to ``onnx_path``)."""
-    from worker.export import export_onnx, file_sizes, onnxruntime_latency
-
-    model = model.to(device).eval()
-    accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
-    macs, params = count_macs_params(model, example.to(device))
-    cpu_model = model.cpu()
-    export_onnx(cpu_model, example, onnx_path, opset=spec.export.opset, dynamic_batch=spec.export.dynamic_batch)
-    latency = onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=(1, 32) if spec.export.dynamic_batch else (1,))
-    return {"accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
-            "file": file_sizes(onnx_path), "latency_ms": latency}  # fmt: skip
-
-
-def _train_kwargs(spec: JobSpec, device, stage_id: str, hooks: TrainHooks) -> dict:
-    return {"batch_size": spec.training.batch_size, "weight_decay": spec.training.weight_decay,
-            "seed": spec.seed, "device": device, "stage": stage_id, "hooks": hooks}  # fmt: skip
-
-
-def _early_bird(model, data, params: EarlyBirdParams, spec, device, stage_id, hooks) -> dict:
-    from worker.pruning.early_bird import BNScaleDetector, SplineDetector
-    from worker.pruning.layers import discover_layers
-    from worker.pruning.regions import select_probes
-
-    if params.detector == "bn":
-        detector = BNScaleDetector(ratio=params.ratio, threshold=params.threshold, window=params.window)
-        after_backward = detector.add_l1_subgradient
-    else:
-        probes = select_probes(data.x_train, 512, seed=spec.seed)
-        detector = SplineDetector(probes, discover_layers(model), threshold=params.threshold, window=params.window)
-        after_backward = None
-    history = train(model, data, epochs=params.max_epochs, lr=params.lr, after_backward=after_backward,
-                    on_epoch_end=lambda epoch, m: detector.step(m), stateful=detector,
-                    **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
-    return {"detector": params.detector, "found": detector.found_epoch is not None, "epoch": detector.found_epoch,
-            "epochs_trained": len(history), "max_epochs": params.max_epochs, "threshold": params.threshold,
-            "distances": list(detector.distances), "distance_epochs": list(detector.distance_epochs)}  # fmt: skip
-
-
-def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):
-    from worker.pruning.channels import prune_channels
-
-    return prune_channels(model, data, criterion=params.criterion, ratio=params.ratio, scope=params.scope,
-                          round_to=params.round_to, min_channels=params.min_channels, exclude=params.exclude,
-                          probes_n=params.probes, seed=spec.seed)  # fmt: skip
-
-
-def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks) -> dict[str, torch.Tensor]:
-    from worker.pruning.probmask import run_probmask
-
-    result = run_probmask(model, data, sparsity=params.sparsity, epochs=params.epochs, lr=params.lr,
-                          score_lr=params.score_lr, exclude=params.exclude, final_mask=params.final_mask,
-                          mask_samples=params.mask_samples, **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
-    return result["masks"]
-
-
-def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher) -> None:
-    """Train the pruned model; with ``distill`` > 0 it also matches the dense model's softened
-    outputs (knowledge distillation, Hinton et al. 2015)."""
-    if params.epochs == 0:
-        return
-    kwargs = _train_kwargs(spec, device, stage_id, hooks)
-    if params.distill > 0:
-        kwargs.update(teacher=copy.deepcopy(teacher).to(device).eval(), distill_weight=params.distill)
-    if masks:
-        from worker.pruning.probmask import finetune_with_masks
-
-        finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr, **kwargs)
-    else:
-        train(model, data, epochs=params.epochs, lr=params.lr, **kwargs)
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -307,3 +212,10 @@ def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
                 "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
         for stage, events in history.items()
     }  # fmt: skip
+
+
+def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:
+    """At most 32 inputs and about ``max_elements`` values (at least 2 inputs): the export parity
+    check's cost stays bounded for large inputs (6 images at 224×224)."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return x[: max(2, min(32, max_elements // per_sample))]

@@ -10,33 +10,26 @@ import json
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from service.api.errors import Problem
 from service.api.schemas import JobList, JobOut
 from service.api.uploads import receive_form
+from service.api.uploads_router import check_received, discard_uploads, store_and_inspect
+from service.core import artifacts, crud
 from service.core import jobs as job_states
-from service.core import intake
-from service.core.models import DatasetRecord, JobRecord, ModelRecord, new_id, utcnow
+from service.core.contracts import JobReport
 from service.core.dispatch import dispatch_job
+from service.core.models import JobRecord, new_id
 from service.core.spec import JOB_SPEC_EXAMPLE, JobSpec
 from service.core.webhooks import CallbackRefused, check_callback_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _PROBLEM = {"content": {"application/problem+json": {}}}
-MEDIA_TYPES = {
-    "model.onnx": "application/octet-stream",
-    "model.torchscript.pt": "application/octet-stream",
-    "masks.safetensors": "application/octet-stream",
-    "report.json": "application/json",
-    "report.html": "text/html",
-}
 
 
 def _dispatch(request: Request, job_id: str) -> None:
@@ -56,46 +49,53 @@ def _check_idempotency_key(key: str | None) -> None:
         raise Problem(400, "invalid-idempotency-key", "Idempotency-Key must be 1-255 printable characters.")
 
 
-def _create_job(request: Request, tenant: str, spec: JobSpec, model_id: str, dataset_id: str | None,
-                idempotency_key: str | None, request_hash: str) -> tuple[JobRecord, bool]:  # fmt: skip
-    """Insert the job row (or find the one this Idempotency-Key already made). Returns
-    (job, created)."""
-    settings = request.app.state.settings
-    sessions = request.app.state.sessions
+def _check_callback(spec: JobSpec, settings) -> None:
     if spec.callback_url:
         try:
             check_callback_url(spec.callback_url, settings.allow_private_callbacks)
         except CallbackRefused as error:
             raise Problem(422, "callback-refused", str(error), errors=[{"field": "callback_url", "message": str(error)}]) from error
-    with sessions() as session:
-        if idempotency_key:
-            existing = session.scalar(select(JobRecord).where(
-                JobRecord.tenant == tenant, JobRecord.idempotency_key == idempotency_key))  # fmt: skip
-            if existing is not None:
-                return _replay(existing, request_hash), False
-        _check_usable(session, ModelRecord, model_id, tenant, "model")
-        if dataset_id:
-            _check_usable(session, DatasetRecord, dataset_id, tenant, "dataset")
-        job = JobRecord(id=new_id("job"), tenant=tenant, model_id=model_id, dataset_id=dataset_id,
-                        spec=spec.model_dump(mode="json"), status="queued", progress={},
-                        max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
-                        request_hash=request_hash, artifacts=[])  # fmt: skip
-        session.add(job)
-        try:
-            session.commit()
-        except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-            session.rollback()
-            existing = session.scalar(select(JobRecord).where(
-                JobRecord.tenant == tenant, JobRecord.idempotency_key == idempotency_key))  # fmt: skip
-            return _replay(existing, request_hash), False
+
+
+def _earlier_job(request: Request, tenant: str, idempotency_key: str | None, request_hash: str) -> JobRecord | None:
+    """The job this Idempotency-Key already made (422 when it was made from another body)."""
+    if not idempotency_key:
+        return None
+    with request.app.state.sessions() as session:
+        existing = crud.job_by_idempotency_key(session, tenant, idempotency_key)
+    return None if existing is None else _replay(existing, request_hash)
+
+
+def _create_job(request: Request, tenant: str, spec: JobSpec, idempotency_key: str | None, request_hash: str,
+                check_inputs: bool = True) -> tuple[JobRecord, bool]:  # fmt: skip
+    """Insert the job row (or find the one this Idempotency-Key already made), then send it
+    to the queue. Returns (job, created)."""
+    settings = request.app.state.settings
+    _check_callback(spec, settings)
+    existing = _earlier_job(request, tenant, idempotency_key, request_hash)
+    if existing is not None:
+        return existing, False
+    if check_inputs:
+        with request.app.state.sessions() as session:
+            _check_usable(session, "model", spec.model_id, tenant)
+            if spec.dataset_id:
+                _check_usable(session, "dataset", spec.dataset_id, tenant)
+    job = JobRecord(id=new_id("job"), tenant=tenant, model_id=spec.model_id, dataset_id=spec.dataset_id,
+                    spec=spec.model_dump(mode="json"), status="queued", progress={},
+                    max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
+                    request_hash=request_hash, artifacts=[])  # fmt: skip
+    job, created = crud.insert_job(request.app.state.sessions, job)
+    if not created:
+        return _replay(job, request_hash), False
+    _dispatch(request, job.id)
     return job, True
 
 
-def _check_usable(session, record: type, item_id: str, tenant: str, kind: str) -> None:
+def _check_usable(session, kind: str, item_id: str, tenant: str) -> None:
     """422 naming the field when the tenant's upload ``item_id`` is missing or was rejected."""
-    row = session.get(record, item_id)
+    row = crud.owned_upload(session, kind, item_id, tenant)
     field = f"{kind}_id"
-    if row is None or row.tenant != tenant:
+    if row is None:
         raise Problem(422, f"{kind}-not-found", f"{field} {item_id!r} does not exist; upload it with POST /v1/{kind}s.",
                       errors=[{"field": field, "message": f"unknown {kind}"}])  # fmt: skip
     if row.status == "invalid":
@@ -119,11 +119,19 @@ def _hash(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_JOB_BODY = {
+_CREATED = {200: {"model": JobOut, "description": "Replay of an Idempotency-Key."}}
+_JSON_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}, "example": JOB_SPEC_EXAMPLE},
+        },
+    }
+}  # fmt: skip
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
             "multipart/form-data": {
                 "schema": {"type": "object", "required": ["model", "spec"], "properties": {
                     "model": {"type": "string", "format": "binary", "description": "The model file."},
@@ -138,23 +146,24 @@ _JOB_BODY = {
 
 
 @router.post(
-    "", status_code=202, response_model=JobOut, summary="Create a pruning job",
-    responses={200: {"model": JobOut, "description": "Replay of an Idempotency-Key."},
-               400: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM},
-    openapi_extra=_JOB_BODY,
+    "", status_code=202, response_model=JobOut, summary="Create a pruning job from uploaded files",
+    responses={**_CREATED, 400: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    openapi_extra=_JSON_BODY,
 )  # fmt: skip
 async def create_job(
-    request: Request, tenant: TenantDep, settings: SettingsDep, store: StoreDep,
+    request: Request, tenant: TenantDep, settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=1024)] = None,
 ):  # fmt: skip
-    """JSON body: a JobSpec naming an uploaded model. multipart/form-data: `model` (file),
-    `spec` (JSON) and optionally `dataset` (file) — one request for a CI step."""
+    """A JobSpec naming an uploaded model (`model_id`) and dataset (`dataset_id` or
+    `dataset.builtin`). To send the files and the spec in one request use
+    `POST /v1/jobs/upload` (a multipart body sent here is served the same way)."""
     _check_idempotency_key(idempotency_key)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _create_from_multipart(request, tenant, settings, store, idempotency_key)
+        return await create_job_with_files(request, tenant, settings, idempotency_key)
     if not content_type.startswith("application/json"):
-        raise Problem(415, "unsupported-media-type", "Send the job spec as application/json, or model + spec as multipart/form-data.")
+        raise Problem(415, "unsupported-media-type", "Send the job spec as application/json, or model + spec as "
+                      "multipart/form-data to POST /v1/jobs/upload.")  # fmt: skip
     raw = await request.body()
     if len(raw) > 1 << 20:
         raise Problem(413, "spec-too-large", "The job spec is over 1 MiB; send a smaller spec.")
@@ -163,25 +172,31 @@ async def create_job(
     except ValidationError as error:
         raise _problem_from_validation(error) from error
     if spec.model_id is None:
-        raise Problem(422, "invalid-spec", "model_id is required (or send the model file as multipart).",
+        raise Problem(422, "invalid-spec", "model_id is required (or send the model file to POST /v1/jobs/upload).",
                       errors=[{"field": "model_id", "message": "Field required"}])  # fmt: skip
     if spec.dataset_id is None and spec.dataset is None:
         raise Problem(422, "invalid-spec", "Name the data: dataset_id (POST /v1/datasets) or dataset.builtin.",
                       errors=[{"field": "dataset_id", "message": "Field required"}])  # fmt: skip
-    job, created = await run_in_threadpool(_create_and_dispatch, request, tenant, spec, spec.model_id,
-                                           spec.dataset_id, idempotency_key, _hash(spec.model_dump(mode="json")))  # fmt: skip
+    job, created = await run_in_threadpool(_create_job, request, tenant, spec, idempotency_key,
+                                           _hash(spec.model_dump(mode="json")))  # fmt: skip
     return _accepted(job, created)
 
 
-def _create_and_dispatch(request: Request, *args) -> tuple[JobRecord, bool]:
-    """Insert the row, then send it to the queue, in one threadpool hop."""
-    job, created = _create_job(request, *args)
-    if created:
-        _dispatch(request, job.id)
-    return job, created
-
-
-async def _create_from_multipart(request, tenant, settings, store, idempotency_key):
+@router.post(
+    "/upload", status_code=202, response_model=JobOut, summary="Create a pruning job with its files in one request",
+    responses={**_CREATED, 400: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    openapi_extra=_UPLOAD_BODY,
+)  # fmt: skip
+async def create_job_with_files(
+    request: Request, tenant: TenantDep, settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=1024)] = None,
+):  # fmt: skip
+    """multipart/form-data: `model` (file), `spec` (JSON text) and optionally `dataset`
+    (file) — one request for a CI step. Everything (spec, callback, files, Idempotency-Key)
+    is checked before anything is stored; the files then take the path of POST /v1/models
+    and /v1/datasets (stored `validating`, inspected by a worker). A replay of an
+    Idempotency-Key stores nothing and answers the job it made."""
+    _check_idempotency_key(idempotency_key)
     form = await receive_form(request, settings.max_upload_bytes, settings.data_dir / "tmp")
     try:
         if "model" not in form.files or "spec" not in form.fields:
@@ -190,43 +205,37 @@ async def _create_from_multipart(request, tenant, settings, store, idempotency_k
             spec = JobSpec.model_validate_json(form.fields["spec"])
         except ValidationError as error:
             raise _problem_from_validation(error, "spec.") from error
-        received = {"model": form.files["model"], "dataset": form.files.get("dataset")}
-        if received["dataset"] is None and spec.dataset is None:
+        model_file, dataset_file = form.files["model"], form.files.get("dataset")
+        if dataset_file is None and spec.dataset is None:
             raise Problem(422, "invalid-spec", "Give a `dataset` file part or spec.dataset.builtin.")
-        try:
-            model_format = await run_in_threadpool(
-                intake.check_model_file, received["model"].path, settings.allow_torchscript_upload)
-            if received["dataset"] is not None:
-                await run_in_threadpool(intake.check_dataset_file, received["dataset"].path, settings.max_dataset_bytes)
-        except intake.Rejected as error:
-            raise Problem(422, error.code, str(error)) from error
-        request_hash = _hash(spec.model_dump(mode="json"), *(f.sha256 for f in received.values() if f))
-        model = ModelRecord(id=new_id("mdl"), tenant=tenant, filename=received["model"].filename,
-                            sha256=received["model"].sha256, size_bytes=received["model"].size,
-                            status="ready", format=model_format, architecture=spec.architecture)  # fmt: skip
-        model.storage_key = f"uploads/models/{model.id}"
-        rows = [model]
-        await run_in_threadpool(store.put_file, model.storage_key, received["model"].path)
-        if received["dataset"] is not None:
-            dataset = DatasetRecord(id=new_id("ds"), tenant=tenant, filename=received["dataset"].filename,
-                                    sha256=received["dataset"].sha256, size_bytes=received["dataset"].size,
-                                    status="ready")  # fmt: skip
-            dataset.storage_key = f"uploads/datasets/{dataset.id}"
-            await run_in_threadpool(store.put_file, dataset.storage_key, received["dataset"].path)
-            rows.append(dataset)
-            spec = spec.model_copy(update={"dataset_id": dataset.id, "dataset": None})
+        _check_callback(spec, settings)
+        model_format = await check_received("model", model_file, settings)
+        if dataset_file is not None:
+            await check_received("dataset", dataset_file, settings)
+        request_hash = _hash(spec.model_dump(mode="json"), model_file.sha256, dataset_file and dataset_file.sha256)
+        existing = await run_in_threadpool(_earlier_job, request, tenant, idempotency_key, request_hash)
+        if existing is not None:
+            return _accepted(existing, False)  # the files it stored the first time are reused
+        model = crud.new_upload("model", tenant, model_file.filename, model_file.sha256, model_file.size,
+                                format=model_format, architecture=spec.architecture)  # fmt: skip
+        uploads = [(model, model_file)]
+        update = {"model_id": model.id}
+        if dataset_file is not None:
+            dataset = crud.new_upload("dataset", tenant, dataset_file.filename, dataset_file.sha256, dataset_file.size)
+            uploads.append((dataset, dataset_file))
+            update.update(dataset_id=dataset.id, dataset=None)
+        await store_and_inspect(request, uploads)
     finally:
         form.cleanup()
-    spec = spec.model_copy(update={"model_id": model.id})
-
-    def save_and_create():
-        with request.app.state.sessions.begin() as session:
-            session.add_all(rows)
-        return _create_job(request, tenant, spec, model.id, spec.dataset_id, idempotency_key, request_hash)
-
-    job, created = await run_in_threadpool(save_and_create)
-    if created:
-        await run_in_threadpool(_dispatch, request, job.id)
+    rows = [row for row, _ in uploads]
+    try:
+        job, created = await run_in_threadpool(_create_job, request, tenant, spec.model_copy(update=update),
+                                               idempotency_key, request_hash, False)  # fmt: skip
+    except BaseException:
+        await run_in_threadpool(discard_uploads, request.app.state.sessions, request.app.state.store, rows)
+        raise
+    if not created:  # a concurrent request with this Idempotency-Key won: keep only its files
+        await run_in_threadpool(discard_uploads, request.app.state.sessions, request.app.state.store, rows)
     return _accepted(job, created)
 
 
@@ -255,16 +264,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:  # fmt: skip
-    query = select(JobRecord).where(JobRecord.tenant == tenant)
-    if status:
-        query = query.where(JobRecord.status == status)
-    if cursor:
-        created, job_id = _decode_cursor(cursor)
-        if session.bind.dialect.name == "sqlite":
-            created = created.replace(tzinfo=None)
-        query = query.where(or_(JobRecord.created_at < created,
-                                and_(JobRecord.created_at == created, JobRecord.id < job_id)))  # fmt: skip
-    rows = list(session.scalars(query.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit + 1)))
+    rows = crud.page_jobs(session, tenant, status, limit, _decode_cursor(cursor) if cursor else None)
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return JobList(items=[JobOut.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor)
 
@@ -355,22 +355,23 @@ def download_artifact(job_id: str, name: str, tenant: TenantDep, session: Sessio
     job = _finished_job(session, job_id, tenant)
     if name not in {a["name"] for a in job.artifacts}:
         raise Problem(404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}; see GET /v1/jobs/{job_id}/artifacts.")
-    key = f"jobs/{job.id}/{name}"
+    key = artifacts.artifact_key(job.id, name)
     url = store.presigned_url(key, settings.presign_expires_s)
     if url:
         return RedirectResponse(url, status_code=307)
-    return StreamingResponse(store.iter_bytes(key), media_type=MEDIA_TYPES.get(name, "application/octet-stream"),
+    return StreamingResponse(store.iter_bytes(key), media_type=artifacts.media_type(name),
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
 
 
-@router.get("/{job_id}/report", summary="The job's report (JSON)", responses={404: _PROBLEM, 409: _PROBLEM})
-def get_report(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> dict:
+@router.get("/{job_id}/report", response_model=JobReport, summary="The job's report (JSON)",
+            responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
+def get_report(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> JobReport:
     job = _finished_job(session, job_id, tenant)
-    return json.loads(b"".join(store.iter_bytes(f"jobs/{job.id}/report.json")))
+    return JobReport.model_validate_json(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_JSON))))
 
 
 @router.get("/{job_id}/report.html", response_class=HTMLResponse, summary="The job's report with plots",
             responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
 def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> HTMLResponse:
     job = _finished_job(session, job_id, tenant)
-    return HTMLResponse(b"".join(store.iter_bytes(f"jobs/{job.id}/report.html")))
+    return HTMLResponse(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_HTML))))

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.core.contracts import JobProgress, JobResult
+from service.core.spec import JobSpec
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -72,13 +75,13 @@ class JobOut(Out):
     id: str
     status: str
     stage: str | None = None
-    progress: dict
+    progress: JobProgress = Field(default_factory=JobProgress)
     attempt: int
     model_id: str
     dataset_id: str | None = None
-    spec: dict
+    spec: JobSpec
     error: JobError | None = None
-    result: dict | None = None
+    result: JobResult | None = None
     artifacts: list[Artifact]
     created_at: UtcDateTime
     started_at: UtcDateTime | None = None

@@ -2,11 +2,14 @@
 
 Starlette's form parser buffers whole parts before a route runs; this reader enforces the
 size limit while the bytes arrive (413 as soon as the limit is crossed, or at once when the
-declared Content-Length is over it) and keeps memory flat for multi-GiB models.
+declared Content-Length is over it) and keeps memory flat for multi-GiB models: the body is
+parsed, hashed and written in 4 MiB blocks in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -14,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from service.api.errors import Problem
 
 MAX_FIELD_BYTES = 256 * 1024
+BLOCK_BYTES = 4 << 20  # parse, hash and write uploads in blocks of this size, off the event loop
 
 
 @dataclass
@@ -34,10 +38,11 @@ class ReceivedFile:
 class ReceivedForm:
     files: dict[str, ReceivedFile] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
+    temporary: list[Path] = field(default_factory=list)  # every file made, finished or not
 
     def cleanup(self) -> None:
-        for received in self.files.values():
-            received.path.unlink(missing_ok=True)
+        for path in self.temporary:
+            path.unlink(missing_ok=True)
 
 
 def _too_large(limit: int) -> Problem:
@@ -47,7 +52,9 @@ def _too_large(limit: int) -> Problem:
 
 
 async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedForm:
-    """Read a multipart/form-data body into temporary files (removed on any error)."""
+    """Read a multipart/form-data body into temporary files. However the request ends
+    (refused, malformed, unterminated, repeated parts, client gone, cancelled) every file
+    it made is removed here; on success the caller removes them with ``form.cleanup()``."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -75,13 +82,16 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         _, params = parse_options_header(state["headers"].get("content-disposition", ""))
         state["name"] = params.get(b"name", b"").decode()
         filename = params.get(b"filename")
+        if state["name"] in form.files or state["name"] in form.fields:
+            raise Problem(422, "duplicate-part", f"The form repeats the part {state['name'][:40]!r}; send each part once.")
         if filename is not None:
             fd, path = tempfile.mkstemp(dir=tmp_dir, prefix=f"upload-{os.getpid()}-")
+            form.temporary.append(Path(path))
             state.update(filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
                          out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+        chunk = memoryview(data)[start:end]  # no copy: written and hashed in place
         if state["out"] is not None:
             state["out"].write(chunk)
             state["hash"].update(chunk)
@@ -105,17 +115,39 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         "on_header_value": on_header_value, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })  # fmt: skip
+    pending: asyncio.Future | None = None
     try:
+        # The socket's small chunks are gathered into large blocks; each block is parsed,
+        # hashed and written in a worker thread (hashlib and file writes release the GIL)
+        # while the event loop receives the next one: at most two blocks in memory.
+        chunks: list[bytes] = []
+        gathered = 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit + MAX_FIELD_BYTES:
                 raise _too_large(limit)
-            parser.write(chunk)
+            chunks.append(chunk)
+            gathered += len(chunk)
+            if gathered >= BLOCK_BYTES:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, b"".join(chunks)))
+                chunks, gathered = [], 0
+        if pending is not None:
+            await pending
+        pending = None
+        if chunks:
+            await asyncio.to_thread(parser.write, b"".join(chunks))
         parser.finalize()
-    except BaseException as error:
+        if parser.state != MultipartState.END:
+            raise Problem(400, "malformed-multipart", "The multipart body ended before its closing boundary "
+                          "(`--<boundary>--`); send the complete body.")  # fmt: skip
+    except BaseException as error:  # a Problem, a parse error, a client disconnect, a cancellation
+        if pending is not None:  # let the thread finish before its file is closed and removed
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
         if state.get("out") is not None and not state["out"].closed:
             state["out"].close()
-            state["path"].unlink(missing_ok=True)
         form.cleanup()
         if isinstance(error, Problem):
             raise

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from service.api.errors import Problem
 from service.api.schemas import DatasetList, DatasetOut, ModelList, ModelOut
-from service.api.uploads import receive_form
-from service.core import intake
-from service.core.models import DatasetRecord, ModelRecord, new_id
+from service.api.uploads import ReceivedFile, receive_form
+from service.core import crud, intake
+from service.core.config import Settings
+from service.core.models import DatasetRecord, ModelRecord
 from service.core.queue import INSPECT_DATASET_TASK, INSPECT_MODEL_TASK, send
+from service.core.storage import ArtifactStore
+
+INSPECT_TASKS = {ModelRecord: INSPECT_MODEL_TASK, DatasetRecord: INSPECT_DATASET_TASK}
 
 _PROBLEM = {"content": {"application/problem+json": {}}}
 
@@ -34,86 +34,112 @@ def _multipart_body(description: str, extra_fields: dict) -> dict:
     }  # fmt: skip
 
 
+async def check_received(kind: str, received: ReceivedFile, settings: Settings) -> str:
+    """Run the intake checks on a received file in the threadpool (they walk the file);
+    422 with the rejection's code. Returns the format."""
+    try:
+        if kind == "model":
+            return await run_in_threadpool(intake.check_model_file, received.path, settings.allow_torchscript_upload)
+        return await run_in_threadpool(intake.check_dataset_file, received.path, settings.max_dataset_bytes)
+    except intake.Rejected as error:
+        raise Problem(422, error.code, str(error)) from error
+
+
+async def store_and_inspect(request: Request, uploads: list[tuple[object, ReceivedFile]]) -> None:
+    """Store checked files, commit their ``validating`` rows and queue their inspections: the
+    one path every upload takes (POST /v1/models, /v1/datasets and multipart jobs). When the
+    broker is down, nothing is kept and the client gets 503 with Retry-After."""
+    state = request.app.state
+    for row, received in uploads:
+        await run_in_threadpool(state.store.put_file, row.storage_key, received.path)
+    rows = [row for row, _ in uploads]
+
+    def save() -> None:
+        with state.sessions.begin() as session:
+            session.add_all(rows)
+
+    await run_in_threadpool(save)
+    try:
+        for row in rows:
+            send(state.celery, INSPECT_TASKS[type(row)], row.id)
+    except Exception as error:  # noqa: BLE001 - the broker is down: lose nothing, say when to retry
+        await run_in_threadpool(discard_uploads, state.sessions, state.store, rows)
+        problem = Problem(503, "broker-unavailable", f"The job queue is unreachable ({type(error).__name__}); retry shortly.")
+        problem.headers["Retry-After"] = "5"
+        raise problem from error
+
+
+def discard_uploads(sessions, store: ArtifactStore, rows: list) -> None:
+    """Remove rows and stored files of uploads a request could not finish."""
+    crud.delete_rows(sessions, rows)
+    for row in rows:
+        store.delete_prefix(row.storage_key)
+
+
 def build_router(
-    *, kind: str, record: type, out: type, listing: type, task: str, check: Callable[[Path, object], str],
-    extra_fields: dict,
+    *, kind: str, out: type, listing: type, extra_fields: dict,
 ) -> APIRouter:
-    """The upload resource ``/v1/{kind}s`` for ``record`` rows (models or datasets)."""
+    """The upload resource ``/v1/{kind}s`` (models or datasets)."""
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
-    prefix = "mdl" if kind == "model" else "ds"
 
     @router.post(
         "", status_code=202, response_model=out, summary=f"Upload a {kind}",
         responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
         openapi_extra=_multipart_body(f"The {kind} file.", extra_fields),
     )  # fmt: skip
-    async def upload(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep,
-                     session: SessionDep, store: StoreDep):  # fmt: skip
+    async def upload(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep):
         form = await receive_form(request, settings.max_upload_bytes, settings.data_dir / "tmp")
         try:
             received = form.files.get("file")
             if received is None:
                 raise Problem(422, "file-missing", f"Send the {kind} as a multipart part named `file`.")
-            try:
-                file_format = await run_in_threadpool(check, received.path, settings)  # walks the file
-            except intake.Rejected as error:
-                raise Problem(422, error.code, str(error)) from error
-            row = record(id=new_id(prefix), tenant=tenant, filename=received.filename,
-                         sha256=received.sha256, size_bytes=received.size, status="validating")  # fmt: skip
-            row.storage_key = f"uploads/{kind}s/{row.id}"
+            file_format = await check_received(kind, received, settings)
+            columns = {}
             if kind == "model":
-                row.format = file_format
-                row.architecture = (form.fields.get("architecture") or "").strip()[:64] or None
-            await run_in_threadpool(store.put_file, row.storage_key, received.path)
+                architecture = (form.fields.get("architecture") or "").strip()[:64] or None
+                columns = {"format": file_format, "architecture": architecture}
+            row = crud.new_upload(kind, tenant, received.filename, received.sha256, received.size, **columns)
+            await store_and_inspect(request, [(row, received)])
         finally:
             form.cleanup()
-        session.add(row)
-        session.commit()
-        try:
-            send(request.app.state.celery, task, row.id)
-        except Exception as error:  # noqa: BLE001 - the broker is down: lose nothing, say when to retry
-            session.delete(row)
-            session.commit()
-            store.delete_prefix(row.storage_key)
-            problem = Problem(503, "broker-unavailable", f"The job queue is unreachable ({type(error).__name__}); retry shortly.")
-            problem.headers["Retry-After"] = "5"
-            raise problem from error
         response.headers["Location"] = f"/v1/{kind}s/{row.id}"
         return row
 
     @router.get("", response_model=listing, summary=f"List {kind}s")
     def list_all(tenant: TenantDep, session: SessionDep):
-        rows = session.scalars(select(record).where(record.tenant == tenant).order_by(record.created_at.desc()).limit(500))
-        return listing(items=[out.model_validate(row) for row in rows])
+        return listing(items=[out.model_validate(row) for row in crud.list_uploads(session, kind, tenant)])
 
     @router.get("/{item_id}", response_model=out, responses={404: _PROBLEM}, summary=f"Get a {kind}")
     def get_one(item_id: str, tenant: TenantDep, session: SessionDep):
-        return _owned(session, record, item_id, tenant, kind)
+        return _owned(session, item_id, tenant, kind)
 
-    @router.delete("/{item_id}", status_code=204, responses={404: _PROBLEM}, summary=f"Delete a {kind}")
+    @router.delete(
+        "/{item_id}", status_code=204, responses={404: _PROBLEM, 409: _PROBLEM},
+        summary=f"Delete a {kind} (409 while a queued or running job uses it)",
+    )  # fmt: skip
     def delete(item_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
-        row = _owned(session, record, item_id, tenant, kind)
-        store.delete_prefix(row.storage_key)
+        row = _owned(session, item_id, tenant, kind)
+        job_id = crud.pending_job_using(session, kind, row.id)
+        if job_id is not None:
+            raise Problem(409, f"{kind}-in-use", f"Job {job_id} still uses {kind} {item_id}; wait until it ends or "
+                          f"cancel it (POST /v1/jobs/{job_id}/cancel), then delete the {kind}.", job_id=job_id)  # fmt: skip
         session.delete(row)
         session.commit()
+        store.delete_prefix(row.storage_key)
         return Response(status_code=204)
 
     return router
 
 
-def _owned(session, record: type, item_id: str, tenant: str, kind: str):
-    row = session.get(record, item_id)
-    if row is None or row.tenant != tenant:
+def _owned(session, item_id: str, tenant: str, kind: str):
+    row = crud.owned_upload(session, kind, item_id, tenant)
+    if row is None:
         raise Problem(404, f"{kind}-not-found", f"No {kind} {item_id!r} exists for your key; list them with GET /v1/{kind}s.")
     return row
 
 
 models_router = build_router(
-    kind="model", record=ModelRecord, out=ModelOut, listing=ModelList, task=INSPECT_MODEL_TASK,
-    check=lambda path, settings: intake.check_model_file(path, settings.allow_torchscript_upload),
+    kind="model", out=ModelOut, listing=ModelList,
     extra_fields={"architecture": {"type": "string", "description": "Zoo architecture of a safetensors state dict."}},
 )  # fmt: skip
-datasets_router = build_router(
-    kind="dataset", record=DatasetRecord, out=DatasetOut, listing=DatasetList, task=INSPECT_DATASET_TASK,
-    check=lambda path, settings: intake.check_dataset_file(path, settings.max_dataset_bytes), extra_fields={},
-)  # fmt: skip
+datasets_router = build_router(kind="dataset", out=DatasetOut, listing=DatasetList, extra_fields={})

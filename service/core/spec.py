@@ -8,9 +8,9 @@ shared/ALGORITHMS.md: early-bird [EB]/[SPLINE], spline channel scoring [SPLINE],
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
 from service.core.registry import CRITERION_NAMES
 
@@ -66,33 +66,71 @@ class ProbMaskParams(Strict):
 
 
 class FinetuneParams(Strict):
-    """Plain training of the pruned network (masks, if any, stay fixed)."""
+    """Training of the pruned network (masks, if any, stay fixed), with optional recovery aids."""
 
     epochs: Epochs = 10
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        None, description="Budget in optimizer steps instead of epochs (rounded up to whole epochs); "
+        "scales the budget with the dataset. Overrides epochs."
+    )
     lr: Positive = 0.01
     distill: Fraction = Field(
         0.0, description="Weight of knowledge distillation from the dense model (0: plain "
-        "cross-entropy; Hinton et al., temperature 4)."
+        "cross-entropy; Hinton et al. 2015)."
+    )
+    distill_temperature: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 4.0
+    warmup: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = Field(
+        0.0, description="Fraction of the finetune's steps with a linear learning-rate warm-up (0: none)."
+    )
+    patience: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        None, description="Early stopping: stop after this many epochs without a better validation "
+        "accuracy (epochs/steps stay the cap). None: train the whole budget."
+    )
+    restore_best: bool = Field(
+        False, description="End with the weights of the epoch with the best validation accuracy "
+        "(the starting weights included)."
+    )
+    recalibrate_bn: bool = Field(
+        False, description="Re-estimate BatchNorm running statistics on training batches before "
+        "finetuning (stale after channel surgery); no effect without BatchNorm."
     )
 
 
-class EarlyBirdStage(Strict):
-    early_bird: EarlyBirdParams
+class StageEntry(Strict):
+    """One entry of ``pipeline``: ``{<stage name>: <its params>}`` (one key)."""
+
+    @property
+    def name(self) -> str:
+        return next(iter(type(self).model_fields))
+
+    @property
+    def params(self) -> Strict:
+        return getattr(self, self.name)
 
 
-class PruneChannelsStage(Strict):
-    prune_channels: PruneChannelsParams
+# The stages a pipeline may hold: name → params type. The worker maps each params type to
+# its runner (worker.pruning.stages); adding a stage is its params model and one line here.
+STAGES: dict[str, type[Strict]] = {
+    "early_bird": EarlyBirdParams,
+    "prune_channels": PruneChannelsParams,
+    "probmask": ProbMaskParams,
+    "finetune": FinetuneParams,
+}
 
 
-class ProbMaskStage(Strict):
-    probmask: ProbMaskParams
+def _stage_entry(name: str, params: type[Strict]) -> type[StageEntry]:
+    """The ``{name: params}`` model of one stage, named like its params (``ProbMaskParams`` →
+    ``ProbMaskStage``: the schema name clients and validation errors see)."""
+    model_name = params.__name__.removesuffix("Params") + "Stage"
+    return create_model(model_name, __base__=StageEntry, __module__=__name__, **{name: (params, ...)})
 
 
-class FinetuneStage(Strict):
-    finetune: FinetuneParams
-
-
-Stage = EarlyBirdStage | PruneChannelsStage | ProbMaskStage | FinetuneStage
+STAGE_ENTRIES: dict[str, type[StageEntry]] = {name: _stage_entry(name, params) for name, params in STAGES.items()}
+EarlyBirdStage = STAGE_ENTRIES["early_bird"]
+PruneChannelsStage = STAGE_ENTRIES["prune_channels"]
+ProbMaskStage = STAGE_ENTRIES["probmask"]
+FinetuneStage = STAGE_ENTRIES["finetune"]
+Stage = Union[tuple(STAGE_ENTRIES.values())]  # noqa: UP007 - built from the table
 
 
 class ExportParams(Strict):
@@ -149,7 +187,7 @@ class JobSpec(Strict):
         return self
 
     def stage_names(self) -> list[str]:
-        return [next(iter(stage.model_dump())) for stage in self.pipeline]
+        return [stage.name for stage in self.pipeline]
 
 
 JOB_SPEC_EXAMPLE = {

@@ -16,6 +16,7 @@ from service.api.deps import hash_key
 from service.core.config import Settings
 from service.main import create_app
 from tests import servers
+from tests.factories import tiny_onnx_bytes
 
 KEYS = {"alpha": "hostile-alpha-0123456789", "beta": "hostile-beta-0123456789"}
 LIMIT = 64 * 1024
@@ -160,3 +161,58 @@ def test_a_model_with_an_unsupported_operator_is_marked_invalid_naming_op_and_no
     assert "FancyUnknownOp" in body["detail"]
 
 
+
+
+# ----------------------------------------------------------------------------- temporary files (real uvicorn)
+
+
+def _send_raw(base: str, body: bytes, *, declared: int | None = None, close_early: bool = False,
+              path: str = "/v1/models") -> bytes:  # fmt: skip
+    """POST a hand-made multipart body over a socket; with ``close_early`` the client hangs
+    up after sending it (its Content-Length promised more). Returns what the server answered."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
+                 f"Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                 f"Content-Length: {declared or len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    answer = b""
+    if not close_early:
+        with __import__("contextlib").suppress(OSError):
+            while not answer.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+    sock.close()
+    return answer
+
+
+def _file_part(name: str, content: bytes) -> bytes:
+    return (f'--b0undary\r\nContent-Disposition: form-data; name="{name}"; filename="m.onnx"\r\n\r\n').encode() + content + b"\r\n"
+
+
+def _no_temporary_files(settings: Settings) -> None:
+    servers.wait_until(lambda: not list((settings.data_dir / "tmp").glob("upload-*")), 30, "temporary files removed")
+
+
+def test_an_unterminated_multipart_body_gets_400_and_leaves_no_temporary_file(uvicorn_api) -> None:
+    base, settings = uvicorn_api
+    answer = _send_raw(base, _file_part("file", tiny_onnx_bytes()).rstrip(b"\r\n"))  # no closing boundary
+    assert answer.startswith(b"HTTP/1.1 400") and b"malformed-multipart" in answer, answer[:300]
+    _no_temporary_files(settings)
+
+
+def test_repeated_file_parts_get_422_and_leave_no_temporary_file(uvicorn_api) -> None:
+    base, settings = uvicorn_api
+    body = _file_part("file", tiny_onnx_bytes()) + _file_part("file", tiny_onnx_bytes()) + b"--b0undary--\r\n"
+    answer = _send_raw(base, body)
+    assert answer.startswith(b"HTTP/1.1 422") and b"duplicate-part" in answer, answer[:300]
+    _no_temporary_files(settings)
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/jobs/upload"])
+def test_a_client_that_disconnects_mid_upload_leaves_no_temporary_file(uvicorn_api, path: str) -> None:
+    base, settings = uvicorn_api
+    partial = _file_part("file" if path == "/v1/models" else "model", b"\x08\x07" + b"\x00" * 20000)
+    _send_raw(base, partial, declared=len(partial) + 40000, close_early=True, path=path)
+    _no_temporary_files(settings)

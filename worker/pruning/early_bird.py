@@ -9,6 +9,11 @@ therefore no entry. ``found_epoch`` is the epoch at which the ticket was found.
 - :class:`BNScaleDetector` — [EB]: masks from the global p-quantile of |γ| over all
   BatchNorm layers, trained with an L1 penalty on γ.
 - :class:`SplineDetector` — [SPLINE]: region codes on a fixed probe set; works without BN.
+
+Both are callbacks of the training loop (:mod:`worker.pruning.training.callbacks`):
+``on_epoch_end`` steps the detector and stops training once a ticket is found;
+``state_dict``/``load_state_dict`` go into the stage's checkpoint; the ``bn`` detector
+also adds its L1 subgradient ``after_backward``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class _Curve:
         self.distance_epochs = [int(e) for e in state["distance_epochs"]]
         self.found_epoch = state["found_epoch"]
 
+    def on_epoch_end(self, state) -> bool:
+        """Training-loop hook: step the detector on the epoch's weights; True stops training."""
+        return self.step(state.model)
+
 
 class BNScaleDetector(_Curve):
     """[EB] detector on BatchNorm scale factors.
@@ -83,10 +92,14 @@ class BNScaleDetector(_Curve):
 
     @torch.no_grad()
     def add_l1_subgradient(self, model: nn.Module) -> None:
-        """Add λ·sign(γ) to every BN scale's gradient (use as ``train(after_backward=...)``)."""
+        """Add λ·sign(γ) to every BN scale's gradient."""
         for bn in self._bns(model):
             if bn.weight is not None and bn.weight.grad is not None:
                 bn.weight.grad.add_(torch.sign(bn.weight), alpha=self.l1_lambda)
+
+    def after_backward(self, state) -> None:
+        """Training-loop hook: the L1 subgradient on the BN scales ([EB])."""
+        self.add_l1_subgradient(state.model)
 
     @torch.no_grad()
     def layer_masks(self, model: nn.Module) -> list[torch.Tensor]:

@@ -22,7 +22,10 @@ from torch.nn.utils import parametrize
 
 from worker.io.data import DataSplits
 from worker.pruning.layers import discover_layers, resolve_excludes
-from worker.training import ExtraParams, TrainHooks, evaluate, resolve_device, train
+from worker.pruning.training import BaseCallback, FreezeMasks, TrainConfig, TrainState, evaluate, train
+from worker.pruning.training.config import cosine_factor
+from worker.pruning.training.devices import resolve_device
+from worker.pruning.training.losses import Loss
 
 log = logging.getLogger(__name__)
 
@@ -323,112 +326,90 @@ class ProbMaskSparsifier:
         return out
 
 
-# --------------------------------------------------------------------------- running it
+# --------------------------------------------------------------------------- in the training loop
+
+
+class ProbMaskTraining(BaseCallback):
+    """The sparsifier as a callback of the training loop ([PROBMASK] §4).
+
+    The scores are this callback's own parameters, trained with Adam (``score_lr``, no
+    weight decay, cosine over the run's epochs); τ(e) and K(e) are set at every epoch
+    start; all scores are projected onto the budget after every optimizer step. The
+    weights keep the loop's SGD. The Adam state goes into the stage's checkpoint.
+    """
+
+    def __init__(self, sparsifier: ProbMaskSparsifier, score_lr: float) -> None:
+        self.sparsifier = sparsifier
+        self.score_lr = score_lr
+        self.optimizer = torch.optim.Adam(sparsifier.score_parameters(), lr=score_lr, weight_decay=0.0)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.sparsifier.score_parameters()
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self.sparsifier.set_epoch(state.epoch, state.config.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.score_lr * cosine_factor(state.epoch, state.config.epochs)
+
+    def after_step(self, state: TrainState) -> None:
+        self.optimizer.step()
+        self.sparsifier.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def finetune_with_masks(
     model: nn.Module,
     masks: dict[str, torch.Tensor],
     data: DataSplits,
-    epochs: int,
-    lr: float,
-    **train_kwargs,
+    config: TrainConfig,
+    callbacks: Sequence = (),
+    *,
+    loss: Loss | None = None,
 ) -> list[dict]:
-    """Finetune with the masks fixed ([PROBMASK]: 20 epochs, SGD lr 1e-3 in the reference).
-
-    Masked weights are zeroed and their gradients masked after every backward, so SGD's
-    momentum and weight decay never move them: they stay exactly zero.
-    """
-    modules = dict(model.named_modules())
-    targets = {name: modules[name] for name in masks}
-    device_masks: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def apply() -> None:
-        for name, module in targets.items():
-            mask = masks[name].to(module.weight.device, module.weight.dtype)
-            device_masks[name] = mask
-            module.weight.mul_(mask)
-
-    user_after = train_kwargs.pop("after_backward", None)
-
-    def after_backward(m: nn.Module) -> None:
-        if user_after is not None:
-            user_after(m)
-        for name, module in targets.items():
-            if module.weight.grad is not None:
-                mask = device_masks.get(name)
-                if mask is None or mask.device != module.weight.device:
-                    mask = device_masks[name] = masks[name].to(module.weight.device, module.weight.dtype)
-                module.weight.grad.mul_(mask)
-
-    apply()
-    train_kwargs.setdefault("stage", "finetune_masked")
-    history = train(model, data, epochs=epochs, lr=lr, after_backward=after_backward, **train_kwargs)
-    apply()
-    return history
+    """Finetune with the masks fixed ([PROBMASK]: 20 epochs, SGD lr 1e-3 in the reference):
+    :func:`~worker.pruning.training.train` with :class:`~worker.pruning.training.FreezeMasks`."""
+    return train(model, data, config, [FreezeMasks(masks), *callbacks], loss=loss)
 
 
 def run_probmask(
     model: nn.Module,
     data: DataSplits,
+    config: TrainConfig,
     *,
     sparsity: float,
-    epochs: int,
-    lr: float = 0.01,
     score_lr: float = 6e-3,
     exclude: Iterable[str] = (),
     final_mask: Literal["topk", "sample"] = "topk",
-    mask_samples: int = 1,
     final_samples: int = 10,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    hooks: TrainHooks | None = None,
-    batch_size: int = 128,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    grad_clip: float = 3.0,
     projection: Literal["exact", "bisect"] = "exact",
-    finetune_epochs: int = 0,
-    finetune_lr: float = 1e-3,
-    stage: str = "probmask",
+    callbacks: Sequence = (),
 ) -> dict:
-    """Train ``model`` in place with ProbMask, fix the final mask, squash it and
-    optionally finetune with the mask fixed.
+    """Train ``model`` in place with ProbMask, fix the final mask and squash it.
 
-    Weights: SGD (momentum, weight decay, cosine, ``lr``); scores: Adam (``score_lr``,
-    no weight decay, cosine); global gradient-norm clip 3; projection after every step;
-    τ(e) and K(e) per epoch; ``mask_samples`` relaxed masks averaged per minibatch.
-    ``stage`` names the checkpoint (``<stage>.pt``, ``<stage>_finetune.pt``).
-    Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
-    ``history``, ``finetune_history`` and ``final_mask``.
+    ``config`` is the weights' run (SGD, cosine, ``config.lr``; the reference clips the
+    global gradient norm at 3 (``grad_clip``) and averages ``forward_passes`` relaxed masks
+    per minibatch); the scores are trained by :class:`ProbMaskTraining`. ``callbacks``
+    (progress, cancellation, checkpoints) join the run. Returns ``masks``, ``sparsity``
+    (achieved), ``layers`` (per-layer sparsity), ``history`` and ``final_mask``.
     """
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(config.device)
     model.to(dev)
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
-    history = train(
-        model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        batch_size=batch_size, seed=seed, device=dev, stage=stage, hooks=hooks,
-        extra_params=ExtraParams(sparsifier.score_parameters(), score_lr, 0.0, sparsifier.step),
-        on_epoch_start=lambda e, _m: sparsifier.set_epoch(e, epochs),
-        grad_clip=grad_clip, forward_passes=mask_samples,
-    )  # fmt: skip
+    history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks])
     subset = slice(0, min(len(data.x_train), 2048))
     sparsifier.choose_final_masks(
         final_mask,
         score_fn=lambda: evaluate(model, data.x_train[subset], data.y_train[subset], device=dev),
         samples=final_samples,
-        seed=seed,
+        seed=config.seed,
     )
     layers = sparsifier.layer_report()
     masks = sparsifier.squash_mask()
-    finetune_history: list[dict] = []
-    if finetune_epochs > 0:
-        finetune_history = finetune_with_masks(
-            model, masks, data, finetune_epochs, finetune_lr, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=dev,
-            stage=f"{stage}_finetune", hooks=hooks,
-        )  # fmt: skip
     kept = sum(v["kept"] for v in layers.values())
     total = sum(v["weights"] for v in layers.values())
     return {
@@ -436,7 +417,6 @@ def run_probmask(
         "sparsity": 1.0 - kept / max(1, total),
         "layers": layers,
         "history": history,
-        "finetune_history": finetune_history,
         "final_mask": final_mask,
     }
 
@@ -444,6 +424,7 @@ def run_probmask(
 __all__ = [
     "ProbMaskParametrization",
     "ProbMaskSparsifier",
+    "ProbMaskTraining",
     "finetune_with_masks",
     "kept_fraction",
     "project_scores_",

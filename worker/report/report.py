@@ -76,23 +76,30 @@ def versions() -> dict[str, str | None]:
     }
 
 
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv/Linear layer by module name (what :func:`layer_stats`
+    needs of the dense model, without keeping a copy of it)."""
+    return {name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+            for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}  # fmt: skip
+
+
 def layer_stats(
-    before: nn.Module, after: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
+    before: nn.Module | Mapping[str, int], after: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
 ) -> list[dict[str, Any]]:
     """Per Conv/Linear layer: output channels before/after and weight sparsity after.
 
-    Layers are matched by module name. ``masks`` (``"<layer>.weight"`` or ``"<layer>"`` →
-    0/1 tensor) count as zeros where 0; otherwise zeros are read from the weights.
+    ``before`` is the dense model or its :func:`channel_counts`. Layers are matched by module
+    name. ``masks`` (``"<layer>.weight"`` or ``"<layer>"`` → 0/1 tensor) count as zeros where
+    0; otherwise zeros are read from the weights.
     """
     masks = masks or {}
-    dense = {name: module for name, module in before.named_modules() if isinstance(module, _PRUNABLE)}
+    dense = channel_counts(before) if isinstance(before, nn.Module) else dict(before)
     rows = []
     for name, module in after.named_modules():
         if not isinstance(module, _PRUNABLE):
             continue
         out_after = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        ref = dense.get(name)
-        out_before = None if ref is None else (ref.out_features if isinstance(ref, nn.Linear) else ref.out_channels)
+        out_before = dense.get(name)
         weight = module.weight.detach()
         mask = masks.get(f"{name}.weight", masks.get(name))
         nonzero = int((mask != 0).sum()) if mask is not None else int((weight != 0).sum())

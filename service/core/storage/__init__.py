@@ -5,9 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from service.core.config import Settings
-from service.core.storage.base import ArtifactNotFound, ArtifactStore
+from service.core.storage.base import ArtifactNotFound, ArtifactStore, StorageError, StorageUnavailable
 
-__all__ = ["ArtifactNotFound", "ArtifactStore", "open_store"]
+__all__ = ["ArtifactNotFound", "ArtifactStore", "StorageError", "StorageUnavailable", "open_store"]
 
 
 def open_store(settings: Settings, uri: str | None = None) -> ArtifactStore:

@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
-class ArtifactNotFound(KeyError):
+class StorageError(Exception):
+    """The artifact store refused or failed an operation (backends wrap their own errors)."""
+
+
+class StorageUnavailable(StorageError):
+    """The store could not be reached or answered 5xx/throttling after its own retries: a
+    transient condition, worth retrying later."""
+
+
+class ArtifactNotFound(StorageError, KeyError):
     """No object is stored under the requested key."""
 
 

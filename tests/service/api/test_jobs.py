@@ -141,3 +141,68 @@ def test_a_spec_that_is_not_json_gets_422(client, model_id) -> None:
 def test_the_spec_schema_lists_every_stage(client) -> None:
     schema = client.get("/v1/jobs/spec-schema").json()
     assert {"EarlyBirdStage", "PruneChannelsStage", "ProbMaskStage", "FinetuneStage"} <= set(schema["$defs"])
+
+
+def _multipart(client, spec: dict, key: str | None = None, path: str = "/v1/jobs/upload"):
+    return client.post(path, files={"model": ("m.onnx", tiny_onnx_bytes()), "dataset": ("d.npz", npz_bytes())},
+                       data={"spec": json.dumps(spec)}, headers={"Idempotency-Key": key} if key else {})  # fmt: skip
+
+
+def _stored_uploads(settings) -> list:
+    root = settings.data_dir / "artifacts" / "uploads"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_a_multipart_job_refused_for_its_callback_stores_no_file_and_no_row(client, settings) -> None:
+    response = _multipart(client, {"callback_url": "http://127.0.0.1:9/hook"})
+    assert response.status_code == 422 and response.json()["type"].endswith("/callback-refused")
+    assert client.get("/v1/models").json()["items"] == [] and client.get("/v1/datasets").json()["items"] == []
+    assert _stored_uploads(settings) == []
+    assert list((settings.data_dir / "tmp").glob("upload-*")) == []
+
+
+def test_a_multipart_job_with_an_invalid_spec_stores_nothing(client, settings) -> None:
+    response = _multipart(client, {"pipeline": [{"finetune": {"epochs": -1}}]})
+    assert response.status_code == 422 and response.json()["type"].endswith("/invalid-spec")
+    assert client.get("/v1/models").json()["items"] == [] and _stored_uploads(settings) == []
+
+
+def test_an_idempotent_multipart_replay_reuses_the_files_of_the_first_request(client, settings) -> None:
+    answers = [_multipart(client, {"seed": 3}, key="ci-build-7") for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 200, 200]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len(client.get("/v1/models").json()["items"]) == 1
+    assert len(client.get("/v1/datasets").json()["items"]) == 1
+    assert len(_stored_uploads(settings)) == 2
+    other = _multipart(client, {"seed": 4}, key="ci-build-7")
+    assert other.status_code == 422 and other.json()["type"].endswith("/idempotency-key-reused")
+    assert len(client.get("/v1/models").json()["items"]) == 1
+
+
+def test_multipart_job_files_take_the_upload_path_and_await_inspection(client) -> None:
+    for path in ("/v1/jobs/upload", "/v1/jobs"):  # the dedicated route, and the JSON route's compatibility
+        job = _multipart(client, {"seed": 1}, path=path).json()
+        model = client.get(f"/v1/models/{job['model_id']}").json()
+        dataset = client.get(f"/v1/datasets/{job['dataset_id']}").json()
+        assert model["status"] == dataset["status"] == "validating"  # a worker's inspection decides, never the API
+        assert model["format"] == "onnx" and job["spec"]["model_id"] == model["id"]
+
+
+def test_a_multipart_job_with_an_unacceptable_file_is_refused_with_the_upload_reason(client, settings) -> None:
+    response = client.post("/v1/jobs/upload", files={"model": ("m.onnx", b"")}, data={"spec": json.dumps({"dataset": {"builtin": "digits"}})})
+    assert response.status_code == 422 and response.json()["type"].endswith("/empty-file")
+    assert _stored_uploads(settings) == []
+
+
+@pytest.mark.parametrize("kind", ["model", "dataset"])
+def test_an_upload_a_queued_job_uses_cannot_be_deleted_until_the_job_ends(client, kind) -> None:
+    job = _multipart(client, {"seed": 5}).json()
+    item_id = job[f"{kind}_id"]
+    refused = client.delete(f"/v1/{kind}s/{item_id}")
+    assert refused.status_code == 409
+    body = refused.json()
+    assert body["type"].endswith(f"/{kind}-in-use") and body["job_id"] == job["id"] and job["id"] in body["detail"]
+    assert client.get(f"/v1/{kind}s/{item_id}").status_code == 200
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.delete(f"/v1/{kind}s/{item_id}").status_code == 204
+    assert client.get(f"/v1/{kind}s/{item_id}").status_code == 404

@@ -9,7 +9,7 @@ from tests.worker.pruning.tiny import MLP, ConvBN1d, make_data
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector
 from worker.pruning.layers import discover_layers
 from worker.pruning.regions import select_probes
-from worker.training import TrainHooks, train
+from worker.pruning.training import TrainConfig, TrainHooks, train
 
 DATA = make_data((1, 16), n_train=128, n_val=32)
 
@@ -18,9 +18,7 @@ def test_bn_detector_fires_on_a_converged_toy_run_and_records_its_curve():
     torch.manual_seed(0)
     model = ConvBN1d()
     detector = BNScaleDetector(ratio=0.5)
-    history = train(model, DATA, epochs=30, lr=0.05, batch_size=32,
-                    after_backward=detector.add_l1_subgradient,
-                    on_epoch_end=lambda _e, m: detector.step(m))  # fmt: skip
+    history = train(model, DATA, TrainConfig(epochs=30, lr=0.05, batch_size=32), [detector])
     assert detector.found_epoch is not None and detector.found_epoch >= 5  # needs 5 masks
     assert len(history) == detector.found_epoch < 30  # training stopped at the ticket
     # one curve point per epoch after the first; the last one is under the threshold
@@ -33,7 +31,7 @@ def test_spline_detector_fires_on_a_model_without_batchnorm():
     torch.manual_seed(0)
     model = MLP()
     detector = SplineDetector(select_probes(DATA.x_train, n=128), discover_layers(model))
-    history = train(model, DATA, epochs=30, lr=0.05, batch_size=32, on_epoch_end=lambda _e, m: detector.step(m))
+    history = train(model, DATA, TrainConfig(epochs=30, lr=0.05, batch_size=32), [detector])
     assert detector.found_epoch is not None and detector.found_epoch >= 4  # 3 earlier epochs
     assert len(history) == detector.found_epoch
     assert max(detector.distances[-1:]) < 0.16
@@ -92,9 +90,8 @@ def test_detector_state_survives_a_resumed_early_bird_run(tmp_path):
             return cancel_after is not None and steps["n"] > cancel_after
 
         try:
-            train(model, DATA, epochs=6, lr=0.05, batch_size=32, stage="eb", stateful=detector,
-                  on_epoch_end=lambda _e, m: detector.step(m),
-                  hooks=TrainHooks(checkpoint_dir=checkpoint_dir, should_cancel=should_cancel))  # fmt: skip
+            hooks = TrainHooks(checkpoint_dir=checkpoint_dir, should_cancel=should_cancel)
+            train(model, DATA, TrainConfig(epochs=6, lr=0.05, batch_size=32, stage="eb"), [detector, *hooks.callbacks("eb")])
         except Exception:  # noqa: BLE001 - the Cancelled of the interrupted run
             pass
         return detector

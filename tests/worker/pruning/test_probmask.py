@@ -18,7 +18,7 @@ from worker.pruning.probmask import (
     run_probmask,
     temperature,
 )
-from worker.training import evaluate
+from worker.pruning.training import TrainConfig, evaluate
 
 DATA = make_data((1, 16), n_train=96, n_val=32)
 
@@ -99,7 +99,7 @@ def test_probmask_reaches_exactly_the_requested_sparsity_with_a_non_uniform_glob
     torch.manual_seed(0)
     model = MLP()
     data = make_data((1, 16), n_train=192, n_val=64)
-    result = run_probmask(model, data, sparsity=0.7, epochs=10, lr=0.05, score_lr=0.02, batch_size=32)
+    result = run_probmask(model, data, TrainConfig(epochs=10, lr=0.05, batch_size=32), sparsity=0.7, score_lr=0.02)
     weights = {n: m.weight for n, m in model.named_modules() if n in result["masks"]}
     assert set(weights) == {"fc1", "fc2", "fc3"}  # everything masked by default, classifier too
     n = sum(w.numel() for w in weights.values())
@@ -119,7 +119,7 @@ def test_exclude_keeps_named_layers_dense_and_out_of_the_budget():
     torch.manual_seed(0)
     model = MLP()
     dense_fc3 = model.fc3.weight.detach().clone()
-    result = run_probmask(model, DATA, sparsity=0.5, epochs=2, exclude=["last"], batch_size=32, seed=1)
+    result = run_probmask(model, DATA, TrainConfig(epochs=2, lr=0.01, batch_size=32, seed=1), sparsity=0.5, exclude=["last"])
     assert set(result["masks"]) == {"fc1", "fc2"}
     assert model.fc3.weight.shape == dense_fc3.shape and bool((model.fc3.weight != 0).all())
     n = model.fc1.weight.numel() + model.fc2.weight.numel()
@@ -172,7 +172,7 @@ def test_finetuning_with_fixed_masks_keeps_pruned_weights_at_zero():
     masks = {n: torch.rand(m.weight.shape, generator=gen) > 0.6 for n, m in model.named_modules() if n}
     masks = {n: masks[n] for n in ("fc1", "fc2")}
     before = model.fc3.weight.detach().clone()
-    finetune_with_masks(model, masks, DATA, epochs=2, lr=0.1, batch_size=32)
+    finetune_with_masks(model, masks, DATA, TrainConfig(epochs=2, lr=0.1, batch_size=32))
     for name in masks:
         weight = dict(model.named_modules())[name].weight
         assert bool((weight[~masks[name]] == 0).all())
@@ -181,13 +181,17 @@ def test_finetuning_with_fixed_masks_keeps_pruned_weights_at_zero():
 
 
 def test_probmask_checkpoints_under_its_stage_name_and_resumes_to_the_same_masks(tmp_path):
-    from worker.training import Cancelled, TrainHooks
+    from worker.pruning.training import Cancelled, TrainHooks
 
     def run(hooks=None):
         torch.manual_seed(0)
         model = MLP()
-        return run_probmask(model, DATA, sparsity=0.6, epochs=4, batch_size=32, seed=2, stage="s2_probmask",
-                            finetune_epochs=1, hooks=hooks)  # fmt: skip
+        config = TrainConfig(epochs=4, lr=0.01, batch_size=32, seed=2, stage="s2_probmask", grad_clip=3.0)
+        result = run_probmask(model, DATA, config, sparsity=0.6, callbacks=(hooks or TrainHooks()).callbacks(config.stage))
+        finetune = config.with_(epochs=1, lr=1e-3, stage="s2_probmask_finetune", grad_clip=None)
+        result["finetune_history"] = finetune_with_masks(model, result["masks"], DATA, finetune,
+                                                         (hooks or TrainHooks()).callbacks(finetune.stage))  # fmt: skip
+        return result
 
     expected = run()
     steps = {"n": 0}

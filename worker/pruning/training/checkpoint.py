@@ -65,10 +65,18 @@ def load_checkpoint(path: Path, stage: str, model: nn.Module) -> dict[str, Any] 
     return payload
 
 
-def _stateful(state: TrainState) -> list[Any]:
-    return [
-        cb for cb in state.callbacks if callable(getattr(cb, "state_dict", None)) and not isinstance(cb, Checkpointing)
-    ]
+def _stateful(state: TrainState) -> dict[str, Any]:
+    """The callbacks with a state, keyed ``<class name>#<occurrence>``: a resumed run may
+    have other stateless callbacks (no cancellation poller, say) and still find its states."""
+    keyed: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for cb in state.callbacks:
+        if isinstance(cb, Checkpointing) or not callable(getattr(cb, "state_dict", None)):
+            continue
+        name = type(cb).__name__
+        keyed[f"{name}#{counts.get(name, 0)}"] = cb
+        counts[name] = counts.get(name, 0) + 1
+    return keyed
 
 
 class Checkpointing(BaseCallback):
@@ -87,12 +95,12 @@ class Checkpointing(BaseCallback):
             return
         state.model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
-        saved = payload.get("callbacks", [])
-        for cb, entry in zip(_stateful(state), saved, strict=False):
-            if entry["type"] == type(cb).__name__:
-                cb.load_state_dict(entry["state"])
+        saved = payload.get("callbacks", {})
+        for key, cb in _stateful(state).items():
+            if key in saved:
+                cb.load_state_dict(saved[key])
             else:
-                log.warning("checkpoint %s: callback %s has no saved state", self.path, type(cb).__name__)
+                log.warning("checkpoint %s: callback %s has no saved state", self.path, key)
         state.history = list(payload["history"])
         state.start_epoch = int(payload["epoch"])
         state.step = state.start_epoch * state.steps_per_epoch
@@ -110,7 +118,7 @@ class Checkpointing(BaseCallback):
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "history": state.history,
-            "callbacks": [{"type": type(cb).__name__, "state": cb.state_dict()} for cb in _stateful(state)],
+            "callbacks": {key: cb.state_dict() for key, cb in _stateful(state).items()},
             "rng": rng_state(),
         }
         save_checkpoint(self.path, payload)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from worker.pruning.training.callbacks import BaseCallback, TrainState
+from worker.pruning.training.evaluation import evaluate
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -21,12 +22,15 @@ def _val(state: TrainState) -> float:
 
 class RestoreBest(BaseCallback):
     """Keep a copy of the weights of the epoch with the best validation accuracy and load
-    them back when training ends (ties: the earlier epoch). ``baseline``: the validation
-    accuracy of the weights before training (the starting weights count as a candidate, so
-    finetuning never ends worse on validation than it started); None to ignore them."""
+    them back when training ends (ties: the earlier epoch). With ``include_start`` the
+    weights training starts from are a candidate too (epoch 0), so a run never ends worse
+    on validation than it started. Put it after callbacks that change the weights when
+    training starts (BatchNorm recalibration)."""
 
-    def __init__(self, baseline: float | None = None) -> None:
-        self.baseline = baseline
+    order = 50  # after the callbacks that decide to stop, before checkpointing
+
+    def __init__(self, include_start: bool = True) -> None:
+        self.include_start = include_start
         self.best_accuracy = -math.inf
         self.best_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -36,8 +40,10 @@ class RestoreBest(BaseCallback):
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def on_train_start(self, state: TrainState) -> None:
-        if self.baseline is not None and self.best_weights is None:
-            self.best_accuracy, self.best_epoch, self.best_weights = self.baseline, 0, self._copy(state.model)
+        if self.include_start and self.best_weights is None and state.start_epoch == 0:
+            accuracy = evaluate(state.model, state.data.x_val, state.data.y_val, device=state.device)
+            if not math.isnan(accuracy):
+                self.best_accuracy, self.best_epoch, self.best_weights = accuracy, 0, self._copy(state.model)
 
     def on_epoch_end(self, state: TrainState) -> None:
         accuracy = _val(state)

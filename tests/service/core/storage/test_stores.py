@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from service.core.config import Settings
-from service.core.storage import ArtifactNotFound, open_store
+from service.core.storage import ArtifactNotFound, StorageError, StorageUnavailable, open_store
+from tests.servers import free_port
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -41,11 +42,13 @@ def test_deleting_a_prefix_removes_every_object_under_it_only(store) -> None:
     assert store.exists("jobs/b/x")
 
 
-def test_a_missing_object_raises_not_found(store) -> None:
+def test_a_missing_object_raises_not_found(store, tmp_path: Path) -> None:
     with pytest.raises(ArtifactNotFound):
         store.size("nothing/here")
     with pytest.raises(ArtifactNotFound):
         b"".join(store.iter_bytes("nothing/here"))
+    with pytest.raises(ArtifactNotFound):
+        store.get_file("nothing/here", tmp_path / "copy")
     assert store.exists("nothing/here") is False
 
 
@@ -72,3 +75,28 @@ def test_the_local_store_refuses_keys_that_escape_its_root(tmp_path: Path) -> No
 def test_an_unknown_storage_scheme_is_refused_with_the_accepted_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file:// or s3://"):
         open_store(Settings(data_dir=tmp_path, storage_uri="ftp://host/x"))
+
+
+def test_a_stored_file_survives_the_deletion_of_its_source_and_replaces_an_older_object(store, tmp_path: Path) -> None:
+    source = tmp_path / "upload-tmp"
+    source.write_bytes(b"old" * 1000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()
+    source.write_bytes(b"new" * 2000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()  # the local store links the file on one filesystem: the object must outlive its source
+    assert b"".join(store.iter_bytes("uploads/models/m1")) == b"new" * 2000
+
+
+def test_s3_errors_reach_callers_as_our_storage_errors_not_botocore(tmp_path: Path, s3_endpoint: str) -> None:
+    down = Settings(data_dir=tmp_path, storage_uri="s3://b/p", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                    s3_access_key_id="test", s3_secret_access_key="test", s3_max_attempts=1, s3_timeout_s=1)  # fmt: skip
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    with pytest.raises(StorageUnavailable) as unreachable:
+        open_store(down).put_file("k", source)
+    assert "botocore" not in type(unreachable.value).__module__
+    missing_bucket = Settings(data_dir=tmp_path, storage_uri="s3://no-such-bucket/p", s3_endpoint_url=s3_endpoint,
+                              s3_access_key_id="test", s3_secret_access_key="test")  # fmt: skip
+    with pytest.raises(StorageError):
+        open_store(missing_bucket).put_file("k", source)

@@ -1,0 +1,77 @@
+"""Each stage runner on a tiny model: what it leaves in the engine state."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec, ProbMaskParams, PruneChannelsParams
+from tests.worker.pruning.stages.test_registry import context
+from tests.worker.pruning.tiny import MLP, ConvBN1d
+from worker.pruning.stages import EngineState, runner_for
+
+SPEC = JobSpec.model_validate({"training": {"batch_size": 32}, "seed": 1})
+
+
+def model(cls=ConvBN1d):
+    torch.manual_seed(0)
+    return cls()
+
+
+def test_prune_channels_removes_channels_and_records_the_accuracy_after_surgery():
+    state = EngineState(model=model())
+    params = PruneChannelsParams(criterion="l1", ratio=0.5, probes=16)
+    runner_for(params).run(params, context(SPEC, teacher=model()), state)
+    assert state.channels_removed and state.model.conv1.out_channels == 4
+    assert {row["layer"] for row in state.layers} >= {"conv1", "conv2"}
+    assert state.pruned_accuracy is not None
+
+
+def test_early_bird_without_a_following_prune_stage_draws_the_ticket_itself():
+    state = EngineState(model=model())
+    params = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=3, window=2, threshold=1.0)
+    runner_for(params).run(params, context(SPEC, teacher=model(), next_params=FinetuneParams()), state)
+    assert state.early_bird["found"] and state.early_bird["epoch"] == 2
+    assert state.channels_removed
+
+
+def test_early_bird_before_a_prune_stage_leaves_the_pruning_to_it():
+    state = EngineState(model=model())
+    params = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=2)
+    runner_for(params).run(params, context(SPEC, teacher=model(), next_params=PruneChannelsParams()), state)
+    assert state.early_bird["epochs_trained"] == 2 and not state.channels_removed
+    assert state.model.conv1.out_channels == 8
+
+
+def test_probmask_leaves_masks_at_the_requested_sparsity():
+    state = EngineState(model=model(MLP))
+    params = ProbMaskParams(sparsity=0.75, epochs=2)
+    runner_for(params).run(params, context(SPEC, teacher=model(MLP)), state)
+    kept = sum(int(m.sum()) for m in state.masks.values())
+    total = sum(m.numel() for m in state.masks.values())
+    assert kept == round(0.25 * total)
+
+
+def test_finetune_keeps_probmask_masks_fixed_and_can_restore_its_best_epoch():
+    state = EngineState(model=model(MLP))
+    pm = ProbMaskParams(sparsity=0.75, epochs=1)
+    runner_for(pm).run(pm, context(SPEC, teacher=model(MLP)), state)
+    params = FinetuneParams(epochs=2, restore_best=True, warmup=0.2, patience=1, recalibrate_bn=True, distill=0.5)
+    runner_for(params).run(params, context(SPEC, teacher=model(MLP)), state)
+    assert state.finetuned
+    for name, mask in state.masks.items():
+        weight = dict(state.model.named_modules())[name].weight
+        assert bool((weight[~mask] == 0).all())
+    report = state.extras["finetune"][0]
+    assert report["max_epochs"] == 2 and 0 <= report["best_epoch"] <= 2
+
+
+def test_finetune_with_distillation_leaves_the_dense_teacher_untouched():
+    teacher = model(MLP)
+    before = copy.deepcopy(teacher.state_dict())
+    state = EngineState(model=model(MLP))
+    params = FinetuneParams(epochs=1, distill=0.9)
+    runner_for(params).run(params, context(SPEC, teacher=teacher), state)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.requires_grad for p in teacher.parameters())

@@ -1,0 +1,79 @@
+"""Job execution on a real SQLite database and file store: a job whose inputs vanished fails
+with a reason the user can act on (never internal-error); a succeeded job stores the typed
+result contract and a report that names the job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.core import artifacts, crud
+from service.core.config import Settings
+from service.core.contracts import JobReport, JobResult
+from service.core.db import create_schema, make_engine, make_session_factory
+from service.core.models import JobRecord
+from service.core.storage import open_store
+from tests.factories import digits_mlp_onnx
+from worker.execution import execute_job
+
+SPEC = {"dataset": {"builtin": "digits"}, "pipeline": [{"prune_channels": {"ratio": 0.25}}, {"finetune": {"epochs": 1}}],
+        "export": {"formats": ["onnx"]}, "acceptance": {"max_accuracy_drop": 100.0}}
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings)
+    create_schema(engine)
+    sessions, store = make_session_factory(engine), open_store(settings)
+    model = crud.new_upload("model", "t", "m.onnx", "0" * 64, 3, format="onnx")
+    source = tmp_path / "m.onnx"
+    source.write_bytes(digits_mlp_onnx())
+    store.put_file(model.storage_key, source)
+    job = JobRecord(id="job_1", tenant="t", model_id=model.id, spec=SPEC, progress={},
+                    artifacts=[], status="queued")  # fmt: skip
+    with sessions.begin() as session:
+        session.add_all([model, job])
+    yield settings, sessions, store, model
+    engine.dispose()
+
+
+def _error(sessions) -> dict:
+    with sessions() as session:
+        job = session.get(JobRecord, "job_1")
+        assert job.status == "failed"
+        return job.error
+
+
+def test_a_job_whose_model_row_was_deleted_fails_as_input_deleted(world) -> None:
+    settings, sessions, store, model = world
+    crud.delete_rows(sessions, [model])
+    assert execute_job("job_1", settings, sessions, store) == "failed"
+    error = _error(sessions)
+    assert error["code"] == "input-deleted" and model.id in error["message"] and "upload it again" in error["message"]
+
+
+def test_a_job_whose_model_file_was_deleted_fails_as_input_deleted(world) -> None:
+    settings, sessions, store, model = world
+    store.delete_prefix(model.storage_key)
+    assert execute_job("job_1", settings, sessions, store) == "failed"
+    error = _error(sessions)
+    assert error["code"] == "input-deleted" and model.id in error["message"]
+
+
+def test_a_succeeded_job_stores_the_typed_result_and_a_report_naming_the_job(world, tmp_path) -> None:
+    settings, sessions, store, _ = world
+    assert execute_job("job_1", settings, sessions, store) == "succeeded"
+    with sessions() as session:
+        job = session.get(JobRecord, "job_1")
+        result, listed = JobResult.model_validate(job.result), job.artifacts
+    assert result.acceptance.passed and result.parameters.after < result.parameters.before
+    assert [a["name"] for a in listed] == ["model.onnx", "report.json", "report.html"]
+    assert all(a["media_type"] == artifacts.media_type(a["name"]) for a in listed)
+    store.get_file(artifacts.artifact_key("job_1", "report.json"), tmp_path / "report.json")
+    report = JobReport.model_validate(json.loads((tmp_path / "report.json").read_text()))
+    assert report.job_id == "job_1" and report.acceptance == result.acceptance
+    store.get_file(artifacts.artifact_key("job_1", "report.html"), tmp_path / "report.html")
+    assert "job_1" in (tmp_path / "report.html").read_text()

@@ -1,0 +1,75 @@
+"""What a stage runner is given (:class:`StageContext`), what the stages build together
+(:class:`EngineState`), and the :class:`StageRunner` protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+from torch import nn
+
+from service.core.spec import JobSpec
+from worker.io.data import DataSplits
+from worker.pruning.training import TrainConfig, TrainHooks, evaluate
+
+P = TypeVar("P", contravariant=True)
+
+
+@dataclass
+class EngineState:
+    """The model as the stages leave it, and what they report about it."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor] | None = None  # unstructured keep masks (ProbMask)
+    layers: list[dict] = field(default_factory=list)  # per-layer channels before/after
+    channels_removed: bool = False
+    excluded: dict[str, str] = field(default_factory=dict)  # layer -> why its channels stay (partial pruning)
+    pruned_accuracy: float | None = None  # validation accuracy right after the last pruning
+    finetuned: bool = False
+    early_bird: dict | None = None  # the early-bird report section
+    extras: dict[str, Any] = field(default_factory=dict)  # stage-specific report entries
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides its params and the state: the data, the job spec
+    (seed, training defaults), the device, the job's hooks (progress, cancellation,
+    checkpoints), the dense model (a CPU copy, the distillation teacher), the stage's id
+    (``<index>-<name>``: names its checkpoints and progress events) and the params of the
+    stage that follows (None for the last)."""
+
+    data: DataSplits
+    spec: JobSpec
+    device: torch.device
+    hooks: TrainHooks
+    teacher: nn.Module
+    stage_id: str
+    next_params: Any = None
+
+    def train_config(self, *, epochs: int, lr: float, **changes) -> TrainConfig:
+        """The job's training defaults (batch size, weight decay, seed) for one run."""
+        base = TrainConfig(
+            epochs=epochs, lr=lr, batch_size=self.spec.training.batch_size, weight_decay=self.spec.training.weight_decay,
+            seed=self.spec.seed, device=self.device, stage=self.stage_id,
+        )  # fmt: skip
+        return base.with_(**changes) if changes else base
+
+    def callbacks(self, stage: str | None = None) -> list:
+        """Progress, cancellation and checkpoint callbacks for the run named ``stage``."""
+        return self.hooks.callbacks(stage or self.stage_id)
+
+    def evaluate(self, model: nn.Module) -> float:
+        return evaluate(model, self.data.x_val, self.data.y_val, device=self.device)
+
+
+class StageRunner(Protocol, Generic[P]):
+    """Runs one stage type. ``planned_epochs``: the training epochs it will run at most
+    (for progress percentages); ``run``: change ``state`` in place."""
+
+    def planned_epochs(self, params: P, n_train: int, batch_size: int) -> int: ...
+
+    def run(self, params: P, context: StageContext, state: EngineState) -> None: ...
+
+
+__all__ = ["EngineState", "StageContext", "StageRunner"]

@@ -1,0 +1,25 @@
+"""``probmask``: unstructured sparsity under one global budget ([PROBMASK]; ALGORITHMS §4)."""
+
+from __future__ import annotations
+
+from service.core.spec import ProbMaskParams
+from worker.pruning.probmask import run_probmask
+from worker.pruning.stages.base import EngineState, StageContext
+
+GRAD_CLIP = 3.0  # [PROBMASK] clips the global gradient norm at 3
+
+
+class ProbMaskRunner:
+    def planned_epochs(self, params: ProbMaskParams, n_train: int, batch_size: int) -> int:
+        return params.epochs
+
+    def run(self, params: ProbMaskParams, context: StageContext, state: EngineState) -> None:
+        config = context.train_config(
+            epochs=params.epochs, lr=params.lr, grad_clip=GRAD_CLIP, forward_passes=params.mask_samples
+        )
+        result = run_probmask(
+            state.model, context.data, config, sparsity=params.sparsity, score_lr=params.score_lr,
+            exclude=params.exclude, final_mask=params.final_mask, callbacks=context.callbacks(),
+        )  # fmt: skip
+        state.masks = result["masks"]
+        state.pruned_accuracy = context.evaluate(state.model)
