@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from service.api.deps import hash_key
+from service.api.uploads import BLOCK_BYTES
 from service.core.config import Settings
 from service.core.dispatch import TIME_LIMIT_GRACE_S
 from service.core.queue import PING_TASK, make_celery
@@ -375,8 +376,9 @@ def test_a_database_outage_answers_503_problems_and_loses_nothing(stack: Stack) 
     assert retried.status_code == 202  # the failed POST created nothing: its retry creates the job
 
 
-def _partial_upload(base: str, sent: int = 256 * 1024) -> socket.socket:
-    """Start a 10 MiB multipart model upload and stop after ``sent`` bytes of it."""
+def _partial_upload(base: str, sent: int = 2 * BLOCK_BYTES + 256 * 1024) -> socket.socket:
+    """Start a 10 MiB multipart model upload and stop after ``sent`` bytes of it (more than
+    the API gathers before it writes a block to disk, less than the whole body)."""
     host, port = base.removeprefix("http://").split(":")
     boundary = "shearsboundary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.onnx\"\r\n"
