@@ -153,6 +153,7 @@ def run_pipeline(
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
     finetuned, pruned_accuracy, channels_removed = state.finetuned, state.pruned_accuracy, state.channels_removed
+    probmask_info = state.extras.get("probmask")
 
     model = model.cpu().eval()
     files: dict[str, Path] = {}
@@ -178,7 +179,7 @@ def run_pipeline(
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
         layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
-        early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
+        early_bird=early_bird, probmask=probmask_info, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
         if data.x_test is not None else None,

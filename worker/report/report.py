@@ -22,6 +22,8 @@ layers           [{name, type, channels_before, channels_after, kept_fraction,
                    weights, nonzero_weights, sparsity}]
 structure        {channels_removed: bool, unstructured_sparsity: float | None}
 early_bird       {detector, found, epoch, distances: [float], threshold} | None
+probmask         {sparsity, score_lr, steps, undecided, warnings} | None  # undecided: scores in (0.05, 0.95)
+warnings         [str]                                  # things the user should look at (undecided scores)
 training_curves  {stage: {epoch: [int], train_loss: [float], val_accuracy: [float]}}
 timings          {stage: seconds, "total": seconds}
 exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
@@ -49,8 +51,8 @@ from torch import nn
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
     "schema_version", "job_id", "created_at", "model", "dataset", "spec", "accuracy", "test_accuracy",
-    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "training_curves",
-    "timings", "exports", "versions", "acceptance",
+    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "probmask",
+    "warnings", "training_curves", "timings", "exports", "versions", "acceptance",
 )  # fmt: skip
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -151,6 +153,7 @@ def build_report(
     layers: list[dict[str, Any]] | None = None,
     channels_removed: bool = False,
     early_bird: Mapping[str, Any] | None = None,
+    probmask: Mapping[str, Any] | None = None,
     training_curves: Mapping[str, Mapping[str, list]] | None = None,
     timings: Mapping[str, float] | None = None,
     max_accuracy_drop: float | None = None,
@@ -203,6 +206,8 @@ def build_report(
             "unstructured_sparsity": (1.0 - nonzero / total_weights) if total_weights else None,
         },
         "early_bird": dict(early_bird) if early_bird else None,
+        "probmask": dict(probmask) if probmask else None,
+        "warnings": list((probmask or {}).get("warnings", [])),
         "training_curves": {k: dict(v) for k, v in (training_curves or {}).items()},
         "timings": timings,
         "exports": dict(exports or {}),
@@ -351,6 +356,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<p class='{verdict.lower()}'><b>Acceptance: {verdict}</b> — accuracy drop "
         f"{html.escape(_fmt(acceptance['measured_drop']))} points (allowed "
         f"{html.escape(_fmt(acceptance['max_accuracy_drop']))}).</p>",
+        *(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in report.get("warnings") or []),
         "<h2>Summary</h2>",
         _table(
             [

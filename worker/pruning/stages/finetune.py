@@ -15,16 +15,14 @@ from worker.pruning.training import (
     FreezeMasks,
     RestoreBest,
     Warmup,
-    epochs_for_steps,
     train,
 )
 
 
 def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> int:
-    """``epochs``, or the whole epochs that hold ``steps`` optimizer steps when it is set."""
-    if params.steps is not None:
-        return epochs_for_steps(params.steps, n_train, batch_size)
-    return params.epochs
+    """``epochs``; or the whole epochs that hold ``steps`` optimizer steps; or the default
+    budget (:meth:`FinetuneParams.resolved_epochs`: 1000 steps, 10–100 epochs)."""
+    return params.resolved_epochs(n_train, batch_size)
 
 
 class FinetuneRunner:
