@@ -154,8 +154,7 @@ def deployment(
             "rate_limit_per_s": 1e6, "rate_limit_burst": 1_000_000,
         }  # fmt: skip
         if database == "postgres":
-            if not servers.postgres_available():
-                raise RuntimeError("PostgreSQL is not available")
+            servers.ensure_postgres()
             update["database_url"] = dep._stack.enter_context(servers.postgres_database())
         if storage == "s3":
             moto_proc, endpoint = servers.start_moto(tmp)

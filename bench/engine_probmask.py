@@ -161,7 +161,7 @@ def earlybird_times(arch: str, width: float, batch: int, train_n: int, probes: i
         start = time.perf_counter()
         bn.step(model)
         bn_checks.append(time.perf_counter() - start)
-    prunable = [l for l in layers if l.out_features > 1][:-1]
+    prunable = [layer for layer in layers if layer.out_features > 1][:-1]
     start = time.perf_counter()
     score_layers(model, prunable, "spline", probe_x, seed=0)
     spline_scoring_s = time.perf_counter() - start

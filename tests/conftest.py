@@ -63,8 +63,7 @@ def s3_endpoint(server_logs: Path, announce) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_url(announce) -> Iterator[str]:
-    if not servers.postgres_available():
-        pytest.skip("no PostgreSQL installation on this machine (SQLite variants still run)")
+    servers.ensure_postgres()
     with servers.postgres_database() as url:
         announce(f"PostgreSQL database {url.rsplit('/', 1)[1]} created")
         yield url

@@ -138,8 +138,10 @@ def start_moto(log_dir: Path, host: str = "127.0.0.1") -> tuple[Process, str]:
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def postgres_available() -> bool:
-    """True when PostgreSQL answers on loopback, starting the local cluster if it is down."""
+def ensure_postgres() -> None:
+    """Make PostgreSQL answer on loopback: start the local cluster when it is down, install
+    Debian's ``postgresql`` first when it is missing. Raises when that fails: the tests that
+    need PostgreSQL must fail, never skip, on a machine where it cannot run."""
     import psycopg
 
     def answers() -> bool:
@@ -147,16 +149,21 @@ def postgres_available() -> bool:
             return True
 
     with contextlib.suppress(Exception):
-        return answers()
+        if answers():
+            return
     if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
-        return False
-    for version in sorted(os.listdir("/etc/postgresql")):
-        subprocess.run(
+        ensure_binary("pg_ctlcluster", "postgresql")
+    versions = sorted(os.listdir("/etc/postgresql"))
+    if not versions:
+        raise RuntimeError("PostgreSQL is installed but has no cluster under /etc/postgresql")
+    for version in versions:
+        started = subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-            capture_output=True,
-        )
-    wait_until(answers, 30, "PostgreSQL")
-    return True
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if started.returncode not in (0, 2):  # 2: already running
+            raise RuntimeError(f"pg_ctlcluster {version} main start failed: {started.stderr.strip()}")
+    wait_until(answers, 60, f"PostgreSQL at {POSTGRES_ADMIN_URL} (trust authentication for user postgres)")
 
 
 @contextlib.contextmanager
@@ -239,7 +246,7 @@ def start_api(log_dir: Path, settings: Settings, name: str = "api") -> tuple[Pro
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.ensure_alive() and httpx.get(f"{base}/healthz", timeout=2).is_success, 60, name)
+        wait_until(lambda: proc.ensure_alive() and httpx.get(f"{base}/healthz", timeout=2).is_success, 180, name)
     except Exception:
         proc.stop()
         raise

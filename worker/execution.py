@@ -5,6 +5,7 @@ artifacts, then flip the row. Owns everything about job rows and storage so that
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import shutil
@@ -59,6 +60,20 @@ class ProgressReporter:
 
     def should_cancel(self) -> bool:
         return self.cancelled
+
+
+class JobClock:
+    """The job's own time limit, counted from the start of this execution and checked before
+    every optimizer step. Celery's soft time limit (a signal, with a grace period on top, see
+    service.core.dispatch) stays the backstop for stages without steps: a signal can land in
+    a library's ``except Exception`` and be lost, and it also counts the worker's warm-up."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.deadline = time.monotonic() + limit_s
+
+    def check(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise SoftTimeLimitExceeded()
 
 
 class Heartbeat:
@@ -140,6 +155,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     workdir = settings.data_dir / "work" / job_id / str(attempt)
     checkpoints = settings.data_dir / "checkpoints" / job_id
     reporter = ProgressReporter(sessions, job_id, settings, attempt)
+    clock = JobClock(spec.time_limit_s)
     mirror = CheckpointMirror(store, job_id, checkpoints, attempt, may_write=lambda: not heartbeat.lost)
     status = "unrecorded"  # until the row says otherwise: checkpoints are kept for a retry
     try:
@@ -159,10 +175,13 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             dataset_path=dataset_path, builtin_dataset=spec.dataset.builtin if spec.dataset else None,
             allow_torchscript=settings.allow_torchscript_upload, device=settings.device, job_id=job_id,
         )  # fmt: skip
+        def should_cancel() -> bool:
+            clock.check()
+            return reporter.should_cancel() or heartbeat.lost
+
         try:
             outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=_mirrored(mirror, reporter),
-                                   should_cancel=lambda: reporter.should_cancel() or heartbeat.lost,
-                                   checkpoint_dir=checkpoints)  # fmt: skip
+                                   should_cancel=should_cancel, checkpoint_dir=checkpoints)  # fmt: skip
         except Cancelled:
             status = "cancelled" if jobs.acknowledge_cancel(sessions, job_id, attempt) else "lost"
             return status
@@ -181,15 +200,8 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             status = "cancelled"
         else:
             status = "lost"
-    except SoftTimeLimitExceeded:
-        if jobs.fail(sessions, job_id, "timeout", f"the job ran past time_limit_s={spec.time_limit_s}; "
-                     "raise it in the spec or use fewer epochs", reporter.stage, attempt):  # fmt: skip
-            status = "failed"
-            _discard_artifacts(store, job_id)
-        else:
-            status = "lost"
     except Exception as error:  # noqa: BLE001 - every failure must end on the row, with a reason
-        code, message = classify_failure(error, settings)
+        code, message = classify_failure(error, settings, spec.time_limit_s)
         log.exception("job %s failed (%s)", job_id, code)
         if jobs.fail(sessions, job_id, code, message, reporter.stage, attempt):
             status = "failed"
@@ -246,18 +258,35 @@ def _storage_unreachable(error: BaseException) -> bool:
     return any(isinstance(cause, StorageUnavailable) for cause in _causes(error))
 
 
+# How libraries word an allocation that failed (torch's CPU allocator, CUDA, onnxruntime, C++)
+_OUT_OF_MEMORY_WORDS = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
+                        "bad_alloc", "bad allocation")  # fmt: skip
+
+
 def _out_of_memory(error: BaseException) -> bool:
+    """True when an allocation failed anywhere in the chain, however a library wrapped it:
+    a MemoryError, ENOMEM (mmap, threads under the worker's address-space limit) or a
+    library's own exception type whose message says so."""
     for cause in _causes(error):
         if isinstance(cause, MemoryError):
             return True
-        text = str(cause)
-        if isinstance(cause, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()):
-            return True  # torch's CPU allocator and CUDA's out-of-memory errors
+        if isinstance(cause, OSError) and cause.errno == errno.ENOMEM:
+            return True
+        text = str(cause).lower()
+        if any(words in text for words in _OUT_OF_MEMORY_WORDS):
+            return True
     return False
 
 
-def classify_failure(error: BaseException, settings: Settings) -> tuple[str, str]:
+def _timed_out(error: BaseException) -> bool:
+    """True when the time limit fired, also when a library caught it and raised its own error."""
+    return any(isinstance(cause, SoftTimeLimitExceeded) for cause in _causes(error))
+
+
+def classify_failure(error: BaseException, settings: Settings, time_limit_s: int | None = None) -> tuple[str, str]:
     """The stable code and the how-to-fix message a user sees for a failed job."""
+    if _timed_out(error):
+        return "timeout", f"the job ran past time_limit_s={time_limit_s}; raise it in the spec or use fewer epochs"
     if _out_of_memory(error):
         limit = f"{settings.worker_memory_limit_mb} MiB" if settings.worker_memory_limit_mb else "its memory"
         return "out-of-memory", (f"the job needed more memory than the worker allows ({limit}); lower "

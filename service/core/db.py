@@ -38,11 +38,20 @@ def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+SCHEMA_LOCK = 0x5EA125  # PostgreSQL advisory lock id held while the schema is created
+
+
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
+    """Create missing tables (idempotent). On PostgreSQL under an advisory lock: the API and
+    the workers start together, and concurrent CREATE TABLEs collide on pg_type."""
     import service.core.models  # noqa: F401  (registers the tables on Base)
 
-    Base.metadata.create_all(engine)
+    if engine.dialect.name != "postgresql":
+        Base.metadata.create_all(engine)
+        return
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK})
+        Base.metadata.create_all(connection)
 
 
 def check_database(engine: Engine) -> None:

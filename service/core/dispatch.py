@@ -27,6 +27,7 @@ from service.core.config import Settings
 from service.core.models import JobRecord, utcnow
 from service.core.queue import RUN_JOB_TASK, send
 
+TIME_LIMIT_GRACE_S = 60
 _SENT = and_(JobRecord.status == "queued", JobRecord.dispatched_at.is_not(None))
 
 
@@ -38,8 +39,10 @@ def _send(sessions: sessionmaker, celery: Celery, settings: Settings, job_id: st
             return False
         time_limit = int(job.spec.get("time_limit_s", 6 * 3600))
     try:
+        # the worker enforces time_limit_s itself from the job's start (worker.execution.JobClock);
+        # Celery's limits count from the delivery (warm-up included) and only back it up
         send(celery, RUN_JOB_TASK, job_id, queue=settings.task_queue,
-             soft_time_limit=time_limit, time_limit=time_limit + 60)  # fmt: skip
+             soft_time_limit=time_limit + TIME_LIMIT_GRACE_S, time_limit=time_limit + 2 * TIME_LIMIT_GRACE_S)  # fmt: skip
     except Exception:  # noqa: BLE001 - broker down: the reaper tries again
         return False
     with sessions.begin() as session:

@@ -49,7 +49,7 @@ def export_torchscript(
                     torch.jit.save(scripted, str(path))
                     reloaded = torch.jit.load(str(path), map_location="cpu").eval()
                 with torch.no_grad():
-                    diff = max(_max_diff(reloaded(x), r) for x, r in zip(probes, refs))
+                    diff = max(_max_diff(reloaded(x), r) for x, r in zip(probes, refs, strict=True))
             except Exception as exc:
                 errors.append(f"{method}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
                 continue

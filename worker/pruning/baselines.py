@@ -19,7 +19,7 @@ from worker.pruning.layers import discover_layers, resolve_excludes
 def _targets(model: nn.Module, exclude: Iterable[str]) -> dict[str, nn.Module]:
     layers = discover_layers(model)
     excluded = resolve_excludes(model, exclude, layers)
-    return {l.name: l.module for l in layers if l.name not in excluded}
+    return {layer.name: layer.module for layer in layers if layer.name not in excluded}
 
 
 def _global_prune(

@@ -102,7 +102,7 @@ def test_prune_channels_reports_every_layer_and_never_prunes_the_classifier(crit
     torch.manual_seed(0)
     model = randomize_bn(TinyResNet())
     result = prune_channels(model, IMAGES, criterion=criterion, ratio=0.5, exclude=(), probes_n=32)
-    names = [l.name for l in discover_layers(model)]
+    names = [layer.name for layer in discover_layers(model)]
     assert list(result.channels_before) == names
     assert result.channels_after["fc"] == 3 and "fc" in result.excluded
     assert result.params_after < result.params_before and result.macs_after < result.macs_before

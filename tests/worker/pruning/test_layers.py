@@ -12,9 +12,9 @@ from worker.pruning.layers import discover_layers, resolve_excludes
 
 def test_layers_are_listed_in_execution_order_with_the_bn_that_consumes_them():
     layers = discover_layers(TinyResNet())
-    assert [l.name for l in layers] == ["stem", "a1", "a2", "b1", "b2", "short", "fc"]
+    assert [layer.name for layer in layers] == ["stem", "a1", "a2", "b1", "b2", "short", "fc"]
     model = TinyResNet()
-    by_name = {l.name: l for l in discover_layers(model)}
+    by_name = {layer.name: layer for layer in discover_layers(model)}
     assert by_name["a1"].bn is model.a1_bn and by_name["short"].bn is model.short_bn
     assert by_name["fc"].bn is None
     assert by_name["b1"].out_features == 12 and by_name["fc"].out_features == 3
@@ -22,7 +22,7 @@ def test_layers_are_listed_in_execution_order_with_the_bn_that_consumes_them():
 
 def test_a_model_without_batchnorm_has_layers_without_bn():
     layers = discover_layers(MLP())
-    assert [(l.name, l.bn) for l in layers] == [("fc1", None), ("fc2", None), ("fc3", None)]
+    assert [(layer.name, layer.bn) for layer in layers] == [("fc1", None), ("fc2", None), ("fc3", None)]
 
 
 class Untraceable(nn.Module):
@@ -44,7 +44,7 @@ class Untraceable(nn.Module):
 def test_untraceable_models_fall_back_to_module_order():
     model = Untraceable()
     layers = discover_layers(model)
-    assert [l.name for l in layers] == ["conv", "fc"]
+    assert [layer.name for layer in layers] == ["conv", "fc"]
     assert layers[0].bn is model.bn
 
 
@@ -52,8 +52,8 @@ def test_onnx2torch_graph_modules_are_read_from_their_own_graph():
     model = randomize_bn(ConvBN2d()).eval()
     graph = to_graph_module(model, torch.zeros(1, 1, 8, 8))
     layers = discover_layers(graph)
-    assert [l.out_features for l in layers] == [6, 8, 3]
-    assert all(isinstance(l.module, (nn.Conv2d, nn.Linear)) for l in layers)
+    assert [layer.out_features for layer in layers] == [6, 8, 3]
+    assert all(isinstance(layer.module, (nn.Conv2d, nn.Linear)) for layer in layers)
 
 
 def test_excludes_accept_literal_names_and_first_and_last():
@@ -82,5 +82,5 @@ def test_onnx2torch_graphs_exported_with_their_batchnorms_keep_them_attached():
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)  # fmt: skip
     graph = onnx2torch.convert(onnx.load_from_string(buf.getvalue()))
     layers = discover_layers(graph)
-    assert [isinstance(l.bn, nn.BatchNorm2d) for l in layers] == [True, True, False]
+    assert [isinstance(layer.bn, nn.BatchNorm2d) for layer in layers] == [True, True, False]
     assert layers[0].bn_name is not None and dict(graph.named_modules())[layers[0].bn_name] is layers[0].bn
