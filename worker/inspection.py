@@ -56,8 +56,18 @@ def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store:
     from worker.io.datasets import load_dataset_file
 
     def examine(path: Path, row: DatasetRecord) -> dict:
-        data = load_dataset_file(path)
-        return {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        from service.core.image_archives import archive_kind, check_image_archive
+
+        limits = settings.archive_limits()
+        index = check_image_archive(path, limits) if archive_kind(path) == "tar" else None
+        data = load_dataset_file(path, limits=limits)
+        if index is None and hasattr(data.x_train, "members"):  # an image zip
+            index = check_image_archive(path, limits)
+        info = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "labelled": data.labelled,
                 "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
+        if index is not None:
+            info.update(format=f"image-{index.kind}", images=index.summary(),
+                        note="input_shape is for the default preprocessing; jobs declare theirs in spec.preprocessing")  # fmt: skip
+        return info
 
     return _inspect(DatasetRecord, dataset_id, sessions, store, examine)

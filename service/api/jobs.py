@@ -197,7 +197,7 @@ async def _create_from_multipart(request, tenant, settings, store, idempotency_k
             model_format = await run_in_threadpool(
                 sniff.check_model_file, received["model"].path, settings.allow_torchscript_upload)
             if received["dataset"] is not None:
-                await run_in_threadpool(sniff.check_dataset_file, received["dataset"].path)
+                await run_in_threadpool(sniff.check_dataset_file, received["dataset"].path, settings.archive_limits())
         except sniff.Unacceptable as error:
             raise Problem(422, error.code, str(error)) from error
         request_hash = _hash(spec.model_dump(mode="json"), *(f.sha256 for f in received.values() if f))

@@ -115,5 +115,5 @@ models_router = build_router(
 )  # fmt: skip
 datasets_router = build_router(
     kind="dataset", record=DatasetRecord, out=DatasetOut, listing=DatasetList, task=INSPECT_DATASET_TASK,
-    check=lambda path, settings: sniff.check_dataset_file(path), extra_fields={},
+    check=lambda path, settings: sniff.check_dataset_file(path, settings.archive_limits()), extra_fields={},
 )  # fmt: skip

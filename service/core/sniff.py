@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 
 ACCEPTED_MODELS = "ONNX (.onnx), safetensors state dict + zoo architecture, or TorchScript if enabled"
-ACCEPTED_DATASETS = ".npz (x_train, y_train, x_val, y_val or x, y) or .safetensors with the same keys"
+ACCEPTED_DATASETS = (".npz (x_train, y_train, x_val, y_val or x, y), .safetensors with the same keys, or a .zip or "
+                     "uncompressed .tar of images (class folders or one flat folder, optionally under train/ and val/)")
 
 
 class Unacceptable(ValueError):
@@ -82,13 +83,24 @@ def check_model_file(path: Path, allow_torchscript: bool) -> str:
     raise Unacceptable(code, f"{message} Accepted: {ACCEPTED_MODELS}.")
 
 
-def check_dataset_file(path: Path) -> str:
-    """The dataset format, or ``Unacceptable``."""
+def check_dataset_file(path: Path, limits=None) -> str:
+    """The dataset format (``npz``, ``safetensors``, ``image-zip``, ``image-tar``), or ``Unacceptable``.
+
+    Image archives are checked member by member and every image decoded
+    (service.core.image_archives) with ``limits`` (an ``ArchiveLimits``; defaults when None).
+    """
+    from service.core import image_archives
+
     kind = sniff(path)
     if kind in {"npz", "safetensors"}:
         if kind == "safetensors":
             check_safetensors_header(path)
         return kind
+    if kind in {"unknown", "tar"}:
+        archive = image_archives.archive_kind(path)
+        if archive is not None:
+            image_archives.check_image_archive(path, limits or image_archives.ArchiveLimits())
+            return f"image-{archive}"
     if kind == "empty":
         raise Unacceptable("empty-file", f"The uploaded dataset is empty. Accepted: {ACCEPTED_DATASETS}.")
     if kind == "pickle":
@@ -148,7 +160,7 @@ def check_safetensors_header(path: Path) -> None:
             raise bad(f"tensor {label}: shape {shape[:8]} of {dtype} does not match its {offsets[1] - offsets[0]} bytes")
         ranges.append((offsets[0], offsets[1], label))
     ranges.sort()
-    for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
+    for (_, end, first), (start, _, second) in zip(ranges, ranges[1:], strict=False):
         if start < end:
             raise bad(f"tensors {first} and {second} overlap")
 

@@ -34,6 +34,16 @@ _ACCEPTED = (
 )
 
 
+def _is_npz(path: Path) -> bool:
+    """A zip whose members are all ``.npy`` arrays (else it may be an image archive)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError):
+        return True  # let the npz reader give its error
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
 def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -180,13 +190,26 @@ def splits_from_arrays(
 
 
 def load_dataset_file(
-    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES
+    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES,
+    preprocessing=None, limits=None,
 ) -> DataSplits:
-    """Load and validate an uploaded dataset (format detected by content)."""
+    """Load and validate an uploaded dataset (format detected by content).
+
+    Image archives (``.zip`` / ``.tar`` of images) come back lazily decoded with
+    ``preprocessing`` (a ``PreprocessingParams``; defaults when None) and ``limits`` (an
+    ``ArchiveLimits``).
+    """
+    from service.core.image_archives import ArchiveLimits, archive_kind
+
     path = Path(path)
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(9)
+    if archive_kind(path) == "tar" or (archive_kind(path) == "zip" and not _is_npz(path)):
+        from worker.io.images import load_image_archive
+
+        return load_image_archive(path, preprocessing, val_fraction=val_fraction, seed=seed,
+                                  limits=limits or ArchiveLimits())  # fmt: skip
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
         arrays = _read_npz(path, max_bytes)
     elif is_safetensors_prefix(head, size) or (len(head) == 9 and head[8:9] == b"{"):
