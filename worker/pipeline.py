@@ -8,6 +8,12 @@ jobs; worker.local runs it from the command line). Stages run in the order of th
 - ``prune_channels``: score, allocate and physically remove channels ([SPLINE] §3).
 - ``probmask``: unstructured sparsity under one global budget ([PROBMASK]).
 - ``finetune``: train the result; masks from ProbMask stay fixed.
+
+Label-free datasets (inputs only): the dense model's outputs are the targets. ProbMask and
+finetuning minimise a distillation loss over every output (worker.pruning.distill), and the
+report measures fidelity to the dense model (worker.pruning.fidelity) right after pruning and
+at the end; the acceptance gate can bound it. Labelled classification works as before and
+reports fidelity too.
 """
 
 from __future__ import annotations
@@ -104,20 +110,77 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     if inputs.builtin_dataset:
         data = builtin_dataset(inputs.builtin_dataset, seed=spec.seed)
     else:
-        data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
+        data = load_dataset_file(inputs.dataset_path, seed=spec.seed, val_fraction=spec.training.val_fraction,
+                                 preprocessing=spec.preprocessing)  # fmt: skip
     loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes)  # fmt: skip
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes or None)  # fmt: skip
     model = loaded.module.float()
     try:
         with torch.no_grad():
-            logits = model.eval()(data.x_val[:2])
+            logits = model.eval()(data.x_val[:2].float())
     except Exception as error:  # noqa: BLE001 - any failure here means the shapes do not fit
         raise EngineError("input-shape-mismatch", f"the model does not accept the dataset's inputs of shape "
                           f"{list(data.input_shape)}: {error}") from error  # fmt: skip
-    if logits.ndim != 2 or logits.shape[1] < data.num_classes:
+    if not data.labelled:
+        return model, data, loaded.format
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < data.num_classes:
+        logits = logits if isinstance(logits, torch.Tensor) else torch.empty(0)
         raise EngineError("output-shape-mismatch", f"the model outputs {list(logits.shape)} but the dataset has "
-                          f"{data.num_classes} classes; the model must output (batch, classes) logits")  # fmt: skip
+                          f"{data.num_classes} classes; a labelled dataset needs (batch, classes) logits: "
+                          "upload the inputs without labels to prune by distillation")  # fmt: skip
     return model, data, loaded.format
+
+
+@dataclass
+class _Teacher:
+    """The dense model as the teacher and reference of fidelity: its output names and kinds."""
+
+    model: torch.nn.Module
+    names: list[str]
+    kinds: list[str]
+    temperature: float
+    regression_loss: str
+
+    def loss(self):
+        from worker.pruning.distill import DistillationLoss
+
+        return DistillationLoss(self.kinds, temperature=self.temperature, regression=self.regression_loss)  # type: ignore[arg-type]
+
+    def fidelity(self, model, data: DataSplits, batch_size: int, device) -> dict:
+        from worker.pruning.fidelity import measure_fidelity
+
+        x = data.x_val
+        batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+        teacher = self.model.to(device)
+        try:
+            return measure_fidelity(teacher, model.to(device), batches, names=self.names,
+                                    kinds=dict(zip(self.names, self.kinds, strict=True)), device=device)  # fmt: skip
+        finally:
+            self.model.cpu()
+
+
+def _teacher(dense: torch.nn.Module, data: DataSplits, spec: JobSpec, model_path: Path) -> _Teacher:
+    """Names (ONNX output names when the model is ONNX) and kinds (spec, else detected)."""
+    from worker.pruning.outputs import output_list, output_names, resolve_kinds
+
+    with torch.no_grad():
+        outputs = output_list(dense.eval()(data.x_val[:2].float()))
+    names = output_names(outputs, _onnx_output_names(model_path))
+    try:
+        kinds = resolve_kinds(outputs, names, spec.distillation.kinds)
+    except ValueError as error:
+        raise EngineError("bad-output-kinds", f"distillation.kinds: {error}") from error
+    return _Teacher(dense, names, list(kinds), spec.distillation.temperature, spec.distillation.regression_loss)
+
+
+def _onnx_output_names(path: Path) -> list[str] | None:
+    try:
+        import onnx
+
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX (zoo safetensors, TorchScript): numbered names
+        return None
+    return [output.name for output in proto.graph.output]
 
 
 def run_pipeline(
@@ -146,6 +209,11 @@ def run_pipeline(
         dense = _measure(model, data, example, device, out_dir / "dense.onnx", spec)
 
     dense_model = copy.deepcopy(model).cpu()
+    teacher = _teacher(dense_model, data, spec, inputs.model_path)
+    fidelity: dict[str, dict | None] = {"after_pruning": None, "final": None}
+    if not data.labelled and any(isinstance(next(iter(vars(s).values())), EarlyBirdParams) for s in spec.pipeline):
+        raise EngineError("labels-required", "early_bird trains the dense model from labels; this dataset has "
+                          "none. Drop the early_bird stage (prune_channels + finetune distil from the dense model).")  # fmt: skip
     model = model.to(device)
     finetuned = False
     masks: dict[str, torch.Tensor] | None = None
@@ -165,24 +233,28 @@ def run_pipeline(
                     criterion = "spline" if params.detector == "spline" else "bn_scale"
                     result = _prune(model, data, PruneChannelsParams(criterion=criterion, ratio=params.ratio), spec)
                     layers_report, channels_removed = result.layer_table(), True
-                    pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+                    pruned_accuracy = _accuracy(model, data, device)
             elif isinstance(params, PruneChannelsParams):
                 result = _prune(model, data, params, spec)
                 layers_report, channels_removed = result.layer_table(), True
-                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+                pruned_accuracy = _accuracy(model, data, device)
             elif isinstance(params, ProbMaskParams):
-                masks = _probmask(model, data, params, spec, device, stage_id, hooks)
-                pruned_accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+                masks = _probmask(model, data, params, spec, device, stage_id, hooks, teacher)
+                pruned_accuracy = _accuracy(model, data, device)
             elif isinstance(params, FinetuneParams):
-                _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=dense_model)
+                if not finetuned and params.epochs > 0:
+                    fidelity["after_pruning"] = teacher.fidelity(model, data, spec.training.batch_size, device)
+                _finetune(model, data, params, spec, device, stage_id, hooks, masks, teacher=teacher)
                 finetuned = finetuned or params.epochs > 0
 
+    with run.stage("fidelity"):
+        fidelity["final"] = teacher.fidelity(model, data, spec.training.batch_size, device)
     model = model.cpu().eval()
     files: dict[str, Path] = {}
     with run.stage("export"):
         final = _measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32]),
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32].float()),
                             **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
@@ -193,7 +265,11 @@ def run_pipeline(
     if "onnx" not in spec.export.formats:
         files.pop("model.onnx")
 
+    from worker.pruning.fidelity import check_bounds
+
     report = build_report(
+        fidelity=fidelity, fidelity_checks=check_bounds(fidelity["final"], min_agreement=spec.acceptance.min_agreement,
+                                                        max_relative_error=spec.acceptance.max_relative_error),
         accuracy_dense=_percent(dense["accuracy"]), accuracy_pruned=_percent(pruned_accuracy),
         accuracy_finetuned=_percent(final["accuracy"]) if finetuned else None,
         params_before=dense["params"], params_after=final["params"],
@@ -207,7 +283,7 @@ def run_pipeline(
         if data.x_test is not None else None,
         model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
         dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
-                 "num_classes": data.num_classes, "train": len(data.x_train), "val": len(data.x_val),
+                 "num_classes": data.num_classes, "labelled": data.labelled, "train": len(data.x_train), "val": len(data.x_val),
                  "test": None if data.x_test is None else len(data.x_test)},
         spec=spec.model_dump(mode="json"),
     )  # fmt: skip
@@ -219,6 +295,7 @@ def run_pipeline(
         "stage_seconds": run.stage_seconds, "early_bird_epoch": (early_bird or {}).get("epoch"),
         "channels_removed": channels_removed,
         "unstructured_sparsity": report["structure"]["unstructured_sparsity"],
+        "fidelity": {k: (v or {}).get("fidelity") for k, v in fidelity.items()},
     }  # fmt: skip
     return PipelineOutcome(files=files, summary=summary, report=report)
 
@@ -228,10 +305,11 @@ def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: Jo
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
     model = model.to(device).eval()
-    accuracy = evaluate(model, data.x_val, data.y_val, device=device)
+    accuracy = _accuracy(model, data, device)
     test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
+    example = example.float() if example.dtype == torch.uint8 else example
     export_onnx(cpu_model, example, onnx_path, opset=spec.export.opset, dynamic_batch=spec.export.dynamic_batch)
     latency = onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=(1, 32) if spec.export.dynamic_batch else (1,))
     return {"accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
@@ -264,36 +342,54 @@ def _early_bird(model, data, params: EarlyBirdParams, spec, device, stage_id, ho
 
 
 def _prune(model, data, params: PruneChannelsParams, spec: JobSpec):
+    """Remove channels; output layers (every head, worker.pruning.heads) keep their channels so
+    every output keeps its shape."""
     from worker.pruning.channels import prune_channels
+    from worker.pruning.heads import head_layers
 
+    exclude = list(dict.fromkeys([*params.exclude, *head_layers(model)]))
     return prune_channels(model, data, criterion=params.criterion, ratio=params.ratio, scope=params.scope,
-                          round_to=params.round_to, min_channels=params.min_channels, exclude=params.exclude,
+                          round_to=params.round_to, min_channels=params.min_channels, exclude=exclude,
                           probes_n=params.probes, seed=spec.seed)  # fmt: skip
 
 
-def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks) -> dict[str, torch.Tensor]:
+def _probmask(model, data, params: ProbMaskParams, spec, device, stage_id, hooks, teacher: _Teacher) -> dict[str, torch.Tensor]:
     from worker.pruning.probmask import run_probmask
 
+    distill = {}
+    if not data.labelled:
+        distill = {"teacher": copy.deepcopy(teacher.model).to(device).eval(), "distill_loss": teacher.loss()}
     result = run_probmask(model, data, sparsity=params.sparsity, epochs=params.epochs, lr=params.lr,
                           score_lr=params.score_lr, exclude=params.exclude, final_mask=params.final_mask,
-                          mask_samples=params.mask_samples, **_train_kwargs(spec, device, stage_id, hooks))  # fmt: skip
+                          mask_samples=params.mask_samples, **_train_kwargs(spec, device, stage_id, hooks),
+                          **distill)  # fmt: skip
     return result["masks"]
 
 
-def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher) -> None:
+def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks, masks, teacher: _Teacher) -> None:
     """Train the pruned model; with ``distill`` > 0 it also matches the dense model's softened
-    outputs (knowledge distillation, Hinton et al. 2015)."""
+    outputs (knowledge distillation, Hinton et al. 2015). Without labels it learns the dense
+    model's outputs alone, every output with the loss of its kind (worker.pruning.distill)."""
     if params.epochs == 0:
         return
     kwargs = _train_kwargs(spec, device, stage_id, hooks)
-    if params.distill > 0:
-        kwargs.update(teacher=copy.deepcopy(teacher).to(device).eval(), distill_weight=params.distill)
+    if not data.labelled:
+        kwargs.update(teacher=copy.deepcopy(teacher.model).to(device).eval(), distill_loss=teacher.loss())
+    elif params.distill > 0:
+        kwargs.update(teacher=copy.deepcopy(teacher.model).to(device).eval(), distill_weight=params.distill)
+        if len(teacher.kinds) > 1 or teacher.kinds != ["logits"]:
+            kwargs["distill_loss"] = teacher.loss()
     if masks:
         from worker.pruning.probmask import finetune_with_masks
 
         finetune_with_masks(model, masks, data, epochs=params.epochs, lr=params.lr, **kwargs)
     else:
         train(model, data, epochs=params.epochs, lr=params.lr, **kwargs)
+
+
+def _accuracy(model, data: DataSplits, device) -> float | None:
+    """Top-1 accuracy on the validation split, or None when the dataset has no labels."""
+    return evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None
 
 
 def _percent(fraction: float | None) -> float | None:

@@ -267,6 +267,7 @@ def train(
     distill_weight: float = 0.0,
     distill_temperature: float = 4.0,
     stateful: Stateful | Sequence[Stateful] | None = None,
+    distill_loss: Callable[[Any, Any], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with SGD (momentum, weight decay) + per-epoch cosine LR.
 
@@ -282,6 +283,10 @@ def train(
       (ProbMask's mask samples per step).
     - ``stateful``: objects whose ``state_dict`` is saved in checkpoints and restored on
       resume (early-bird detectors).
+    - ``distill_loss(student_outputs, teacher_outputs)``: distillation over every output
+      (worker.pruning.distill.DistillationLoss) instead of the KL on a single logits output.
+      A dataset without labels (``data.y_train is None``) trains on it alone and needs
+      ``teacher``; its records have ``train_accuracy``/``val_accuracy`` None.
 
     Deterministic on CPU for a fixed seed: minibatch order comes from a generator seeded
     by ``(seed, epoch)`` and the global RNG state is part of the checkpoint, so a resumed
@@ -331,6 +336,9 @@ def train(
 
     n = len(data.x_train)
     trained = weights + extra
+    labelled = data.y_train is not None
+    if not labelled and (teacher is None or distill_loss is None):
+        raise ValueError("a dataset without labels trains only by distillation: pass teacher and distill_loss")
     for epoch in range(start_epoch, epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
@@ -341,21 +349,28 @@ def train(
             if hooks.should_cancel is not None and hooks.should_cancel():
                 raise Cancelled(f"stage {stage} cancelled at epoch {epoch + 1}")
             idx = order[i : i + batch_size]
-            xb, yb = data.x_train[idx].to(dev), data.y_train[idx].to(dev)
+            xb = data.x_train[idx].to(dev)
+            yb = data.y_train[idx].to(dev) if labelled else None
             optimizer.zero_grad(set_to_none=True)
             if extra_opt is not None:
                 extra_opt.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=dev)
-            target = None
-            if teacher is not None and distill_weight > 0:
+            target = teacher_out = None
+            if teacher is not None and (distill_weight > 0 or not labelled):
                 with torch.no_grad():
-                    target = F.log_softmax(teacher(xb) / distill_temperature, dim=1)
+                    teacher_out = teacher(xb)
+                    if distill_loss is None:
+                        target = F.log_softmax(teacher_out / distill_temperature, dim=1)
             for _ in range(forward_passes):
                 logits = model(xb)
-                step_loss = F.cross_entropy(logits, yb)
-                if target is not None:
-                    step_loss = (1 - distill_weight) * step_loss + distill_weight * _distillation(
-                        logits, target, distill_temperature)
+                if not labelled:
+                    step_loss = distill_loss(logits, teacher_out)
+                else:
+                    step_loss = F.cross_entropy(logits, yb)
+                    if teacher_out is not None:
+                        kd = distill_loss(logits, teacher_out) if distill_loss is not None else _distillation(
+                            logits, target, distill_temperature)
+                        step_loss = (1 - distill_weight) * step_loss + distill_weight * kd
                 loss = loss + step_loss / forward_passes
             loss.backward()
             if after_backward is not None:
@@ -368,7 +383,8 @@ def train(
                 if extra_params is not None and extra_params.after_step is not None:
                     extra_params.after_step()
             loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == yb).sum())
+            if labelled:
+                correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(idx)
         current_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -378,8 +394,8 @@ def train(
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(1, seen),
-            "train_accuracy": correct / max(1, seen),
-            "val_accuracy": evaluate(model, data.x_val, data.y_val, device=dev),
+            "train_accuracy": correct / max(1, seen) if labelled else None,
+            "val_accuracy": evaluate(model, data.x_val, data.y_val, device=dev) if data.y_val is not None else None,
             "lr": current_lr,
             "stopped": stop,
         }

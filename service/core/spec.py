@@ -157,7 +157,10 @@ class PreprocessingParams(Strict):
     std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
     channel_order: Literal["rgb", "bgr"] = "rgb"
     layout: Literal["nchw", "nhwc"] = "nchw"
-    dtype: Literal["float32", "uint8"] = Field("float32", description="uint8 keeps 0..255 pixels (no mean/std).")
+    dtype: Literal["float32", "uint8"] = Field(
+        "float32", description="uint8: raw 0..255 pixel values, no scaling or mean/std (the engine and the "
+        "exported model take them as float32)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PreprocessingParams:

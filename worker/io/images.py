@@ -80,7 +80,7 @@ class LazyImages(Dataset):
         except Unacceptable as error:
             raise DatasetRejected(error.code, str(error)) from error
         with image:
-            sample = torch.from_numpy(preprocess(image, self.params))
+            sample = torch.from_numpy(preprocess(image, self.params).astype(np.float32, copy=False))
         if self._sample_shape is not None and tuple(sample.shape) != self._sample_shape:
             raise DatasetRejected("mixed-image-sizes", f"image {member.name[:200]!r} gives an input of shape "
                                   f"{list(sample.shape)} but others {list(self._sample_shape)}; declare "
@@ -109,7 +109,8 @@ class LazyImages(Dataset):
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.uint8 if self.params.dtype == "uint8" else torch.float32
+        """Always float32 (the engine trains in float); ``dtype: uint8`` keeps 0..255 values."""
+        return torch.float32
 
     def subset(self, positions: Sequence[int]) -> LazyImages:
         return LazyImages(self.path, self.kind, [self.members[i] for i in positions], self.params, self.max_pixels)

@@ -392,6 +392,9 @@ def run_probmask(
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
     stage: str = "probmask",
+    teacher: nn.Module | None = None,
+    distill_loss=None,
+    distill_weight: float = 0.0,
 ) -> dict:
     """Train ``model`` in place with ProbMask, fix the final mask, squash it and
     optionally finetune with the mask fixed.
@@ -402,7 +405,12 @@ def run_probmask(
     ``stage`` names the checkpoint (``<stage>.pt``, ``<stage>_finetune.pt``).
     Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
     ``history``, ``finetune_history`` and ``final_mask``.
+
+    With ``teacher`` and ``distill_loss`` the weights also learn the dense model's outputs
+    (worker.pruning.distill); a dataset without labels trains on that alone, and the sampled
+    final mask is then chosen by fidelity to the teacher instead of accuracy.
     """
+    distill = {"teacher": teacher, "distill_loss": distill_loss, "distill_weight": distill_weight}
     dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev)
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
@@ -411,12 +419,22 @@ def run_probmask(
         batch_size=batch_size, seed=seed, device=dev, stage=stage, hooks=hooks,
         extra_params=ExtraParams(sparsifier.score_parameters(), score_lr, 0.0, sparsifier.step),
         on_epoch_start=lambda e, _m: sparsifier.set_epoch(e, epochs),
-        grad_clip=grad_clip, forward_passes=mask_samples,
+        grad_clip=grad_clip, forward_passes=mask_samples, **distill,
     )  # fmt: skip
     subset = slice(0, min(len(data.x_train), 2048))
+
+    def score() -> float:
+        if data.y_train is not None:
+            return evaluate(model, data.x_train[subset], data.y_train[subset], device=dev)
+        from worker.pruning.fidelity import measure_fidelity
+
+        x = data.x_train
+        batches = (x[i : min(i + batch_size, subset.stop)] for i in range(0, subset.stop, batch_size))
+        return float(measure_fidelity(teacher, model, batches, device=dev)["fidelity"])
+
     sparsifier.choose_final_masks(
         final_mask,
-        score_fn=lambda: evaluate(model, data.x_train[subset], data.y_train[subset], device=dev),
+        score_fn=score,
         samples=final_samples,
         seed=seed,
     )
@@ -427,7 +445,7 @@ def run_probmask(
         finetune_history = finetune_with_masks(
             model, masks, data, finetune_epochs, finetune_lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=dev,
-            stage=f"{stage}_finetune", hooks=hooks,
+            stage=f"{stage}_finetune", hooks=hooks, **distill,
         )  # fmt: skip
     kept = sum(v["kept"] for v in layers.values())
     total = sum(v["weights"] for v in layers.values())
