@@ -53,16 +53,14 @@ def inspect_model_upload(model_id: str, settings: Settings, sessions, store: Art
 
 
 def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    from worker.io.datasets import load_dataset_file
+    from worker.io.datasets import is_image_archive, load_dataset_file
 
     def examine(path: Path, row: DatasetRecord) -> dict:
-        from service.core.image_archives import archive_kind, check_image_archive
+        from service.core.intake.archives import check_image_archive
 
         limits = settings.archive_limits()
-        index = check_image_archive(path, limits) if archive_kind(path) == "tar" else None
-        data = load_dataset_file(path, limits=limits)
-        if index is None and hasattr(data.x_train, "members"):  # an image zip
-            index = check_image_archive(path, limits)
+        index = check_image_archive(path, limits) if is_image_archive(path) else None
+        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes, limits=limits)
         info = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "labelled": data.labelled,
                 "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
         if index is not None:

@@ -280,7 +280,7 @@ def run_pipeline(
         early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
-        if data.x_test is not None else None,
+        if data.y_test is not None else None,
         model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
         dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
                  "num_classes": data.num_classes, "labelled": data.labelled, "train": len(data.x_train), "val": len(data.x_val),
@@ -306,7 +306,7 @@ def _measure(model, data: DataSplits, example, device, onnx_path: Path, spec: Jo
 
     model = model.to(device).eval()
     accuracy = _accuracy(model, data, device)
-    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
+    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.y_test is not None else None
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
     example = example.float() if example.dtype == torch.uint8 else example

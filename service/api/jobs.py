@@ -22,7 +22,7 @@ from service.api.errors import Problem
 from service.api.schemas import JobList, JobOut
 from service.api.uploads import receive_form
 from service.core import jobs as job_states
-from service.core import sniff
+from service.core import intake
 from service.core.models import DatasetRecord, JobRecord, ModelRecord, new_id, utcnow
 from service.core.dispatch import dispatch_job
 from service.core.spec import JOB_SPEC_EXAMPLE, JobSpec
@@ -195,10 +195,11 @@ async def _create_from_multipart(request, tenant, settings, store, idempotency_k
             raise Problem(422, "invalid-spec", "Give a `dataset` file part or spec.dataset.builtin.")
         try:
             model_format = await run_in_threadpool(
-                sniff.check_model_file, received["model"].path, settings.allow_torchscript_upload)
+                intake.check_model_file, received["model"].path, settings.allow_torchscript_upload)
             if received["dataset"] is not None:
-                await run_in_threadpool(sniff.check_dataset_file, received["dataset"].path, settings.archive_limits())
-        except sniff.Unacceptable as error:
+                await run_in_threadpool(intake.check_dataset_file, received["dataset"].path, settings.max_dataset_bytes,
+                                        settings.archive_limits())  # fmt: skip
+        except intake.Rejected as error:
             raise Problem(422, error.code, str(error)) from error
         request_hash = _hash(spec.model_dump(mode="json"), *(f.sha256 for f in received.values() if f))
         model = ModelRecord(id=new_id("mdl"), tenant=tenant, filename=received["model"].filename,

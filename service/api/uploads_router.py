@@ -13,7 +13,7 @@ from service.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from service.api.errors import Problem
 from service.api.schemas import DatasetList, DatasetOut, ModelList, ModelOut
 from service.api.uploads import receive_form
-from service.core import sniff
+from service.core import intake
 from service.core.models import DatasetRecord, ModelRecord, new_id
 from service.core.queue import INSPECT_DATASET_TASK, INSPECT_MODEL_TASK, send
 
@@ -56,7 +56,7 @@ def build_router(
                 raise Problem(422, "file-missing", f"Send the {kind} as a multipart part named `file`.")
             try:
                 file_format = await run_in_threadpool(check, received.path, settings)  # walks the file
-            except sniff.Unacceptable as error:
+            except intake.Rejected as error:
                 raise Problem(422, error.code, str(error)) from error
             row = record(id=new_id(prefix), tenant=tenant, filename=received.filename,
                          sha256=received.sha256, size_bytes=received.size, status="validating")  # fmt: skip
@@ -110,10 +110,11 @@ def _owned(session, record: type, item_id: str, tenant: str, kind: str):
 
 models_router = build_router(
     kind="model", record=ModelRecord, out=ModelOut, listing=ModelList, task=INSPECT_MODEL_TASK,
-    check=lambda path, settings: sniff.check_model_file(path, settings.allow_torchscript_upload),
+    check=lambda path, settings: intake.check_model_file(path, settings.allow_torchscript_upload),
     extra_fields={"architecture": {"type": "string", "description": "Zoo architecture of a safetensors state dict."}},
 )  # fmt: skip
 datasets_router = build_router(
     kind="dataset", record=DatasetRecord, out=DatasetOut, listing=DatasetList, task=INSPECT_DATASET_TASK,
-    check=lambda path, settings: sniff.check_dataset_file(path, settings.archive_limits()), extra_fields={},
+    check=lambda path, settings: intake.check_dataset_file(path, settings.max_dataset_bytes, settings.archive_limits()),
+    extra_fields={},
 )  # fmt: skip

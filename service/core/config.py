@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         description="sha256 hex digest of an API key -> tenant (`shears hash-key KEY` prints one).",
     )
     max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest model or dataset upload.")
+    max_dataset_bytes: int = Field(
+        4 << 30, ge=1, description="Largest dataset in worker memory (features as float32, labels as int64), "
+        "computed from the file's headers at upload; larger ones get 422 `too-large`."
+    )  # fmt: skip
     database_pool_size: int = Field(
         20, ge=1, description="Database connections each process keeps open (SQLAlchemy pool_size)."
     )
@@ -97,7 +101,7 @@ class Settings(BaseSettings):
 
     def archive_limits(self):
         """The image-archive bounds as the (torch-free) checker takes them."""
-        from service.core.image_archives import ArchiveLimits
+        from service.core.intake.archives import ArchiveLimits
 
         return ArchiveLimits(max_members=self.archive_max_members, max_member_bytes=self.archive_max_member_bytes,
                              max_total_bytes=self.archive_max_total_bytes, max_ratio=self.archive_max_ratio,

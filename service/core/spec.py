@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from service.core.registry import CRITERION_NAMES
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
@@ -39,7 +41,7 @@ class EarlyBirdParams(Strict):
 class PruneChannelsParams(Strict):
     """Structured pruning: whole channels removed physically ([SPLINE] §3)."""
 
-    criterion: Literal["spline", "spline_geometry", "l1", "bn_scale", "random"] = "spline"
+    criterion: Literal[CRITERION_NAMES] = "spline"  # type: ignore[valid-type]  (the registered criteria)
     scope: Literal["global", "layerwise"] = Field(
         "layerwise", description="layerwise: the same ratio in every layer (measured best, BENCHMARKS.md); "
         "global: one pool of all channels."

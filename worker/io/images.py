@@ -4,7 +4,7 @@
 (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``) and is also a ``torch.utils.data.Dataset``
 (``x[i]`` is one sample), so a ``DataLoader`` can decode in worker processes. Nothing is
 cached or extracted: memory holds one batch, whatever the dataset's size. The archive was
-checked on upload (service.core.image_archives) and is indexed again here with the same checks.
+checked on upload (service.core.intake.archives) and is indexed again here with the same checks.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.core.image_archives import ArchiveLimits, ImageMember, MemberReader, decode_image, index_image_archive
-from service.core.sniff import Unacceptable
+from service.core.intake.archives import ArchiveLimits, ImageMember, MemberReader, decode_image, index_image_archive
 from service.core.spec import PreprocessingParams
 from worker.io.data import DataSplits
 from worker.io.errors import DatasetRejected
@@ -75,10 +74,7 @@ class LazyImages(Dataset):
 
     def _decode(self, index: int) -> torch.Tensor:
         member = self.members[index]
-        try:
-            image = decode_image(self._reader.read(member), member.name, self.max_pixels)
-        except Unacceptable as error:
-            raise DatasetRejected(error.code, str(error)) from error
+        image = decode_image(self._reader.read(member), member.name, self.max_pixels)
         with image:
             sample = torch.from_numpy(preprocess(image, self.params).astype(np.float32, copy=False))
         if self._sample_shape is not None and tuple(sample.shape) != self._sample_shape:
@@ -139,10 +135,7 @@ def load_image_archive(path: Path, params: PreprocessingParams | None = None, *,
     """``DataSplits`` whose inputs are :class:`LazyImages` (labels when the archive has class folders)."""
     params = params or PreprocessingParams()
     limits = limits or ArchiveLimits()
-    try:
-        index = index_image_archive(path, limits)
-    except Unacceptable as error:
-        raise DatasetRejected(error.code, str(error)) from error
+    index = index_image_archive(path, limits)
     images = LazyImages(path, index.kind, index.members, params, limits.max_pixels)
     class_ids = {name: i for i, name in enumerate(index.classes)}
     labels = np.array([class_ids[m.label] for m in index.members], dtype=np.int64) if index.labelled else None

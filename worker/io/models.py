@@ -9,27 +9,18 @@ ever being unpickled.
 from __future__ import annotations
 
 import copy
-import pickletools
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from worker.io.errors import ModelRejected
-from worker.io.safetensors_check import SafetensorsInvalid, is_safetensors_prefix, read_header
+from service.core import intake
+from service.core.intake import Rejected
 
-Format = Literal["onnx", "safetensors", "torchscript", "pickle", "unknown"]
-ACCEPTED_FORMATS = (
-    "ONNX (.onnx), safetensors weights with a built-in architecture name, "
-    "or TorchScript when the operator enables it"
-)
-_PICKLE_PROBE_BYTES = 1 << 20
-# Opcodes a protocol 0/1 pickle can start with (protocol 2+ starts with PROTO, 0x80).
-_PICKLE_START = frozenset(b"(]}cdlIJKLMNSVUXFGT\x8c\x8d\x8e\x88\x89\x95")
+ACCEPTED_FORMATS = intake.ACCEPTED_MODELS
 
 
 @dataclass
@@ -42,65 +33,6 @@ class LoadedModel:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _looks_like_pickle(head: bytes) -> bool:
-    if len(head) >= 2 and head[0] == 0x80 and 1 <= head[1] <= 5:
-        return True
-    if not head or head[0] not in _PICKLE_START:
-        return False
-    try:  # static opcode parse; never executes anything
-        ops = 0
-        for opcode, _, _ in pickletools.genops(head):
-            ops += 1
-            if opcode.name == "STOP":
-                return ops > 1
-    except Exception:
-        return False
-    return False
-
-
-def _zip_kind(path: Path) -> Format:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return "unknown"
-    base = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    if "constants.pkl" in base or any(b.startswith("code/") for b in base):
-        return "torchscript"
-    if "data.pkl" in base or any(n.endswith(".pkl") for n in names):
-        return "pickle"
-    return "unknown"
-
-
-def _looks_like_onnx(path: Path) -> bool:
-    import onnx
-
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:
-        return False
-    return model.ir_version > 0 and model.HasField("graph") and len(model.graph.node) > 0
-
-
-def detect_format(path: Path) -> Format:
-    """Classify a file by its content (magic bytes / parse), never by its extension."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        return "unknown"
-    with path.open("rb") as handle:
-        head = handle.read(_PICKLE_PROBE_BYTES)
-    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return _zip_kind(path)
-    if _looks_like_pickle(head):
-        return "pickle"
-    if is_safetensors_prefix(head[:9], size):
-        return "safetensors"
-    if size <= 2**31 - 1 and _looks_like_onnx(path):
-        return "onnx"
-    return "unknown"
-
-
 def load_model(
     path: Path,
     *,
@@ -109,20 +41,11 @@ def load_model(
     num_classes: int | None = None,
     width: float = 1.0,
 ) -> LoadedModel:
-    """Load an uploaded model file; raise ``ModelRejected`` with a code when refused."""
+    """Load an uploaded model file; raise ``Rejected`` with a code when refused."""
     from worker.io import zoo
 
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise ModelRejected("unsupported-format", f"the model file is empty. Upload {ACCEPTED_FORMATS}.")
-    kind = detect_format(path)
-    if kind == "pickle":
-        raise ModelRejected(
-            "pickle-refused",
-            "pickled models (torch.save of a module or state dict) are refused: unpickling runs "
-            f"code from the file. Upload {ACCEPTED_FORMATS}; for a state dict use "
-            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors').",
-        )
+    kind = intake.check_model_file(path, allow_torchscript)  # the same checks as the API's upload
     if kind == "onnx":
         from worker.io.onnx_import import convert_model, onnx_input_shape, read_onnx
 
@@ -131,7 +54,7 @@ def load_model(
         return LoadedModel(convert_model(proto), "onnx", shape, {"opset": _opset(proto), "ir_version": proto.ir_version})
     if kind == "safetensors":
         if not architecture:
-            raise ModelRejected(
+            raise Rejected(
                 "architecture-required",
                 "a safetensors file holds weights only; name its architecture, one of: "
                 f"{', '.join(sorted(zoo.ZOO))}.",
@@ -142,48 +65,14 @@ def load_model(
             module, "safetensors", zoo.nominal_input_shape(architecture, in_channels), {"architecture": architecture}
         )
     if kind == "torchscript":
-        if not allow_torchscript:
-            raise ModelRejected(
-                "torchscript-disabled",
-                "TorchScript uploads are disabled on this server (loading one runs code from the file). "
-                f"Upload {ACCEPTED_FORMATS}, or ask the operator to enable TorchScript.",
-            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise ModelRejected("invalid-torchscript", f"torch.jit.load failed ({type(exc).__name__}).") from exc
+            raise Rejected("invalid-torchscript", f"torch.jit.load failed ({type(exc).__name__}).") from exc
         return LoadedModel(module, "torchscript", None)
-    if _onnx_like_prefix(path):
-        raise ModelRejected(
-            "invalid-onnx",
-            "the file starts like an ONNX model but does not parse (truncated or corrupt upload?); "
-            "upload the complete file.",
-        )
-    if _safetensors_like_but_broken(path):
-        try:
-            read_header(path)
-        except SafetensorsInvalid as exc:
-            raise ModelRejected("invalid-safetensors", f"the file is not valid safetensors: {exc}.") from exc
-    raise ModelRejected(
-        "unsupported-format",
-        f"the file is not a recognised model format (checked its content, not its name). Upload {ACCEPTED_FORMATS}.",
-    )
-
-
-def _safetensors_like_but_broken(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def _onnx_like_prefix(path: Path) -> bool:
-    """ONNX files written by protobuf start with ir_version (field 1, varint 3..15)
-    followed by another ModelProto field tag (opset_import, producer, graph, ...)."""
-    with path.open("rb") as handle:
-        head = handle.read(3)
-    return len(head) == 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42)
+    raise AssertionError(f"intake accepted the model format {kind!r} that no loader reads")
 
 
 def _opset(proto: Any) -> int | None:

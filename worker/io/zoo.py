@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.io.errors import ModelRejected
-from worker.io.safetensors_check import SafetensorsInvalid, read_header
+from service.core.intake import Rejected, read_safetensors_header
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -308,8 +307,8 @@ def nominal_input_shape(name: str, in_channels: int | None = None) -> tuple[int,
     return (channels, 40) if name == "mnist1d_cnn" else (channels, 32, 32)
 
 
-def _unknown(name: str) -> ModelRejected:
-    return ModelRejected(
+def _unknown(name: str) -> Rejected:
+    return Rejected(
         "unknown-architecture", f"unknown architecture {name[:60]!r}; choose one of: {', '.join(sorted(ZOO))}."
     )
 
@@ -340,17 +339,14 @@ def load_zoo_model(name: str, safetensors_path: Path, **kwargs) -> nn.Module:
 
     ``num_classes`` and ``in_channels`` default to what the file's classifier and stem
     weights say. Missing or unexpected keys, or any shape mismatch, raise
-    ``ModelRejected("weights-mismatch")``; a malformed file ``"invalid-safetensors"``.
+    ``Rejected("weights-mismatch")``; a malformed file ``"invalid-safetensors"``.
     Only ``num_batches_tracked`` counters may be absent.
     """
     from safetensors.torch import load_file
 
     if name not in ZOO:
         raise _unknown(name)
-    try:
-        header, _ = read_header(Path(safetensors_path))
-    except SafetensorsInvalid as exc:
-        raise ModelRejected("invalid-safetensors", f"the weights file is not valid safetensors: {exc}.") from exc
+    header, _ = read_safetensors_header(Path(safetensors_path))
     probe = build(name, **{k: v for k, v in kwargs.items() if k != "num_classes"})
     stem, head = _head_and_stem(probe)
     if kwargs.get("num_classes") is None and head in header and len(header[head].shape) == 2:
@@ -375,7 +371,7 @@ def load_zoo_model(name: str, safetensors_path: Path, **kwargs) -> nn.Module:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(k[:80] for k in unexpected[:3])})")
         if wrong:
             parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
-        raise ModelRejected(
+        raise Rejected(
             "weights-mismatch",
             f"the weights do not fit architecture {name!r}: {'; '.join(parts)}. Save "
             f"model.state_dict() of the same architecture with safetensors.torch.save_file, "
@@ -384,10 +380,10 @@ def load_zoo_model(name: str, safetensors_path: Path, **kwargs) -> nn.Module:
     try:
         state = load_file(str(safetensors_path))
     except Exception as exc:
-        raise ModelRejected("invalid-safetensors", f"the weights file could not be read ({type(exc).__name__}).") from exc
+        raise Rejected("invalid-safetensors", f"the weights file could not be read ({type(exc).__name__}).") from exc
     for key, tensor in state.items():
         if expected[key].is_floating_point() != tensor.is_floating_point():
-            raise ModelRejected(
+            raise Rejected(
                 "weights-mismatch", f"tensor {key!r} has dtype {tensor.dtype}; the architecture needs {expected[key].dtype}."
             )
     model.load_state_dict(state, strict=False)

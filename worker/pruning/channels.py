@@ -50,22 +50,14 @@ from torch import nn
 
 from worker.io.data import DataSplits
 from worker.pruning.allocation import allocate
+from worker.pruning.criteria import CRITERION_NAMES, Importance, Redundancy, ScoringContext, get_criterion
 from worker.pruning.layers import PrunableLayer, classifier_name, discover_layers, resolve_excludes
-from worker.pruning.regions import compute_region_codes, select_probes
-from worker.pruning.scoring import (
-    Redundancy,
-    bn_scale_scores,
-    l1_scores,
-    random_scores,
-    spline_geometry_scores,
-    spline_scores,
-)
-from worker.training import count_macs_params
+from worker.pruning.regions import select_probes
+from worker.pruning.training.evaluation import count_macs_params
 
 log = logging.getLogger(__name__)
 
-Criterion = Literal["spline", "spline_geometry", "l1", "bn_scale", "random"]
-CRITERIA: tuple[str, ...] = ("spline", "spline_geometry", "l1", "bn_scale", "random")
+CRITERIA: tuple[str, ...] = CRITERION_NAMES  # registered in service.core.registry
 
 
 def _out_fn(module: nn.Module):
@@ -302,36 +294,27 @@ class PruneResult:
 def score_layers(
     model: nn.Module,
     layers: Sequence[PrunableLayer],
-    criterion: str,
+    criterion: str | Importance,
     probes: torch.Tensor | None = None,
     *,
     seed: int = 0,
     max_positions: int = 64,
     redundancy: Redundancy = "greedy",
 ) -> dict[str, torch.Tensor]:
-    """Scores of ``layers`` for one criterion (``spline``, ``spline_geometry``, ``l1``,
-    ``bn_scale``, ``random``). Spline criteria need ``probes``; their redundancy term is
-    ``greedy`` (removal-time scores, see :mod:`worker.pruning.scoring`) or ``pairwise``."""
-    if criterion in ("spline", "spline_geometry") and probes is None:
-        raise ValueError(f"criterion {criterion!r} needs probes")
-    if criterion == "spline":
-        return spline_scores(compute_region_codes(model, probes, layers, max_positions, seed), redundancy)
-    if criterion == "spline_geometry":
-        return spline_geometry_scores(model, layers, probes, max_positions, seed, redundancy=redundancy)
-    if criterion == "l1":
-        return l1_scores(layers)
-    if criterion == "bn_scale":
-        return bn_scale_scores(layers)
-    if criterion == "random":
-        return random_scores(layers, seed)
-    raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    """Scores of ``layers`` by ``criterion`` (a registered name or an :class:`Importance`).
+    Criteria that need probes get ``probes``; the spline redundancy term is ``greedy``
+    (removal-time scores, see :mod:`worker.pruning.scoring`) or ``pairwise``."""
+    importance = get_criterion(criterion) if isinstance(criterion, str) else criterion
+    if importance.needs_probes and probes is None:
+        raise ValueError(f"criterion {importance.name!r} needs probes")
+    return importance(model, layers, ScoringContext(probes, seed, max_positions, redundancy))
 
 
 def prune_channels(
     model: nn.Module,
     data: DataSplits,
     *,
-    criterion: str = "spline",
+    criterion: str | Importance = "spline",
     ratio: float = 0.5,
     scope: Literal["global", "layerwise"] = "global",
     round_to: int = 1,
@@ -376,15 +359,16 @@ def prune_channels(
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
     if not 0.0 <= min_keep_fraction < 1.0:
         raise ValueError("min_keep_fraction must be in [0, 1)")
+    importance = get_criterion(criterion) if isinstance(criterion, str) else criterion
     probes = None
-    if criterion in ("spline", "spline_geometry") or compensate:
+    if importance.needs_probes or compensate:
         probes = select_probes(data.x_train, probes_n, seed, blend, y=data.y_train)
-    scores = score_layers(model, candidates, criterion, probes, seed=seed, max_positions=max_positions,
+    scores = score_layers(model, candidates, importance, probes, seed=seed, max_positions=max_positions,
                           redundancy=redundancy)  # fmt: skip
     if not scores:
-        raise ValueError(f"criterion {criterion!r} found nothing to score (bn_scale needs BatchNorm layers)")
+        raise ValueError(f"criterion {importance.name!r} found nothing to score (bn_scale needs BatchNorm layers)")
     if normalize is None:
-        normalize = "mean" if criterion == "l1" else "none"
+        normalize = importance.global_normalizer
     if normalize == "mean" and scope == "global":
         scores = {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}
     floors = None
@@ -398,7 +382,7 @@ def prune_channels(
     macs_after, params_after = count_macs_params(model, example)
     return PruneResult(
         model=model,
-        criterion=criterion,
+        criterion=importance.name,
         plan={n: [int(i) for i in idx.tolist()] for n, idx in plan.items()},
         channels_before=channels_before,
         channels_after=channels_after,

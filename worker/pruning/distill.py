@@ -78,3 +78,41 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student: object, teacher: object) -> torch.Tensor:
         return torch.stack(self.per_output(student, teacher)).mean()
+
+
+class OutputDistillation:
+    """A loss component of the training loop (worker.pruning.training.losses.Loss): the
+    student's outputs against the teacher's, every output, through ``loss``. With labels and
+    ``weight`` < 1 the first output's cross-entropy is mixed in: ``(1 − w)·CE + w·distill``;
+    without labels (``y`` None) the loss is the distillation alone.
+
+    The teacher runs in eval mode without gradients, once per minibatch (reused when the loop
+    makes several forward passes on one minibatch, as ProbMask does).
+    """
+
+    def __init__(self, teacher: nn.Module, loss: DistillationLoss, weight: float = 1.0) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError("distillation weight must be in [0, 1]")
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.loss, self.weight = loss, weight
+        self._cached: tuple[torch.Tensor, object] | None = None
+
+    @torch.no_grad()
+    def _targets(self, x: torch.Tensor) -> object:
+        if self._cached is not None and self._cached[0] is x:
+            return self._cached[1]
+        device = next((p.device for p in self.teacher.parameters()), x.device)
+        if device != x.device:
+            self.teacher.to(x.device)
+        targets = self.teacher.eval()(x)
+        self._cached = (x, targets)
+        return targets
+
+    def __call__(self, outputs, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        soft = self.loss(outputs, self._targets(x))
+        if y is None or self.weight >= 1.0:
+            return soft
+        hard = F.cross_entropy(output_list(outputs)[0], y)
+        return (1 - self.weight) * hard + self.weight * soft

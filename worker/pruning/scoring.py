@@ -1,4 +1,5 @@
-"""Channel importance scores: spline scores ([SPLINE]; ALGORITHMS §3) and baselines.
+"""Spline channel scores ([SPLINE]; ALGORITHMS §3): the math behind the ``spline`` and
+``spline_geometry`` criteria (:mod:`worker.pruning.criteria`).
 
 Every function returns ``{layer name: float32 tensor of shape (units,)}``; lower means
 "prune first".
@@ -246,41 +247,9 @@ def spline_geometry_scores(
     return scores
 
 
-# --------------------------------------------------------------------------- baselines
-
-
-@torch.no_grad()
-def l1_scores(layers: Sequence[PrunableLayer]) -> dict[str, torch.Tensor]:
-    """L1 norm of each output channel's filter (Li et al.'s filter pruning baseline)."""
-    return {
-        l.name: l.module.weight.detach().abs().reshape(l.out_features, -1).sum(1).float().cpu()
-        for l in layers
-    }
-
-
-@torch.no_grad()
-def bn_scale_scores(layers: Sequence[PrunableLayer]) -> dict[str, torch.Tensor]:
-    """|γ| of the BN after each layer (network slimming, [EB]'s criterion).
-    Layers without a BN (or with a non-affine BN) get no score."""
-    return {
-        l.name: l.bn.weight.detach().abs().float().cpu()
-        for l in layers
-        if l.bn is not None and l.bn.weight is not None
-    }
-
-
-def random_scores(layers: Sequence[PrunableLayer], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Uniform random scores from a fixed seed (the random baseline)."""
-    gen = torch.Generator().manual_seed(seed)
-    return {l.name: torch.rand(l.out_features, generator=gen) for l in layers}
-
-
 __all__ = [
-    "bn_scale_scores",
     "fold_bn",
     "greedy_removal",
-    "l1_scores",
-    "random_scores",
     "spline_geometry_scores",
     "spline_layer_scores",
     "spline_scores",

@@ -6,14 +6,15 @@ import json
 import os
 import random
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
 
+from service.core.intake import Rejected
 from worker.io.datasets import builtin_dataset, load_dataset_file
-from worker.io.errors import DatasetRejected
 
 
 def _arrays(n_train=40, n_val=10, classes=3, shape=(1, 8), seed=0):
@@ -32,8 +33,8 @@ def _npz(tmp_path, arrays, name="d.npz"):
     return path
 
 
-def _reject(path, **kwargs) -> DatasetRejected:
-    with pytest.raises(DatasetRejected) as err:
+def _reject(path, **kwargs) -> Rejected:
+    with pytest.raises(Rejected) as err:
         load_dataset_file(path, **kwargs)
     return err.value
 
@@ -81,7 +82,7 @@ def test_object_arrays_in_an_npz_are_refused_without_unpickling(tmp_path):
     arrays["x_train"] = np.array([Payload()] * 40, dtype=object)
     path = tmp_path / "evil.npz"
     np.savez(path, **arrays)
-    assert _reject(path).code == "invalid-npz"
+    assert _reject(path).code == "pickle-refused"
     assert not marker.exists()
 
 
@@ -123,6 +124,22 @@ def test_uint8_features_are_scaled_to_the_unit_interval(tmp_path):
     assert float(splits.x_train.max()) == 1.0
 
 
+def test_uint8_npz_features_load_with_one_float32_copy_in_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2000, 1, 64, 64), dtype=np.uint8)  # 8 MiB stored, 32 MiB as float32
+    path = _npz(tmp_path, {"x_train": x, "y_train": np.arange(2000) % 2, "x_val": x[:10], "y_val": np.arange(10) % 2})
+    float32_bytes = x.size * 4
+    tracemalloc.start()
+    try:
+        splits = load_dataset_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(splits.x_train.numpy(), x / np.float32(255), rtol=1e-6)
+    # uint8 -> float32 -> /255 held three copies (2.25x); chunked conversion holds one (+ a chunk)
+    assert peak < 1.5 * float32_bytes, (peak, float32_bytes)
+
+
 def test_digits_has_a_fixed_held_out_test_split_and_seeded_train_val(tmp_path):
     a, b = builtin_dataset("digits", seed=0), builtin_dataset("digits", seed=1)
     assert a.input_shape == (1, 8, 8) and a.num_classes == 10
@@ -145,6 +162,6 @@ def test_mnist1d_is_generated_offline_without_files_or_global_rng_side_effects(t
 
 
 def test_an_unknown_builtin_dataset_is_rejected():
-    with pytest.raises(DatasetRejected) as err:
+    with pytest.raises(Rejected) as err:
         builtin_dataset("imagenet")
     assert err.value.code == "unknown-dataset"

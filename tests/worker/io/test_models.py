@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from service.core.intake import Rejected, sniff
 from tests.worker.io.conftest import export, make_model
 from worker.io import zoo
-from worker.io.errors import ModelRejected
-from worker.io.models import detect_format, inspect_model, load_model
+from worker.io.models import inspect_model, load_model
 
 
 class _Payload:
@@ -31,8 +31,8 @@ class _Payload:
         return (os.mkdir, (self.marker,))
 
 
-def _reject(path: Path, **kwargs) -> ModelRejected:
-    with pytest.raises(ModelRejected) as err:
+def _reject(path: Path, **kwargs) -> Rejected:
+    with pytest.raises(Rejected) as err:
         load_model(path, **kwargs)
     return err.value
 
@@ -42,7 +42,7 @@ def test_a_pickled_model_is_refused_without_running_its_payload(tmp_path, protoc
     marker = tmp_path / "pwned"
     path = tmp_path / "model.onnx"  # the extension lies; detection reads the content
     path.write_bytes(pickle.dumps(_Payload(str(marker)), protocol=protocol))
-    assert detect_format(path) == "pickle"
+    assert sniff(path) == "pickle"
     err = _reject(path, architecture="resnet20", allow_torchscript=True)
     assert err.code == "pickle-refused"
     assert "ONNX" in str(err) and "safetensors" in str(err)
@@ -53,7 +53,7 @@ def test_a_torch_save_archive_is_refused_without_running_its_payload(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "weights.safetensors"
     torch.save({"state": _Payload(str(marker)), "w": torch.zeros(2)}, path)
-    assert zipfile.is_zipfile(path) and detect_format(path) == "pickle"
+    assert zipfile.is_zipfile(path) and sniff(path) == "pickle"
     assert _reject(path, architecture="resnet20", allow_torchscript=True).code == "pickle-refused"
     assert not marker.exists()
 
@@ -69,7 +69,7 @@ def test_torchscript_is_refused_unless_the_operator_enables_it(tmp_path):
     model = zoo.build("mnist1d_cnn").eval()
     path = tmp_path / "model.bin"
     torch.jit.save(torch.jit.trace(model, torch.randn(2, 1, 40)), str(path))
-    assert detect_format(path) == "torchscript"
+    assert sniff(path) == "torchscript"
     assert _reject(path).code == "torchscript-disabled"
     loaded = load_model(path, allow_torchscript=True)
     assert loaded.format == "torchscript"
@@ -80,7 +80,7 @@ def test_torchscript_is_refused_unless_the_operator_enables_it(tmp_path):
 @pytest.mark.parametrize(
     "content,code",
     [
-        (b"", "unsupported-format"),
+        (b"", "empty-file"),
         (np.random.default_rng(0).bytes(2048), "unsupported-format"),
         (b"just some text that is not a model\n" * 10, "unsupported-format"),
         (b"PK\x03\x04 not really a zip", "unsupported-format"),
@@ -148,7 +148,7 @@ def test_safetensors_weights_load_into_the_named_architecture(tmp_path):
     model = zoo.build("mnist1d_cnn", num_classes=7).eval()
     path = tmp_path / "weights"
     save_file(model.state_dict(), str(path))
-    assert detect_format(path) == "safetensors"
+    assert sniff(path) == "safetensors"
     loaded = load_model(path, architecture="mnist1d_cnn")
     assert loaded.format == "safetensors" and loaded.input_shape == (1, 40)
     x = torch.randn(4, 1, 40)
@@ -160,7 +160,7 @@ def test_safetensors_weights_load_into_the_named_architecture(tmp_path):
 def test_an_onnx_upload_reports_its_input_shape(tmp_path):
     model, shape = make_model("residual")
     path = export(model, shape, tmp_path / "m", "legacy", 17)
-    assert detect_format(path) == "onnx"
+    assert sniff(path) == "onnx"
     loaded = load_model(path)
     assert loaded.format == "onnx" and loaded.input_shape == shape
 

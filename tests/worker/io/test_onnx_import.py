@@ -15,8 +15,8 @@ import torch_pruning as tp
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from service.core.intake import Rejected
 from tests.worker.io.conftest import EXPORTS, MODELS, export, make_model
-from worker.io.errors import ModelRejected
 from worker.io.onnx_import import load_onnx, prepare_for_torch, read_onnx
 
 
@@ -285,7 +285,7 @@ def test_an_unsupported_operator_is_rejected_naming_the_op_and_the_node(tmp_path
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     node = helper.make_node("Hardmax", ["x"], ["y"], name="my_hardmax_node")
     path = _save(_graph_model([node], [x_info], [y_info], [], opset=13), tmp_path / "hardmax.onnx")
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "unsupported-operator"
     assert "Hardmax" in str(err.value) and "my_hardmax_node" in str(err.value)
@@ -299,7 +299,7 @@ def test_detection_postprocessing_is_rejected_because_torchvision_is_absent(tmp_
     out = helper.make_tensor_value_info("sel", TensorProto.INT64, ["K", 3])
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms_node")
     path = _save(_graph_model([node], [boxes, scores], [out], [], opset=13), tmp_path / "nms.onnx")
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "unsupported-operator" and "NonMaxSuppression" in str(err.value)
     assert importlib.util.find_spec("torchvision") is None  # the import stub did not leak
@@ -351,7 +351,7 @@ def test_external_data_pointing_outside_the_upload_is_rejected(tmp_path, how):
         os.symlink(secret, path.parent / "link.bin")
         location = "link.bin"
     _point_external_data(path, model, location)
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "external-data-outside-upload"
 
@@ -360,7 +360,7 @@ def test_a_file_over_the_protobuf_limit_is_rejected_before_parsing(tmp_path):
     path = tmp_path / "huge.onnx"
     with path.open("wb") as handle:
         handle.truncate(2**31 + 16)  # sparse: no disk space used
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "model-too-large" and "2 GiB" in str(err.value)
 
@@ -374,7 +374,7 @@ def test_external_data_beyond_the_protobuf_limit_is_rejected_before_reading(tmp_
         if entry.key == "length":
             entry.value = str(2**31 + 64)
     onnx.save_model(model, str(path))
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "model-too-large"
 
@@ -382,6 +382,6 @@ def test_external_data_beyond_the_protobuf_limit_is_rejected_before_reading(tmp_
 def test_bytes_that_are_not_onnx_are_rejected_as_invalid_onnx(tmp_path):
     path = tmp_path / "noise.onnx"
     path.write_bytes(np.random.default_rng(7).bytes(4096))
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path)
     assert err.value.code == "invalid-onnx"

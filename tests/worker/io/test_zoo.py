@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from service.core.intake import Rejected
 from worker.io import zoo
-from worker.io.errors import ModelRejected
 
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
@@ -34,7 +34,7 @@ def test_width_and_input_channels_change_the_network():
     convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].in_channels == 1 and convs[0].out_channels == 16 and convs[-1].out_channels == 128
     assert narrow(torch.randn(2, 1, 32, 32)).shape == (2, 10)
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         zoo.build("resnet18")
     assert err.value.code == "unknown-architecture"
 
@@ -62,13 +62,13 @@ def test_zoo_weights_round_trip_through_safetensors_and_num_classes_is_read_from
 def test_weights_of_another_shape_are_rejected_with_the_mismatching_keys(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file(zoo.build("resnet20").state_dict(), str(path))
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         zoo.load_zoo_model("resnet20", path, width=0.5)
     assert err.value.code == "weights-mismatch" and "conv1.weight" in str(err.value)
     state = zoo.build("resnet20").state_dict()
     state["extra.weight"] = torch.zeros(1)
     del state["fc.bias"]
     save_file(state, str(path))
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         zoo.load_zoo_model("resnet20", path)
     assert "fc.bias" in str(err.value) and "extra.weight" in str(err.value)

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from tests.worker.pruning.tiny import MLP, ConvBN2d, DepthwiseSeparable, randomize_bn
+from worker.pruning.criteria.bn_scale import bn_scale_scores
+from worker.pruning.criteria.l1 import l1_scores
+from worker.pruning.criteria.random import random_scores
 from worker.pruning.layers import discover_layers
 from worker.pruning.regions import RegionCodes, compute_region_codes
 from worker.pruning.scoring import (
-    bn_scale_scores,
     fold_bn,
     greedy_removal,
-    l1_scores,
-    random_scores,
     spline_geometry_scores,
     spline_layer_scores,
     spline_scores,
@@ -102,9 +102,9 @@ def test_geometry_scores_cover_depthwise_layers_and_stay_in_range():
     model = randomize_bn(DepthwiseSeparable())
     layers = discover_layers(model)
     scores = spline_geometry_scores(model, layers, torch.randn(32, 1, 8, 8))
-    assert set(scores) == {l.name for l in layers}
+    assert set(scores) == {layer.name for layer in layers}
     for name, s in scores.items():
-        assert s.shape == (dict((l.name, l.out_features) for l in layers)[name],)
+        assert s.shape == (dict((layer.name, layer.out_features) for layer in layers)[name],)
         assert torch.all((s >= 0) & (s <= 0.5)), name
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.core.image_archives import ArchiveLimits, check_image_archive, index_image_archive
-from service.core.sniff import Unacceptable, check_dataset_file
+from service.core.intake import Rejected, check_dataset_file
+from service.core.intake.archives import ArchiveLimits, check_image_archive, index_image_archive
 from tests.images import (
     bomb_png,
     flat_folder,
@@ -26,8 +26,8 @@ def _write(tmp_path: Path, data: bytes, name: str = "data.zip") -> Path:
     return path
 
 
-def _refused(path: Path, limits: ArchiveLimits | None = None) -> Unacceptable:
-    with pytest.raises(Unacceptable) as refused:
+def _refused(path: Path, limits: ArchiveLimits | None = None) -> Rejected:
+    with pytest.raises(Rejected) as refused:
         check_image_archive(path, limits or ArchiveLimits())
     return refused.value
 

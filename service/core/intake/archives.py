@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from service.core.sniff import Unacceptable
+from service.core.intake.errors import Rejected
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -93,8 +93,8 @@ def archive_kind(path: Path) -> str | None:
     return None
 
 
-def _refuse(code: str, message: str) -> Unacceptable:
-    return Unacceptable(code, message)
+def _refuse(code: str, message: str) -> Rejected:
+    return Rejected(code, message)
 
 
 def _safe_parts(name: str) -> list[str]:
@@ -195,7 +195,7 @@ def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, int, int
 
 
 def index_image_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> ImageIndex:
-    """Check every member's metadata and work out the layout; raise ``Unacceptable`` naming
+    """Check every member's metadata and work out the layout; raise ``Rejected`` naming
     the first problem. Reads no image data."""
     path = Path(path)
     kind = archive_kind(path)
@@ -305,7 +305,7 @@ def decode_image(data: bytes, name: str, max_pixels: int):
                 raise _refuse("image-bomb", f"image {name[:200]!r} declares {width}x{height} pixels, above the "
                               f"limit of {max_pixels}; resize it before uploading.")  # fmt: skip
             image.load()
-    except Unacceptable:
+    except Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _refuse("image-bomb", f"image {name[:200]!r} is a decompression bomb ({error}).") from error
