@@ -38,6 +38,10 @@ from worker.io.data import DataSplits
 from worker.training import TrainHooks, count_macs_params, evaluate, resolve_device, seed_everything, train
 
 
+LABEL_FREE_GRAD_CLIP = 5.0
+"""Global gradient-norm clip of label-free finetuning (distillation only)."""
+
+
 @dataclass(frozen=True)
 class PipelineInputs:
     model_path: Path
@@ -373,8 +377,9 @@ def _finetune(model, data, params: FinetuneParams, spec, device, stage_id, hooks
     if params.epochs == 0:
         return
     kwargs = _train_kwargs(spec, device, stage_id, hooks)
-    if not data.labelled:
-        kwargs.update(teacher=copy.deepcopy(teacher.model).to(device).eval(), distill_loss=teacher.loss())
+    if not data.labelled:  # gradient clipping: a pruned detector's first distillation steps can be steep
+        kwargs.update(teacher=copy.deepcopy(teacher.model).to(device).eval(), distill_loss=teacher.loss(),
+                      grad_clip=LABEL_FREE_GRAD_CLIP)  # fmt: skip
     elif params.distill > 0:
         kwargs.update(teacher=copy.deepcopy(teacher.model).to(device).eval(), distill_weight=params.distill)
         if len(teacher.kinds) > 1 or teacher.kinds != ["logits"]:

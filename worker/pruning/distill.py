@@ -24,6 +24,7 @@ from worker.pruning.outputs import OutputKind, class_last, output_list
 
 RegressionLoss = Literal["l2", "smooth_l1"]
 _EPS = 1e-12
+_MEAN_SQUARE_FLOOR = 1e-4
 
 
 def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -34,8 +35,12 @@ def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 
 def normalised_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``‖s − t‖² / ‖t‖²`` over the batch: the squared relative error, scale-free."""
-    scale = teacher.detach().pow(2).sum().clamp_min(_EPS)
+    """``‖s − t‖² / ‖t‖²`` over the batch: the squared relative error, scale-free.
+
+    The denominator is floored at a mean square of ``1e-4`` per element, so a teacher output
+    that is almost zero on a batch (a text-detection map on an image without text) does not
+    turn the loss into a huge, exploding gradient."""
+    scale = teacher.detach().pow(2).sum().clamp_min(_MEAN_SQUARE_FLOOR * teacher.numel()).clamp_min(_EPS)
     return (student - teacher).pow(2).sum() / scale
 
 

@@ -64,3 +64,12 @@ def test_a_narrow_student_trained_on_the_distillation_loss_follows_a_two_headed_
     after = measure_fidelity(teacher, student, [x], kinds=kinds)
     assert after["fidelity"] > before["fidelity"] + 0.2
     assert after["outputs"]["output_1"]["relative_error"] < 0.5 * before["outputs"]["output_1"]["relative_error"]
+
+
+def test_a_teacher_output_near_zero_does_not_blow_the_normalised_l2_up():
+    teacher = torch.zeros(2, 1, 8, 8)
+    student = torch.full((2, 1, 8, 8), 0.01, requires_grad=True)
+    loss = normalised_l2(student, teacher)
+    assert float(loss) == pytest.approx(1.0)  # 0.01² per element over the 1e-4 mean-square floor
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
