@@ -17,13 +17,11 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from service.core.children import die_with_parent
+from service.core.children import Supervisor
 from service.core.config import Settings
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_GATE_FAILED, EXIT_REQUEST_FAILED = 0, 1, 2, 3
@@ -54,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.deps import hash_key
+    from service.edge import uvicorn_options
     from service.main import create_app
 
     overrides: dict = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
@@ -67,24 +66,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     log_path = settings.data_dir / "worker.log"
     with open(log_path, "ab") as worker_log:
         env = {**os.environ, **settings.as_env()}
-        worker = subprocess.Popen(_worker_command(settings), env=env, stdout=worker_log, stderr=worker_log,
-                                  preexec_fn=die_with_parent)  # fmt: skip
+        worker = Supervisor("worker", _worker_command(settings), env, worker_log,
+                            max_backoff_s=settings.worker_restart_max_backoff_s,
+                            say=lambda line: print(line, flush=True))  # fmt: skip
+        worker.start()
         base = f"http://{settings.host}:{settings.port}"
         print(f"Shears listening on {base} (data in {settings.data_dir})", flush=True)
         print(f"  readiness: curl {base}/readyz", flush=True)
         if key:
             print(f"  authenticate: export SHEARS_URL={base} SHEARS_API_KEY={key}", flush=True)
             print('  then: curl -H "Authorization: Bearer $SHEARS_API_KEY" $SHEARS_URL/v1/jobs', flush=True)
-        print(f"  worker pid {worker.pid}, log {log_path}", flush=True)
+        print(f"  worker pid {worker.process.pid}, log {log_path} (restarted if it dies)", flush=True)
         try:
             uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                        timeout_keep_alive=30)  # above HTTP clients' idle expiry: no reset race
+                        **uvicorn_options(settings))  # fmt: skip
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
     return 0
 
 

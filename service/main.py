@@ -12,7 +12,10 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
+from service import __version__ as API_VERSION
 from service.api import health, jobs, metrics
+from service.api.contract import authenticated_operations, complete_contract
+from service.api.deps import get_tenant
 from service.api.errors import install_error_handlers
 from service.api.uploads import remove_orphan_uploads
 from service.api.uploads_router import datasets_router, models_router
@@ -22,9 +25,10 @@ from service.core.dispatch import reap
 from service.core.queue import make_celery
 from service.core.spec import JobSpec
 from service.core.storage import open_store
+from service.edge import EdgeLimits
 
 REF_TEMPLATE = "#/components/schemas/{model}"
-from service import __version__ as API_VERSION
+
 log = logging.getLogger("shears.api")
 
 
@@ -72,13 +76,16 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
     metrics.install_metrics(app)
-    for router in (health.router, metrics.router, models_router, datasets_router, jobs.router):
+    app.add_middleware(EdgeLimits, settings=settings)  # outermost: limits apply before any work
+    routers = (health.router, metrics.router, models_router, datasets_router, jobs.router)
+    for router in routers:
         app.include_router(router)
-    app.openapi = lambda: _openapi_with_job_spec(app)
+    authenticated = authenticated_operations([route for router in routers for route in router.routes], get_tenant)
+    app.openapi = lambda: _openapi_with_job_spec(app, authenticated)
     return app
 
 
-def _openapi_with_job_spec(app: FastAPI) -> dict:
+def _openapi_with_job_spec(app: FastAPI, authenticated: set[tuple[str, str]]) -> dict:
     """The generated spec, plus the JobSpec schema that POST /v1/jobs references (its body
     is parsed by hand to accept JSON and multipart alike)."""
     if app.openapi_schema is None:
@@ -86,5 +93,5 @@ def _openapi_with_job_spec(app: FastAPI) -> dict:
                            description=app.description, routes=app.routes)  # fmt: skip
         _, definitions = models_json_schema([(JobSpec, "validation")], ref_template=REF_TEMPLATE)
         spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
-        app.openapi_schema = spec
+        app.openapi_schema = complete_contract(spec, authenticated)
     return app.openapi_schema

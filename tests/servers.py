@@ -185,7 +185,7 @@ def create_bucket(endpoint: str, bucket: str) -> None:
 
 
 def start_celery_worker(
-    log_dir: Path, settings: "Settings", name: str = "celery-worker", concurrency: int = 1, wait: bool = True
+    log_dir: Path, settings: Settings, name: str = "celery-worker", concurrency: int = 1, wait: bool = True
 ) -> Process:
     """A real ``celery worker`` process; returns once it answers a remote-control ping
     (``wait=False``: at once; call ``wait_for_worker`` later, to start several in parallel)."""
@@ -204,7 +204,7 @@ def start_celery_worker(
     return proc
 
 
-def wait_for_worker(proc: Process, settings: "Settings") -> Process:
+def wait_for_worker(proc: Process, settings: Settings) -> Process:
     from service.core.queue import make_celery
 
     name = proc.name
@@ -215,21 +215,25 @@ def wait_for_worker(proc: Process, settings: "Settings") -> Process:
         replies = control.control.ping(timeout=0.5) or []
         return any(wanted in next(iter(reply)) for reply in replies)
 
+    def warm() -> bool:  # a task started during the warm-up waits for it, inside its time limit
+        return not settings.worker_warm_imports or "engine imports warm" in proc.log_path.read_text(errors="replace")
+
     try:
         wait_until(lambda: proc.ensure_alive() and answers(), 90, name)
+        wait_until(lambda: proc.ensure_alive() and warm(), 180, f"{name} importing the engine")
     except Exception:
         proc.stop()
         raise
     return proc
 
 
-def start_api(log_dir: Path, settings: "Settings", name: str = "api") -> tuple[Process, str]:
+def start_api(log_dir: Path, settings: Settings, name: str = "api") -> tuple[Process, str]:
     """The API as production runs it (uvicorn with the app factory); returns once /healthz answers."""
     port = free_port()
     proc = Process(
         name,
         [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port)],
+         "--port", str(port), "--http", "service.edge:GuardedHttpToolsProtocol"],
         log_dir, settings.as_env(),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

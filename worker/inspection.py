@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 
 from service.core.config import Settings
@@ -22,7 +24,7 @@ def _finish(sessions, record: type, item_id: str, status: str, info=None, error=
                         .values(status=status, info=info, error=error))  # fmt: skip
 
 
-def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine) -> str:
+def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine, time_limit_s: int) -> str:
     with sessions() as session:
         row = session.get(record, item_id)
         if row is None or row.status != "validating":
@@ -30,33 +32,43 @@ def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine
         key, filename = row.storage_key, row.filename
     with tempfile.TemporaryDirectory(prefix="shears-inspect-") as tmp:
         path = Path(tmp) / (Path(filename).suffix and f"upload{Path(filename).suffix}" or "upload")
-        store.get_file(key, path)
         try:
-            info = examine(path, row)
+            store.get_file(key, path)
+            info = examine(path, row)  # imports the engine too: all of it runs under the time limit
         except Exception as error:  # noqa: BLE001 - any failure to read the upload makes it invalid
-            code = getattr(error, "code", None) or "unreadable"
-            log.info("%s %s invalid: %s", record.__tablename__, item_id, error)
-            _finish(sessions, record, item_id, "invalid", error={"code": code, "message": str(error)[:2000]})
+            code, message = getattr(error, "code", None) or "unreadable", str(error)
+            if isinstance(error, SoftTimeLimitExceeded):
+                code, message = "inspection-timeout", (
+                    f"Checking this file took longer than {time_limit_s} s (SHEARS_INSPECT_TIME_LIMIT_S); "
+                    "upload a smaller model (fewer nodes) or ask the operator to raise the limit."
+                )
+            log.info("%s %s invalid: %s", record.__tablename__, item_id, message)
+            _finish(sessions, record, item_id, "invalid", error={"code": code, "message": message[:2000]})
             return "invalid"
     _finish(sessions, record, item_id, "ready", info=info)
     return "ready"
 
 
-def inspect_model_upload(model_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    from worker.io.models import inspect_model, load_model
+def inspect_model_upload(model_id: str, settings: Settings, sessions, store: ArtifactStore,
+                         ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
+    """``ready`` returns once the worker may import the engine (its warm-up is done)."""
 
     def examine(path: Path, row: ModelRecord) -> dict:
+        ready()
+        from worker.io.models import inspect_model, load_model
+
         loaded = load_model(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
         return inspect_model(loaded.module, loaded.input_shape)
 
-    return _inspect(ModelRecord, model_id, sessions, store, examine)
+    return _inspect(ModelRecord, model_id, sessions, store, examine, settings.inspect_time_limit_s)
 
 
-def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:
-    from worker.io.datasets import is_image_archive, load_dataset_file
-
+def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore,
+                           ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
     def examine(path: Path, row: DatasetRecord) -> dict:
+        ready()
         from service.core.intake.archives import check_image_archive
+        from worker.io.datasets import is_image_archive, load_dataset_file
 
         limits = settings.archive_limits()
         index = check_image_archive(path, limits) if is_image_archive(path) else None
@@ -68,4 +80,4 @@ def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store:
                         note="input_shape is for the default preprocessing; jobs declare theirs in spec.preprocessing")  # fmt: skip
         return info
 
-    return _inspect(DatasetRecord, dataset_id, sessions, store, examine)
+    return _inspect(DatasetRecord, dataset_id, sessions, store, examine, settings.inspect_time_limit_s)

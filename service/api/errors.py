@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://shears.dev/problems/"
+log = logging.getLogger("shears.api")
 
 
 class Problem(Exception):
@@ -37,6 +41,20 @@ def problem_response(
         **extra,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API serves at ``path``, from its OpenAPI document (Starlette's own 405
+    names only the first route that matched the path, e.g. POST but not GET on ``/v1/models``)."""
+    table = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), {m.upper() for m in ops})
+            for template, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allowed_methods = table
+    methods = set().union(*(ops for regex, ops in table if regex.match(path)))
+    return sorted(methods | {"OPTIONS"}) if methods else []
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -72,7 +90,21 @@ def install_error_handlers(app: FastAPI) -> None:
             {"Retry-After": "5"},
         )  # fmt: skip
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        """The client went away mid-body: nobody reads an answer, and it is not our error."""
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return problem_response(400, "client-disconnected", "The request body ended early; send it again.")
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app, request.url.path))
+            headers["Allow"] = allow
+            if request.method == "OPTIONS":  # RFC 9110 §9.3.7: say what the resource supports
+                return Response(status_code=204, headers=headers)
+            return problem_response(405, "method-not-allowed", f"{request.method} is not supported here; use one "
+                                    f"of {allow}.", headers)  # fmt: skip
         slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
-        return problem_response(exc.status_code, slug, str(exc.detail), exc.headers)
+        return problem_response(exc.status_code, slug, str(exc.detail), headers)

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.core.db import check_database
 from service.core.queue import check_broker
+from service.core.workers import check_workers
 
 router = APIRouter(tags=["health"])
 
@@ -52,15 +53,18 @@ def _timed(check) -> DependencyCheck:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A dependency is unavailable."}},
+    responses={503: {"model": Readiness, "description": "A dependency is unavailable, or no worker is alive."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Database, broker and artifact storage each answer; 503 names the one that does not."""
+    """Database, broker and artifact storage each answer, and a worker sent a heartbeat
+    within ``worker_stale_s``; 503 names the check that failed."""
     state = request.app.state
+    stale_s = state.settings.worker_stale_s
     checks = {
         "database": await run_in_threadpool(_timed, lambda: check_database(state.engine)),
         "broker": await run_in_threadpool(_timed, lambda: check_broker(state.celery)),
         "storage": await run_in_threadpool(_timed, state.store.check),
+        "worker": await run_in_threadpool(_timed, lambda: check_workers(state.engine, stale_s)),
     }
     ready = all(c.ok for c in checks.values())
     body = Readiness(status="ready" if ready else "unavailable", checks=checks)

@@ -348,7 +348,8 @@ def list_artifacts(job_id: str, tenant: TenantDep, session: SessionDep) -> list[
 
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (streamed, or 307 to a presigned URL)",
-            responses={200: {"content": {"application/octet-stream": {}}}, 307: {"description": "Presigned URL"},
+            responses={200: {"content": {"application/octet-stream": {}, "application/json": {}, "text/html": {}}},
+                       307: {"description": "Presigned URL"},
                        404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
 def download_artifact(job_id: str, name: str, tenant: TenantDep, session: SessionDep, store: StoreDep,
                       settings: SettingsDep):  # fmt: skip

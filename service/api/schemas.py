@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+def _as_utc(value: datetime) -> datetime:
+    """RFC 3339 in UTC (``…Z``): SQLite hands back naive datetimes (stored as UTC), PostgreSQL
+    aware ones in the session's time zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+"""Every timestamp the API answers with: serialized as ``2026-11-30T03:00:02.567623Z``."""
 
 
 class Out(BaseModel):
@@ -24,7 +35,7 @@ class UploadOut(Out):
     sha256: str
     size_bytes: int
     info: dict | None = None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ModelOut(UploadOut):
@@ -69,9 +80,9 @@ class JobOut(Out):
     error: JobError | None = None
     result: dict | None = None
     artifacts: list[Artifact]
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
 
 
 class JobList(BaseModel):

@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = None
 
     task_queue: str = "shears"
+    inspect_queue: str = Field(
+        "shears-inspect",
+        description="Celery queue of upload inspections. Every worker also consumes it; Celery takes "
+        "from its queues in turn, so a backlog of uploads delays a job by at most one inspection.",
+    )
+    inspect_time_limit_s: int = Field(
+        300, ge=5, description="An inspection running longer fails the upload `invalid`/`inspection-timeout`."
+    )
+    dispatch_window: int = Field(
+        2, ge=1,
+        description="Jobs sent to the broker and not yet started, across all tenants. Further jobs wait "
+        "in the database; the reaper sends the next one from the tenant with the fewest active jobs "
+        "(oldest first), so one tenant's backlog cannot starve another tenant's first job. Set it "
+        "to about the number of worker slots.",
+    )
+    worker_heartbeat_s: float = Field(5.0, gt=0, description="How often each worker records that it is alive.")
+    worker_stale_s: float = Field(
+        20.0, gt=0, description="/readyz answers 503 `no live worker` when no worker beat for this long."
+    )
+    worker_restart_max_backoff_s: float = Field(
+        60.0, gt=0, description="`shears up`: the longest wait before restarting a dead worker (doubling from 1 s)."
+    )
     worker_concurrency: int = 1
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]' for the pruning engine.")
     allow_torchscript_upload: bool = Field(
@@ -106,6 +128,38 @@ class Settings(BaseSettings):
         return ArchiveLimits(max_members=self.archive_max_members, max_member_bytes=self.archive_max_member_bytes,
                              max_total_bytes=self.archive_max_total_bytes, max_ratio=self.archive_max_ratio,
                              max_pixels=self.image_max_pixels)  # fmt: skip
+
+    # Limits at the edge (service/edge.py; docs/RELIABILITY.md "Limits"). They bound what one
+    # client can hold: memory, file descriptors, worker slots and temporary disk.
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request line plus headers; larger answers 431 and the connection closes."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send the request line and headers; slower answers 408 and closes."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Longest pause between two pieces of a request body (also a Content-Length larger "
+        "than the body sent); then 408 and the connection closes.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per API process; more are answered 503 and closed at once."
+    )
+    keep_alive_s: int = Field(
+        30, ge=1, description="Idle keep-alive connections close after this (above HTTP clients' idle expiry)."
+    )
+    max_uploads_per_tenant: int = Field(
+        4, ge=1, description="Uploads one tenant may stream at once per API process; more answer 429."
+    )
+    max_temp_bytes: int = Field(
+        8 << 30, ge=1 << 20,
+        description="Temporary upload files of all requests together per API process; an upload that "
+        "would pass it answers 503 with Retry-After.",
+    )
+    rate_limit_per_s: float = Field(
+        50.0, gt=0, description="Sustained requests per second per API key (token bucket); more answer 429."
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="Requests per API key allowed in a burst above the rate.")
 
     @field_validator("data_dir")
     @classmethod

@@ -55,6 +55,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=settings.broker_timeout_s,
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.task_queue,
+        # Upload inspections have their own queue: a backlog of uploads never sits in front of jobs.
+        task_routes={name: {"queue": settings.inspect_queue} for name in (INSPECT_MODEL_TASK, INSPECT_DATASET_TASK)},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -1,0 +1,57 @@
+"""Fair dispatch on real SQLite and kombu's filesystem broker (no worker: a claim is made the
+way a worker makes it, with ``jobs.start``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.core import jobs
+from service.core.config import Settings
+from service.core.db import create_schema, make_engine, make_session_factory
+from service.core.dispatch import dispatch_job, reap
+from service.core.models import JobRecord, new_id
+from service.core.queue import make_celery
+
+
+def _environment(tmp_path: Path, window: int):
+    settings = Settings(data_dir=tmp_path, dispatch_window=window)
+    engine = make_engine(settings)
+    create_schema(engine)
+    return settings, make_session_factory(engine), make_celery(settings)
+
+
+def _post(sessions, celery, settings, tenant: str) -> str:
+    """What POST /v1/jobs does: commit the row, then dispatch it."""
+    job = JobRecord(id=new_id("job"), tenant=tenant, model_id="mdl_x", spec={}, status="queued", progress={},
+                    artifacts=[])  # fmt: skip
+    with sessions.begin() as session:
+        session.add(job)
+    dispatch_job(sessions, celery, settings, job.id)
+    return job.id
+
+
+def _sent(sessions, job_ids: list[str]) -> list[bool]:
+    with sessions() as session:
+        return [session.get(JobRecord, job_id).dispatched_at is not None for job_id in job_ids]
+
+
+def test_one_tenants_backlog_does_not_starve_another_tenants_first_job(tmp_path: Path) -> None:
+    settings, sessions, celery = _environment(tmp_path, window=2)
+    backlog = [_post(sessions, celery, settings, "alpha") for _ in range(5)]
+    first_of_beta = _post(sessions, celery, settings, "beta")
+    assert _sent(sessions, backlog) == [True, True, False, False, False]  # only the window is in the broker
+    assert _sent(sessions, [first_of_beta]) == [False]
+
+    assert jobs.start(sessions, backlog[0], lease_s=60)  # a worker takes alpha's first job
+    assert reap(sessions, celery, settings)["sent"] == [first_of_beta]  # beta goes before alpha's third
+
+    assert jobs.start(sessions, backlog[1], lease_s=60)
+    assert reap(sessions, celery, settings)["sent"] == [backlog[2]]  # then alpha again, oldest first
+
+
+def test_a_cancelled_waiting_job_leaves_its_turn_to_the_next(tmp_path: Path) -> None:
+    settings, sessions, celery = _environment(tmp_path, window=1)
+    first, second, third = (_post(sessions, celery, settings, "alpha") for _ in range(3))
+    assert jobs.request_cancel(sessions, second)
+    assert jobs.start(sessions, first, lease_s=60)
+    assert reap(sessions, celery, settings)["sent"] == [third]
