@@ -49,11 +49,15 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     table = getattr(app.state, "allowed_methods", None)
     if table is None:
         table = [
-            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), {m.upper() for m in ops})
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), {m.upper() for m in ops},
+             "{" in template)
             for template, ops in app.openapi().get("paths", {}).items()
-        ]
+        ]  # fmt: skip
         app.state.allowed_methods = table
-    methods = set().union(*(ops for regex, ops in table if regex.match(path)))
+    matching = [(ops, templated) for regex, ops, templated in table if regex.match(path)]
+    if any(not templated for _, templated in matching):  # a literal path (/v1/jobs/upload) is its own resource,
+        matching = [(ops, templated) for ops, templated in matching if not templated]  # not a {job_id}
+    methods = set().union(*(ops for ops, _ in matching))
     return sorted(methods | {"OPTIONS"}) if methods else []
 
 
