@@ -1,4 +1,4 @@
-.PHONY: install run test test-deploy openapi
+.PHONY: install run test test-deploy openapi corpus
 
 install:
 	bash scripts/bootstrap.sh
@@ -18,3 +18,8 @@ test-deploy: install
 
 openapi: install
 	.venv/bin/shears openapi > openapi.yaml
+
+## Prune every model of the ONNX corpus (corpus/manifest.json) end to end and print the table.
+corpus:
+	.venv/bin/python scripts/fetch-corpus.py
+	.venv/bin/python -m worker.corpus

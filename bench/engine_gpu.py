@@ -3,12 +3,13 @@ random 32×32 data, peak GPU memory of each, and pruned-model latency on the GPU
 eval, batch 1 and 128) before/after structured pruning.
 
 Needs a CUDA device (``torch.cuda.is_available()``); exits with a message otherwise.
+``--device cpu`` runs the same code on the CPU (bench/gpu_check.py's self-test, tiny sizes).
 
     .venv/bin/python bench/engine_gpu.py --arch resnet32 vgg19_bn --batch 128 --steps 50
 
 Steps mirror worker.pruning.training.train's loop body (the same as bench/engine_probmask.py); the
 ProbMask step includes the global projection (exact, on the device) after every Adam step,
-and is measured mid-schedule (K < n). Timings use CUDA events after warm-up, with
+and is measured mid-schedule (K < n). Timings: wall clock around device-synchronised loops after warm-up, with
 ``torch.backends.cudnn.benchmark`` on. Prints JSON; asserts nothing.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +46,8 @@ def _train_rate(arch: str, batch: int, steps: int, warmup: int, probmask: bool, 
     weights = [p for p in model.parameters() if id(p) not in ids]
     opt = torch.optim.SGD(weights, lr=0.01, momentum=0.9, weight_decay=5e-4)
     score_opt = torch.optim.Adam(extra, lr=6e-3) if extra else None
-    torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -60,55 +63,60 @@ def _train_rate(arch: str, batch: int, steps: int, warmup: int, probmask: bool, 
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    _sync(device)
+    start = time.perf_counter()
     for _ in range(steps):
         step()
-    end.record()
-    torch.cuda.synchronize(device)
-    seconds = start.elapsed_time(end) / 1000.0
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
     return {"images_per_s": round(batch * steps / seconds, 1), "step_ms": round(1000 * seconds / steps, 2),
-            "peak_mem_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}  # fmt: skip
+            "peak_mem_MiB": peak}  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
 def _latency_ms(model: torch.nn.Module, batch: int, device: torch.device, repeats: int = 50) -> float:
     model = model.to(device).eval()
     x = torch.randn(batch, 3, 32, 32, device=device)
-    for _ in range(10):
+    for _ in range(min(10, repeats)):
         model(x)
-    torch.cuda.synchronize(device)
+    _sync(device)
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start = time.perf_counter()
         model(x)
-        end.record()
-        torch.cuda.synchronize(device)
-        times.append(start.elapsed_time(end))
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - start))
     times.sort()
     return round(times[len(times) // 2], 3)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=["resnet32", "vgg19_bn"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (bench/gpu_check.py's self-test)")
     parser.add_argument("--json")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (torch.cuda.is_available() is False)")
         sys.exit(2)
-    device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    header(f"engine_gpu {torch.cuda.get_device_name(device)} torch {torch.__version__}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    header(f"engine_gpu {name} torch {torch.__version__}")
     from worker.pruning.channels import prune_channels
 
-    results: dict = {"device": torch.cuda.get_device_name(device), "train": [], "latency": []}
+    results: dict = {"device": name, "train": [], "latency": []}
     for arch in args.arch:
         dense = _train_rate(arch, args.batch, args.steps, args.warmup, False, device)
         masked = _train_rate(arch, args.batch, args.steps, args.warmup, True, device)
@@ -124,9 +132,11 @@ def main() -> None:
             torch.manual_seed(0)
             model = zoo.build(arch)
             if ratio:
-                prune_channels(model, data, criterion="l1", ratio=ratio, scope="layerwise", probes_n=128, compensate=False)
-            lat = {"arch": arch, "ratio": ratio, "b1_ms": _latency_ms(model, 1, device),
-                   "b128_ms": _latency_ms(model, 128, device)}  # fmt: skip
+                prune_channels(
+                    model, data, criterion="l1", ratio=ratio, scope="layerwise", probes_n=128, compensate=False
+                )
+            lat = {"arch": arch, "ratio": ratio, "b1_ms": _latency_ms(model, 1, device, args.latency_repeats),
+                   f"b{args.batch}_ms": _latency_ms(model, args.batch, device, args.latency_repeats)}  # fmt: skip
             results["latency"].append(lat)
             print(lat, flush=True)
     write_json(args.json, results)

@@ -25,6 +25,8 @@ backward ≈ 3 forwards).
 
     .venv/bin/python bench/quality.py --seeds 0 1 2 --out bench/results/quality.json
     .venv/bin/python bench/quality.py --quick --seeds 0  # the reduced budget of BENCHMARKS.md
+    .venv/bin/python bench/quality.py --budget pm-default --parts unstructured --datasets mnist1d \
+        --baselines magnitude --threads 1 --out bench/results/quality_pm_default.json  # ProbMask's default spec
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import statistics
 import sys
@@ -91,10 +92,17 @@ def make_model(dataset: str) -> nn.Module:
 BUDGETS = {
     # epochs: dense training, ProbMask mask training (``pm``) within the unstructured total,
     # structured finetune; SGD lr of dense training and of every finetune
-    "quick": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 3, "unstructured": 4, "finetune": 3, "ft_lr": 0.01},
+    # (the first three pinned the paper's score lr 6e-3; ``None`` = the engine's default, scaled to the steps)
+    "quick": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 3, "unstructured": 4, "finetune": 3, "ft_lr": 0.01,
+              "score_lr": 6e-3},
     "long-unstructured": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 12, "unstructured": 16, "finetune": 3,
-                          "ft_lr": 0.01},
-    "full": {"dense": 20, "lr": 0.05, "batch": 64, "pm": 8, "unstructured": 12, "finetune": 10, "ft_lr": 0.01},
+                          "ft_lr": 0.01, "score_lr": 6e-3},
+    "full": {"dense": 20, "lr": 0.05, "batch": 64, "pm": 8, "unstructured": 12, "finetune": 10, "ft_lr": 0.01,
+             "score_lr": 6e-3},
+    # the service's default ProbMask spec (30 epochs, lr 0.01, batch 128, scaled score lr) + a 5-epoch
+    # finetune with the mask fixed, vs magnitude pruning finetuned the same 35 epochs
+    "pm-default": {"dense": 20, "lr": 0.05, "batch": 128, "pm": 30, "unstructured": 35, "finetune": 10,
+                   "ft_lr": 0.01, "score_lr": None},
 }  # fmt: skip
 
 
@@ -138,11 +146,11 @@ class TicketSnapshot(BaseCallback):
         return False  # keep training: the same run gives the fully trained model
 
 
-def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5) -> dict:
+def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5, regimes=("plain", "bn_l1")) -> dict:
     """Plain dense training (spline detector watching) and [EB]'s L1-on-γ training (bn
     detector watching); snapshots at the epochs the detectors fire."""
     out = {}
-    for regime in ("plain", "bn_l1"):
+    for regime in regimes:
         torch.manual_seed(seed)
         model = make_model(dataset)
         layers = discover_layers(model)
@@ -163,16 +171,23 @@ def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5) -> di
 # ----------------------------------------------------------------------------- experiments
 
 
-def unstructured(dense: nn.Module, data, b: dict, seed: int) -> dict:
+def unstructured(dense: nn.Module, data, b: dict, seed: int, baselines=("magnitude", "random"),
+                 sparsities=SPARSITIES) -> dict:  # fmt: skip
     rows = {}
     total = b["unstructured"]
-    for sparsity in SPARSITIES:
+    for sparsity in sparsities:
         key = f"{int(round(sparsity * 100))}%"
         model = copy.deepcopy(dense)
-        result = run_probmask(model, data, config(b, seed, b["pm"], b["ft_lr"]).with_(grad_clip=3.0), sparsity=sparsity)
-        finetune_with_masks(model, result["masks"], data, config(b, seed, total - b["pm"], b["ft_lr"]))
+        pm_config = config(b, seed, b["pm"], b["ft_lr"]).with_(grad_clip=3.0)
+        result = run_probmask(model, data, pm_config, sparsity=sparsity, score_lr=b.get("score_lr", 6e-3))
+        rows[f"probmask {key} (before finetune)"] = test_acc(model, data)
+        rows[f"probmask {key} undecided %"] = 100 * result["undecided"]
+        if total > b["pm"]:  # the finetune with the mask fixed, after the row above
+            finetune_with_masks(model, result["masks"], data, config(b, seed, total - b["pm"], b["ft_lr"]))
         rows[f"probmask {key}"] = test_acc(model, data)
         for name, prune in (("magnitude", global_magnitude_prune), ("random", random_unstructured_prune)):
+            if name not in baselines:
+                continue
             model = copy.deepcopy(dense)
             masks = prune(model, sparsity) if prune is global_magnitude_prune else prune(model, sparsity, seed=seed)
             finetune_with_masks(model, masks, data, config(b, seed, total, b["ft_lr"]))
@@ -260,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument("--baselines", nargs="+", default=["magnitude", "random"], choices=["magnitude", "random"])
     parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -278,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             data = builtin_dataset(dataset, seed=seed)
             t0 = time.perf_counter()
-            runs = dense_runs(dataset, data, b, seed)
+            regimes = ("plain", "bn_l1") if "early_bird" in args.parts else ("plain",)
+            runs = dense_runs(dataset, data, b, seed, regimes=regimes)
             dense = runs["plain"]["model"]
             info = {"seed": seed, "dense_test": test_acc(dense, data),
                     "dense_params": count_macs_params(dense, data.x_train[:1])[1], "eb_epochs": {k: v["epoch"] for k, v in runs.items()},
@@ -288,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             for part in args.parts:
                 t1 = time.perf_counter()
                 if part == "unstructured":
-                    rows = unstructured(dense, data, b, seed)
+                    rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
                 elif part == "structured":
                     rows = structured(dense, data, b, seed)
                 else:

@@ -14,10 +14,14 @@ from worker.pruning.training import count_macs_params, evaluate
 
 def measure(
     model: nn.Module, data: DataSplits, example: torch.Tensor, device: torch.device, onnx_path: Path,
-    export: ExportParams,
+    export: ExportParams, source_onnx: Path | None = None,
 ) -> dict:  # fmt: skip
     """Validation/test accuracy (None without labels), MACs, parameters, file sizes and onnxruntime latency of
-    ``model``, exported to ``onnx_path`` on the way (the model ends on the CPU)."""
+    ``model``, exported to ``onnx_path`` on the way (the model ends on the CPU).
+
+    With ``source_onnx`` (the uploaded ONNX file of this same model, single file, dynamic
+    batch) size and latency are those of that file and no export is made: re-exporting the
+    dense model only to time it cost as much as the final export (``latency.source``)."""
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
     model = model.to(device).eval()
@@ -26,13 +30,37 @@ def measure(
     example = example.float() if example.dtype == torch.uint8 else example
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
-    export_onnx(cpu_model, example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
     batch_sizes = (1, 32) if export.dynamic_batch else (1,)
-    latency = onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes)
+    latency = None
+    if _usable_source(source_onnx, export.dynamic_batch):
+        try:
+            latency = {**onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
+                       "source": "uploaded"}  # fmt: skip
+            onnx_path = source_onnx
+        except Exception:  # noqa: BLE001 - onnxruntime cannot run the upload: time our export instead
+            latency = None
+    if latency is None:
+        export_onnx(cpu_model, example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
+        latency = {**onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
+                   "source": "exported"}  # fmt: skip
     return {
         "accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
         "file": file_sizes(onnx_path), "latency_ms": latency,
     }  # fmt: skip
+
+
+def _usable_source(path: Path | None, dynamic_batch: bool) -> bool:
+    """Whether an uploaded ONNX file can stand for the dense model in the latency measurement:
+    a single file whose batch axis is dynamic when batch 32 is measured."""
+    from worker.export import onnx_export_info
+
+    if path is None:
+        return False
+    try:
+        info = onnx_export_info(path)
+    except Exception:  # noqa: BLE001 - an unreadable file is exported instead
+        return False
+    return info["single_file"] and (info["dynamic_batch"] or not dynamic_batch)
 
 
 __all__ = ["measure"]

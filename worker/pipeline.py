@@ -104,7 +104,8 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
         data = load_dataset_file(inputs.dataset_path, seed=spec.seed, val_fraction=spec.training.val_fraction,
                                  preprocessing=spec.preprocessing)  # fmt: skip
     loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes or None)  # fmt: skip
+                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes or None,
+                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
     model = loaded.module.float()
     try:
         with torch.no_grad():
@@ -120,6 +121,21 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
                           f"{data.num_classes} classes; a labelled dataset needs (batch, classes) logits: "
                           "upload the inputs without labels to prune by distillation")  # fmt: skip
     return model, data, loaded.format
+
+
+def _needs_dense_model(spec: JobSpec, data: DataSplits) -> bool:
+    """Whether the run needs a copy of the dense model: a stage distils from it (``distill`` > 0
+    with a training budget), the dataset has no labels (its outputs are the targets and fidelity
+    is the only measure) or the acceptance gate bounds fidelity to it."""
+    if not data.labelled:
+        return True
+    if spec.acceptance.min_agreement is not None or spec.acceptance.max_relative_error is not None:
+        return True
+    n_train, batch = len(data.x_train), spec.training.batch_size
+    return any(
+        getattr(stage.params, "distill", 0) > 0 and runner_for(stage.params).planned_epochs(stage.params, n_train, batch) > 0
+        for stage in spec.pipeline
+    )
 
 
 def _teacher(dense: torch.nn.Module, data: DataSplits, spec: JobSpec, model_path: Path) -> Teacher:
@@ -157,7 +173,7 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Run ``spec`` on the inputs; write artifacts to ``out_dir``."""
     from worker.export import check_onnx_parity, export_torchscript, onnx_export_info, save_masks
-    from worker.report import build_report, layer_stats, write_report
+    from worker.report import build_report, channel_counts, layer_stats, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(total_epochs=0, on_progress=on_progress)
@@ -170,10 +186,14 @@ def run_pipeline(
     run.total_epochs = _total_epochs(spec, len(data.x_train))
     example = data.x_val[:1]
     with run.stage("evaluate_dense"):
-        dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export)
+        source = inputs.model_path if model_format == "onnx" else None
+        dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export, source_onnx=source)
 
-    dense_model = copy.deepcopy(model).cpu()
-    teacher = _teacher(dense_model, data, spec, inputs.model_path)
+    dense_channels = channel_counts(model)
+    # the dense model is copied only where it is needed: a distillation teacher, the target of a
+    # label-free job, the reference of fidelity bounds
+    dense_model = copy.deepcopy(model).cpu() if _needs_dense_model(spec, data) else None
+    teacher = _teacher(dense_model, data, spec, inputs.model_path) if dense_model is not None else None
     state = EngineState(model=model.to(device))
     stages = spec.pipeline
     for index, stage in enumerate(stages):
@@ -185,16 +205,17 @@ def run_pipeline(
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
     finetuned, pruned_accuracy, channels_removed = state.finetuned, state.pruned_accuracy, state.channels_removed
-    fidelity = state.fidelity
+    fidelity, probmask_info = state.fidelity, state.extras.get("probmask")
 
-    with run.stage("fidelity"):
-        fidelity["final"] = teacher.fidelity(model, data, spec.training.batch_size, device)
+    if teacher is not None:
+        with run.stage("fidelity"):
+            fidelity["final"] = teacher.fidelity(model, data, spec.training.batch_size, device)
     model = model.cpu().eval()
     files: dict[str, Path] = {}
     with run.stage("export"):
         final = measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec.export)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], data.x_val[:32].float()),
+        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val).float()),
                             **onnx_export_info(files["model.onnx"])}}  # fmt: skip
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
@@ -208,7 +229,7 @@ def run_pipeline(
     from worker.pruning.fidelity import check_bounds
 
     report = build_report(
-        fidelity=fidelity, fidelity_checks=check_bounds(fidelity["final"], min_agreement=spec.acceptance.min_agreement,
+        fidelity=fidelity, fidelity_checks=check_bounds(fidelity["final"] or {}, min_agreement=spec.acceptance.min_agreement,
                                                         max_relative_error=spec.acceptance.max_relative_error),
         accuracy_dense=_percent(dense["accuracy"]), accuracy_pruned=_percent(pruned_accuracy),
         accuracy_finetuned=_percent(final["accuracy"]) if finetuned else None,
@@ -216,8 +237,8 @@ def run_pipeline(
         macs_before=dense["macs"], macs_after=final["macs"],
         file_size_before=dense["file"], file_size_after=final["file"],
         latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_model, model, masks), channels_removed=channels_removed,
-        early_bird=early_bird, training_curves=_curves(run.history), timings=run.stage_seconds,
+        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
+        early_bird=early_bird, probmask=probmask_info, training_curves=_curves(run.history), timings=run.stage_seconds,
         max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
         if data.y_test is not None else None,
@@ -227,6 +248,7 @@ def run_pipeline(
                  "test": None if data.x_test is None else len(data.x_test)},
         spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
     )  # fmt: skip
+    report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
@@ -251,3 +273,10 @@ def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
                 "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
         for stage, events in history.items()
     }  # fmt: skip
+
+
+def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:
+    """At most 32 inputs and about ``max_elements`` values (at least 2 inputs): the export parity
+    check's cost stays bounded for large inputs (6 images at 224×224)."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return x[: max(2, min(32, max_elements // per_sample))]

@@ -45,19 +45,20 @@ def problem_response(
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
     """Every method the API serves at ``path``, from its OpenAPI document (Starlette's own 405
-    names only the first route that matched the path, e.g. POST but not GET on ``/v1/models``)."""
+    names only the first route that matched the path, e.g. POST but not GET on ``/v1/models``). A
+    literal path (``/v1/jobs/upload``) takes precedence over a template that also matches it
+    (``/v1/jobs/{job_id}``), as in OpenAPI path matching."""
     table = getattr(app.state, "allowed_methods", None)
     if table is None:
         table = [
-            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), {m.upper() for m in ops},
-             "{" in template)
+            (template, re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+             {m.upper() for m in ops})
             for template, ops in app.openapi().get("paths", {}).items()
         ]  # fmt: skip
         app.state.allowed_methods = table
-    matching = [(ops, templated) for regex, ops, templated in table if regex.match(path)]
-    if any(not templated for _, templated in matching):  # a literal path (/v1/jobs/upload) is its own resource,
-        matching = [(ops, templated) for ops, templated in matching if not templated]  # not a {job_id}
-    methods = set().union(*(ops for ops, _ in matching))
+    matches = [(template, ops) for template, regex, ops in table if regex.match(path)]
+    literal = [ops for template, ops in matches if "{" not in template]  # /v1/jobs/upload, not /v1/jobs/{job_id}
+    methods = set().union(*(literal or [ops for _, ops in matches]))
     return sorted(methods | {"OPTIONS"}) if methods else []
 
 

@@ -2,11 +2,14 @@
 
 Starlette's form parser buffers whole parts before a route runs; this reader enforces the
 size limit while the bytes arrive (413 as soon as the limit is crossed, or at once when the
-declared Content-Length is over it) and keeps memory flat for multi-GiB models.
+declared Content-Length is over it) and keeps memory flat for multi-GiB models: the body is
+parsed, hashed and written in 4 MiB blocks in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -19,6 +22,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from service.api.errors import Problem
 
 MAX_FIELD_BYTES = 256 * 1024
+BLOCK_BYTES = 4 << 20  # parse, hash and write uploads in blocks of this size, off the event loop
 
 
 @dataclass
@@ -87,7 +91,7 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
                          out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+        chunk = memoryview(data)[start:end]  # no copy: written and hashed in place
         if state["out"] is not None:
             state["out"].write(chunk)
             state["hash"].update(chunk)
@@ -111,17 +115,37 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         "on_header_value": on_header_value, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })  # fmt: skip
+    pending: asyncio.Future | None = None
     try:
+        # The socket's small chunks are gathered into large blocks; each block is parsed,
+        # hashed and written in a worker thread (hashlib and file writes release the GIL)
+        # while the event loop receives the next one: at most two blocks in memory.
+        chunks: list[bytes] = []
+        gathered = 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit + MAX_FIELD_BYTES:
                 raise _too_large(limit)
-            parser.write(chunk)
+            chunks.append(chunk)
+            gathered += len(chunk)
+            if gathered >= BLOCK_BYTES:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, b"".join(chunks)))
+                chunks, gathered = [], 0
+        if pending is not None:
+            await pending
+        pending = None
+        if chunks:
+            await asyncio.to_thread(parser.write, b"".join(chunks))
         parser.finalize()
         if parser.state != MultipartState.END:
             raise Problem(400, "malformed-multipart", "The multipart body ended before its closing boundary "
                           "(`--<boundary>--`); send the complete body.")  # fmt: skip
     except BaseException as error:  # a Problem, a parse error, a client disconnect, a cancellation
+        if pending is not None:  # let the thread finish before its file is closed and removed
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
         if state.get("out") is not None and not state["out"].closed:
             state["out"].close()
         form.cleanup()

@@ -126,6 +126,8 @@ class JobReport(_Open):
     layers: list[dict] = Field(default_factory=list)
     structure: Structure
     early_bird: dict | None = None
+    probmask: dict | None = Field(None, description="{sparsity, score_lr, steps, undecided, warnings} (ProbMask stage)")
+    warnings: list[str] = Field(default_factory=list, description="Things to look at (undecided ProbMask scores).")
     training_curves: dict = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     exports: dict = Field(default_factory=dict)

@@ -107,3 +107,26 @@ def test_early_bird_needs_labels_and_says_so(detector_job):
     inputs, out = detector_job
     with pytest.raises(EngineError, match="labels"):
         run_pipeline(inputs, _spec(pipeline=[{"early_bird": {"max_epochs": 2}}]), out)
+
+
+def _splits(labelled: bool):
+    from worker.io.data import DataSplits
+
+    x = torch.rand(64, 3, 8, 8)
+    y = torch.randint(0, 3, (64,)) if labelled else None
+    return DataSplits(x_train=x[:48], y_train=None if y is None else y[:48], x_val=x[48:],
+                      y_val=None if y is None else y[48:], num_classes=3 if labelled else 0)  # fmt: skip
+
+
+def test_the_dense_model_is_kept_to_distil_without_labels_or_for_fidelity_bounds_and_only_then():
+    from worker.pipeline import _needs_dense_model
+
+    plain = [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 2, "distill": 0.0}}]
+    assert not _needs_dense_model(JobSpec.model_validate({"pipeline": plain}), _splits(labelled=True))
+    assert _needs_dense_model(JobSpec.model_validate({"pipeline": plain}), _splits(labelled=False))
+    bounded = {"pipeline": plain, "acceptance": {"min_agreement": 0.9}}
+    assert _needs_dense_model(JobSpec.model_validate(bounded), _splits(labelled=True))
+    distils = [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {}}]  # default: distill 0.9
+    assert _needs_dense_model(JobSpec.model_validate({"pipeline": distils}), _splits(labelled=True))
+    no_budget = [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 0, "distill": 0.9}}]
+    assert not _needs_dense_model(JobSpec.model_validate({"pipeline": no_budget}), _splits(labelled=True))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,10 @@ import onnx
 import torch
 from torch import nn
 
+from worker.export.signature import restore_signature
+
 EXPORTER_KEY = "shears.exporter"
+SIGNATURE_KEY = "shears.signature"
 BATCH_NAME = "batch"
 
 
@@ -40,6 +42,14 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+def _io_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Input/output names: the uploaded ONNX's own (``shears_onnx_io``), else ``input``/``output``."""
+    signature = getattr(model, "shears_onnx_io", None)
+    if signature is None:
+        return ["input"], ["output"]
+    return [t.name for t in signature.inputs], [t.name for t in signature.outputs]
+
+
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
     dynamic_shapes = ({0: torch.export.Dim(BATCH_NAME, min=1, max=1 << 20)},) if dynamic_batch else None
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -53,14 +63,15 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: i
             opset_version=opset,
             dynamic_shapes=dynamic_shapes,
             external_data=False,
-            input_names=["input"],
-            output_names=["output"],
+            input_names=_io_names(model)[0],
+            output_names=_io_names(model)[1],
             verbose=False,
         )
 
 
 def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
-    axes = {"input": {0: BATCH_NAME}, "output": {0: BATCH_NAME}} if dynamic_batch else None
+    inputs, outputs = _io_names(model)
+    axes = {name: {0: BATCH_NAME} for name in inputs + outputs} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -69,8 +80,8 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: i
             str(path),
             dynamo=False,
             opset_version=min(opset, 20),
-            input_names=["input"],
-            output_names=["output"],
+            input_names=inputs,
+            output_names=outputs,
             dynamic_axes=axes,
         )
 
@@ -106,12 +117,18 @@ def export_onnx(
                     raise ExportError("the batch dimension is not dynamic")
                 onnx.checker.check_model(proto)
             except Exception as exc:  # try the next exporter
-                errors.append(f"{name}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}")
+                errors.append(
+                    f"{name}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+                )
                 continue
             del proto.metadata_props[:]
-            onnx.helper.set_model_props(
-                proto, {EXPORTER_KEY: name, "shears.opset": str(_opset(proto)), "shears.torch": torch.__version__}
-            )
+            props = {EXPORTER_KEY: name, "shears.opset": str(_opset(proto)), "shears.torch": torch.__version__}
+            signature = getattr(model, "shears_onnx_io", None)
+            if signature is not None:  # the uploaded ONNX's names, order, dtypes and axes
+                onnx.save_model(proto, str(path))
+                props[SIGNATURE_KEY] = json.dumps(restore_signature(path, signature))
+                proto = onnx.load_model(str(path), load_external_data=False)
+            onnx.helper.set_model_props(proto, props)
             onnx.save_model(proto, str(path))
             onnx.checker.check_model(str(path))
             return path
@@ -133,6 +150,9 @@ def onnx_export_info(path: Path) -> dict[str, Any]:
         "opset": _opset(proto),
         "dynamic_batch": _batch_is_dynamic(proto),
         "single_file": not _has_external_data(proto),
+        "inputs": [v.name for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
+        "outputs": [v.name for v in proto.graph.output],
+        **({"signature": json.loads(props[SIGNATURE_KEY])} if SIGNATURE_KEY in props else {}),
     }
 
 
@@ -147,41 +167,69 @@ def _session(path: Path, threads: int | None = 1):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def _flat_outputs(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _flat_outputs(item)]
+    return []
+
+
 def check_onnx_parity(
     model: nn.Module, path: Path, inputs: torch.Tensor, *, rtol: float = 1e-3, atol: float = 1e-4
 ) -> dict[str, Any]:
-    """Compare torch (eval mode) and onnxruntime outputs at batch 1 and at ``len(inputs)``.
+    """Compare torch (eval mode) and onnxruntime on EVERY output, at batch 1 and ``len(inputs)``.
 
-    ``passed`` when ``max_abs_diff <= tolerance``; ``tolerance = atol + rtol * max|torch|``.
+    Per output, ``max_abs_diff <= atol + rtol * max|torch output|``; ``passed`` when all
+    outputs pass (and their count and shapes agree). ``outputs`` lists each one.
     """
     was_training = model.training
     model.eval()
     session = _session(path)
-    name = session.get_inputs()[0].name
+    feed = session.get_inputs()[0]
+    names = [o.name for o in session.get_outputs()]
     batches = sorted({1, int(inputs.shape[0])})
-    max_diff, max_ref = 0.0, 0.0
+    per_output: dict[str, dict[str, float]] = {}
+    error = None
     try:
         for batch in batches:
-            x = inputs[:batch].detach().float()
+            x = inputs[:batch].detach()
             with torch.no_grad():
-                ref = model(x)
-            ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().cpu().numpy()
-            got = session.run(None, {name: x.cpu().numpy()})[0]
-            if got.shape != ref.shape:
-                return {
-                    "max_abs_diff": float("inf"), "tolerance": atol, "passed": False,
-                    "batch_sizes_checked": batches, "error": f"shape {list(got.shape)} != {list(ref.shape)} at batch {batch}",
-                }  # fmt: skip
-            max_diff = max(max_diff, float(np.max(np.abs(got - ref))) if ref.size else 0.0)
-            max_ref = max(max_ref, float(np.max(np.abs(ref))) if ref.size else 0.0)
+                refs = [r.detach().cpu().numpy() for r in _flat_outputs(model(x))]
+            got = session.run(None, {feed.name: x.cpu().numpy()})
+            if len(got) != len(refs):
+                error = f"{len(got)} ONNX outputs for {len(refs)} torch outputs"
+                break
+            for name, ref, out in zip(names, refs, got, strict=True):
+                if out.shape != ref.shape:
+                    error = f"output {name!r}: shape {list(out.shape)} != {list(ref.shape)} at batch {batch}"
+                    break
+                entry = per_output.setdefault(name, {"max_abs_diff": 0.0, "max_ref": 0.0})
+                if ref.size:
+                    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+                    entry["max_abs_diff"] = max(entry["max_abs_diff"], float(np.max(diff)))
+                    entry["max_ref"] = max(entry["max_ref"], float(np.max(np.abs(ref))))
+            if error:
+                break
     finally:
         model.train(was_training)
-    tolerance = atol + rtol * max_ref
+    outputs = [
+        {"name": name, "max_abs_diff": e["max_abs_diff"], "tolerance": atol + rtol * e["max_ref"],
+         "passed": e["max_abs_diff"] <= atol + rtol * e["max_ref"]}
+        for name, e in per_output.items()
+    ]  # fmt: skip
+    if error:
+        return {"max_abs_diff": float("inf"), "tolerance": atol, "passed": False, "batch_sizes_checked": batches,
+                "error": error, "outputs": outputs}  # fmt: skip
+    worst = max(outputs, key=lambda o: o["max_abs_diff"] - o["tolerance"]) if outputs else None
     return {
-        "max_abs_diff": max_diff,
-        "tolerance": tolerance,
-        "passed": bool(max_diff <= tolerance),
+        "max_abs_diff": worst["max_abs_diff"] if worst else 0.0,
+        "tolerance": worst["tolerance"] if worst else atol,
+        "passed": bool(outputs) and all(o["passed"] for o in outputs),
         "batch_sizes_checked": batches,
+        "outputs": outputs,
     }
 
 
@@ -189,43 +237,42 @@ def onnxruntime_latency(
     path: Path,
     input_shape: tuple[int, ...],
     batch_sizes: tuple[int, ...] = (1, 32),
-    repeats: int = 20,
+    repeats: int = 50,
     *,
-    warmup: int = 3,
+    warmup: int = 1,
     threads: int | None = 1,
     seed: int = 0,
+    budget_s: float = 1.5,
+    rel_tolerance: float = 0.05,
 ) -> dict[str, Any]:
-    """Median/min/p90 wall time (ms) of ``session.run`` per batch size, after ``warmup`` runs.
+    """Median/min/p90 wall time (ms) of ``session.run`` per batch size, bounded in time.
 
-    ``input_shape`` is per sample; ``threads=1`` (default) pins onnxruntime to one intra-op
-    thread so numbers are comparable across machines and runs; ``None`` lets it choose.
+    Each batch size gets ``budget_s`` seconds (warmup included) and at most ``repeats`` runs,
+    and stops early once its median is known to ``±rel_tolerance`` (95% interval;
+    :func:`worker.export.latency.bounded_latency`); ``stable``, ``ci95_ms`` and ``ci_rel``
+    report how precise each median is. ``input_shape`` is per sample; ``threads=1``
+    (default) pins onnxruntime to one intra-op thread so numbers are comparable across
+    machines and runs; ``None`` lets it choose.
     """
+    from worker.export.latency import bounded_latency
+
     session = _session(path, threads)
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(seed)
     results: dict[str, Any] = {}
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        for _ in range(warmup):
-            session.run(None, {name: x})
-        times = []
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            session.run(None, {name: x})
-            times.append((time.perf_counter() - start) * 1000.0)
-        times.sort()
-        results[str(batch)] = {
-            "median_ms": statistics.median(times),
-            "min_ms": times[0],
-            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "repeats": len(times),
-        }
+        results[str(batch)] = bounded_latency(
+            lambda x=x: session.run(None, {name: x}), budget_s=budget_s, min_repeats=min(5, max(1, repeats)),
+            max_repeats=max(1, repeats), warmup=warmup, rel_tolerance=rel_tolerance,
+        )  # fmt: skip
     import onnxruntime as ort
 
     return {
         "batch_sizes": results,
         "threads": threads,
         "warmup": warmup,
+        "budget_s": budget_s,
         "provider": "CPUExecutionProvider",
         "onnxruntime": ort.__version__,
     }

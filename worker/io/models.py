@@ -8,7 +8,6 @@ ever being unpickled.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +39,25 @@ def load_model(
     allow_torchscript: bool = False,
     num_classes: int | None = None,
     width: float = 1.0,
+    input_shape: tuple[int, ...] | None = None,
 ) -> LoadedModel:
-    """Load an uploaded model file; raise ``Rejected`` with a code when refused."""
+    """Load an uploaded model file; raise ``Rejected`` with a code when refused.
+
+    ``input_shape`` (per sample) resolves an ONNX model's symbolic input dimensions; a
+    model whose size it cannot know without one is refused with ``input-shape-required``.
+    """
     from worker.io import zoo
 
     path = Path(path)
     kind = intake.check_model_file(path, allow_torchscript)  # the same checks as the API's upload
     if kind == "onnx":
-        from worker.io.onnx_import import convert_model, onnx_input_shape, read_onnx
+        from worker.io.onnx import convert_model, read_onnx
 
         proto = read_onnx(path)
-        shape = onnx_input_shape(proto)
-        return LoadedModel(convert_model(proto), "onnx", shape, {"opset": _opset(proto), "ir_version": proto.ir_version})
+        module = convert_model(proto, input_shape)
+        details = {"opset": _opset(proto), "ir_version": proto.ir_version, "producer": proto.producer_name or None,
+                   "io": module.shears_onnx_io.to_json()}  # fmt: skip
+        return LoadedModel(module, "onnx", tuple(module.shears_input_shape), details)
     if kind == "safetensors":
         if not architecture:
             raise Rejected(
@@ -115,75 +121,35 @@ def prunable_layers(module: nn.Module) -> list[dict[str, Any]]:
     return layers
 
 
-def _hard_coded_shapes(module: nn.Module) -> list[dict[str, str]]:
-    """Reshape modules whose target is a constant tensor (they cannot follow pruning)."""
-    blockers = []
-    if not isinstance(module, torch.fx.GraphModule):
-        return blockers
-    for node in module.graph.nodes:
-        if node.op != "call_module":
-            continue
-        target = module.get_submodule(node.target)
-        if type(target).__name__ in ("OnnxReshape", "ShearsReshape") and len(node.args) > 1:
-            shape_arg = node.args[1]
-            if isinstance(shape_arg, torch.fx.Node) and shape_arg.op == "get_attr":
-                shape = _get_attr(module, shape_arg.target).reshape(-1).tolist()
-                if len(shape) < 2 or all(d in (-1, 0, 1) for d in shape[1:]):
-                    continue  # scalars and batch-only targets follow any channel count
-                blockers.append(
-                    {
-                        "node": str(node.target),
-                        "reason": f"reshape to the constant shape {shape}: channel pruning "
-                        "upstream changes the element count this shape assumes",
-                    }
-                )
-    return blockers
+def _torch_dtype(elem_type: int) -> torch.dtype:
+    import numpy as np
+    import onnx
+
+    return torch.from_numpy(np.zeros(1, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem_type))).dtype
 
 
-def _get_attr(module: nn.Module, target: str) -> torch.Tensor:
-    obj: Any = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _excluded_sets(module: nn.Module, example: torch.Tensor) -> tuple[list[dict[str, str]], int]:
+    """Coupled sets whose channels cannot be removed (with why), and how many sets can be."""
+    from worker.pruning.channels import coupled_sets
+    from worker.pruning.exclusion import blocked_roots
+    from worker.pruning.layers import discover_layers
 
-
-def _trial_prune(module: nn.Module, example: torch.Tensor, max_layers: int) -> list[dict[str, str]]:
-    """Remove one output channel of each prunable layer (on a copy) and run a forward pass."""
-    import torch_pruning as tp
-
-    blockers: list[dict[str, str]] = []
-    layers = [(n, m) for n, m in module.named_modules() if isinstance(m, _PRUNABLE)]
-    last = layers[-1][0] if layers else None
-    for name, _ in layers[:max_layers]:
-        if name == last:
-            continue  # the classifier's outputs are the classes
-        trial = copy.deepcopy(module).eval()
-        layer = trial.get_submodule(name)
-        channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        if channels < 2:
-            continue
-        fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-        try:
-            graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example)
-            group = graph.get_pruning_group(layer, fn, idxs=[0])
-            if not graph.check_pruning_group(group):
-                continue  # would remove every channel of a coupled layer; not a blocker
-            group.prune()
-            with torch.no_grad():
-                trial(torch.cat([example, example], 0))
-        except Exception as exc:
-            blockers.append(
-                {"node": name, "reason": f"removing a channel breaks the graph: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"}
-            )
-    return blockers
+    layers = discover_layers(module)
+    sets = coupled_sets(module, example, layers)
+    blocked = blocked_roots(module, example, [s[0] for s in sets])
+    excluded = [{"node": root, "reason": reason} for root, reason in blocked.items()]
+    return excluded, sum(1 for s in sets if s[0] not in blocked)
 
 
 def inspect_model(module: nn.Module, input_shape: tuple[int, ...], *, max_trial_layers: int = 64) -> dict[str, Any]:
     """Parameters, MACs, prunable layers, input shape, and what blocks channel pruning.
 
-    ``input_shape`` is per sample (no batch dimension). Blockers come from building a
-    Torch-Pruning dependency graph, from constant reshape targets left in the graph, and
-    from removing one channel per layer on a copy and running it (batch 2).
+    ``input_shape`` is per sample (no batch dimension). Each coupled set of layers is
+    tried on a copy (remove one channel, run at batch 2, compare every output's shape:
+    :mod:`worker.pruning.exclusion`); sets that fail are listed under ``excluded`` with
+    the reason, and pruning leaves them alone. ``blockers`` name what stops channel
+    pruning of the whole model: a failing forward pass or dependency graph, or every set
+    excluded. ``channel_prunable`` is true when at least one set can be pruned.
     """
     was_training = module.training
     try:
@@ -196,6 +162,9 @@ def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: 
     import torch_pruning as tp
 
     example = torch.randn(1, *input_shape)
+    signature = getattr(module, "shears_onnx_io", None)
+    if signature is not None and signature.inputs and signature.inputs[0].elem_type != 1:  # integer inputs (bytes)
+        example = torch.randint(0, 256, (1, *input_shape)).to(_torch_dtype(signature.inputs[0].elem_type))
     report: dict[str, Any] = {
         "input_shape": list(input_shape),
         "parameters": int(sum(p.numel() for p in module.parameters())),
@@ -221,11 +190,13 @@ def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: 
         report["blockers"].append({"node": "<torchscript>", "reason": "TorchScript modules cannot be channel-pruned"})
         return report
     try:
-        tp.DependencyGraph().build_dependency(copy.deepcopy(module), example_inputs=example)
+        excluded, prunable_sets = _excluded_sets(module, example)
     except Exception as exc:
         report["blockers"].append({"node": "<dependency-graph>", "reason": f"Torch-Pruning cannot trace the model: {str(exc)[:200]}"})
         return report
-    report["blockers"] += _hard_coded_shapes(module)
-    report["blockers"] += _trial_prune(module, example, max_trial_layers)
-    report["channel_prunable"] = bool(report["prunable_layers"]) and not report["blockers"]
+    report["excluded"] = excluded
+    report["prunable_sets"] = prunable_sets
+    if not prunable_sets:
+        report["blockers"] += excluded or [{"node": "<model>", "reason": "no Conv/Linear layer with two or more channels"}]
+    report["channel_prunable"] = prunable_sets > 0
     return report

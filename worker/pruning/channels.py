@@ -51,6 +51,8 @@ from torch import nn
 from worker.io.data import DataSplits
 from worker.pruning.allocation import allocate
 from worker.pruning.criteria import CRITERION_NAMES, Importance, Redundancy, ScoringContext, get_criterion
+from worker.pruning.custom_layers import dependency_graph
+from worker.pruning.exclusion import NothingToPrune, blocked_roots
 from worker.pruning.layers import PrunableLayer, classifier_name, discover_layers, resolve_excludes
 from worker.pruning.regions import select_probes
 from worker.pruning.training.evaluation import count_macs_params
@@ -66,10 +68,7 @@ def _out_fn(module: nn.Module):
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input.to(device), verbose=False
-        )
+    return dependency_graph(model, example_input.to(device))  # with Shears' custom pruners
 
 
 def _out_members(graph: tp.DependencyGraph, group, names: dict[nn.Module, str]) -> set[str]:
@@ -209,6 +208,7 @@ def remove_channels(
     ignored_layers: Iterable[str | nn.Module] = (),
     *,
     compensate_probes: torch.Tensor | None = None,
+    graph: tp.DependencyGraph | None = None,
 ) -> nn.Module:
     """Physically remove ``plan[name]`` (output-channel indices) from each named layer
     and from everything coupled to it; return the same (now smaller) model.
@@ -216,7 +216,8 @@ def remove_channels(
     For coupled sets the root's plan wins (module docstring). Sets touching an ignored
     layer are skipped with a warning. The model keeps its input/output shapes. With
     ``compensate_probes``, each removal is mean-replaced on those inputs (module
-    docstring).
+    docstring). ``graph``: this model's dependency graph when the caller has built it already
+    (it is built once per job: tracing a large model costs seconds).
     """
     layers = discover_layers(model)
     bn_after = {layer.module: layer.bn for layer in layers if layer.bn is not None}
@@ -227,7 +228,7 @@ def remove_channels(
     ignored = {x if isinstance(x, str) else _name_of(model, x) for x in ignored_layers}
     was_training = model.training
     try:
-        graph = _build_graph(model, example_input)
+        graph = graph if graph is not None else _build_graph(model, example_input)
         for members in _coupled_sets_from_graph(graph, layers):
             root = members[0]
             for other in members[1:]:
@@ -281,6 +282,7 @@ class PruneResult:
     macs_before: int
     macs_after: int
     scores: dict[str, list[float]] = field(default_factory=dict)
+    blocked: dict[str, str] = field(default_factory=dict)  # excluded root → why its channels cannot go
 
     def layer_table(self) -> list[dict]:
         """One row per prunable layer for the report."""
@@ -354,9 +356,16 @@ def prune_channels(
     channels_before = {layer.name: layer.out_features for layer in layers}
     macs_before, params_before = count_macs_params(model, example)
 
-    sets = coupled_sets(model, example, layers)
-    roots = {s[0] for s in sets if not (set(s) & excluded)}
+    was_training = model.training
+    graph = _build_graph(model, example)  # once: coupled sets here, the removal below
+    model.train(was_training)
+    sets = _coupled_sets_from_graph(graph, layers)
+    blocked = blocked_roots(model, example, [s[0] for s in sets if not (set(s) & excluded)])  # partial pruning
+    roots = {s[0] for s in sets if not (set(s) & excluded) and s[0] not in blocked}
     candidates = [layer for layer in layers if layer.name in roots and layer.out_features > 1]
+    if not candidates and blocked:
+        raise NothingToPrune(blocked)
+    excluded |= set(blocked)
     if not 0.0 <= min_keep_fraction < 1.0:
         raise ValueError("min_keep_fraction must be in [0, 1)")
     importance = get_criterion(criterion) if isinstance(criterion, str) else criterion
@@ -375,7 +384,8 @@ def prune_channels(
     if scope == "global" and min_keep_fraction > 0:
         floors = {n: max(min_channels, math.ceil(min_keep_fraction * s.numel() - 1e-9)) for n, s in scores.items()}
     plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors)
-    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None)
+    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None,
+                    graph=graph)  # fmt: skip
 
     channels_after = {layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
                       for layer in layers}  # fmt: skip
@@ -393,6 +403,7 @@ def prune_channels(
         macs_before=macs_before,
         macs_after=macs_after,
         scores={n: [float(v) for v in s.tolist()] for n, s in scores.items()},
+        blocked=blocked,
     )
 
 

@@ -10,6 +10,14 @@ therefore no entry. ``found_epoch`` is the epoch at which the ticket was found.
   BatchNorm layers, trained with an L1 penalty on γ.
 - :class:`SplineDetector` — [SPLINE]: region codes on a fixed probe set; works without BN.
 
+``window`` means the same for both: the number of earlier epochs the newest one is
+compared with. Defaults are the papers' (:data:`DETECTOR_DEFAULTS`): [EB] keeps 5 masks
+(window 4) at ε = 0.1; [SPLINE] compares with 3 earlier codes at 0.16. The spline
+detector is also calibrated (**Shears choice**): its distances start near 0.13–0.17 on
+small models, so the absolute 0.16 fired at the earliest epoch the window allows on every
+run (BENCHMARKS.md); a ticket also needs the distance below ``relative_threshold`` × the
+largest of the first ``window`` distances (the distance scale of the first epochs).
+
 Both are callbacks of the training loop (:mod:`worker.pruning.training.callbacks`):
 ``on_epoch_end`` steps the detector and stops training once a ticket is found;
 ``state_dict``/``load_state_dict`` go into the stage's checkpoint; the ``bn`` detector
@@ -26,6 +34,12 @@ from torch import nn
 
 from worker.pruning.layers import BN_TYPES, PrunableLayer, discover_layers
 from worker.pruning.regions import RegionCodes, compute_region_codes, network_distance
+
+DETECTOR_DEFAULTS: dict[str, dict[str, float | int | None]] = {
+    "bn": {"window": 4, "threshold": 0.1, "relative_threshold": None},  # [EB]: 5 masks, ε 0.1
+    "spline": {"window": 3, "threshold": 0.16, "relative_threshold": 0.5},  # [SPLINE]: 3 earlier codes, 0.16
+}
+"""Per-detector defaults: window (earlier epochs compared), threshold, relative threshold."""
 
 
 class _Curve:
@@ -61,28 +75,28 @@ class _Curve:
 class BNScaleDetector(_Curve):
     """[EB] detector on BatchNorm scale factors.
 
-    ``ratio`` is the channel pruning ratio p; ``window`` masks are kept (newest
-    included, default 5) and a ticket is found at the first epoch whose mask is within
-    ``threshold`` (normalized Hamming distance) of each of the ``window − 1`` older ones.
+    ``ratio`` is the channel pruning ratio p; a ticket is found at the first epoch whose
+    mask is within ``threshold`` (normalized Hamming distance, default ε = 0.1) of each
+    of the ``window`` earlier masks (default 4: [EB] keeps the last 5 masks).
     The curve value of an epoch is the largest distance to the older masks held.
     ``layers`` restricts the masks to the BNs of those layers (default: every BN).
     """
 
     def __init__(
-        self, ratio: float, threshold: float = 0.1, window: int = 5, l1_lambda: float = 1e-4,
+        self, ratio: float, threshold: float = 0.1, window: int = 4, l1_lambda: float = 1e-4,
         layers: Sequence[PrunableLayer] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if not 0.0 <= ratio < 1.0:
             raise ValueError("ratio must be in [0, 1)")
-        if window < 2:
-            raise ValueError("window must be >= 2")
+        if window < 1:
+            raise ValueError("window must be >= 1")
         self.ratio = ratio
         self.threshold = threshold
         self.window = window
         self.l1_lambda = l1_lambda
-        self._bn_names = None if layers is None else [l.bn_name for l in layers if l.bn_name is not None]
-        self.masks_history: deque[torch.Tensor] = deque(maxlen=window - 1)  # the older masks
+        self._bn_names = None if layers is None else [layer.bn_name for layer in layers if layer.bn_name is not None]
+        self.masks_history: deque[torch.Tensor] = deque(maxlen=window)  # the earlier masks
 
     def _bns(self, model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
         if self._bn_names is not None:
@@ -134,7 +148,7 @@ class BNScaleDetector(_Curve):
             self.distance_epochs.append(self.epoch)
             if (
                 self.found_epoch is None
-                and len(older) == self.window - 1
+                and len(older) == self.window
                 and max(dists) < self.threshold
             ):
                 self.found_epoch = self.epoch
@@ -147,7 +161,7 @@ class BNScaleDetector(_Curve):
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         self._load_curve_state(state)
-        self.masks_history = deque((m.bool() for m in state["masks"]), maxlen=self.window - 1)
+        self.masks_history = deque((m.bool() for m in state["masks"]), maxlen=self.window)
 
 
 class SplineDetector(_Curve):
@@ -155,14 +169,18 @@ class SplineDetector(_Curve):
 
     Keeps the codes of the last ``window`` epochs (default 3); a ticket is found at the
     first epoch whose largest network distance (mean over layers of the fraction of
-    differing bits) to each of those ``window`` earlier epochs is below ``threshold``
-    (0.16, the reference value). The curve value of an epoch is the largest distance to
-    the earlier codes held.
+    differing bits) to each of those ``window`` earlier epochs is below the effective
+    threshold: ``threshold`` (0.16, the reference value), lowered to
+    ``relative_threshold`` × the largest of the first ``window`` distances when that is
+    set (default 0.5; ``None``: the absolute threshold only). The curve value of an epoch
+    is the largest distance to the earlier codes held; ``effective_threshold`` is
+    recorded for the report.
     """
 
     def __init__(
         self, probes: torch.Tensor, layers: Sequence[PrunableLayer], threshold: float = 0.16,
         window: int = 3, max_positions: int = 64, seed: int = 0, batch_size: int = 256,
+        relative_threshold: float | None = 0.5,
     ) -> None:  # fmt: skip
         super().__init__()
         if window < 1:
@@ -170,6 +188,8 @@ class SplineDetector(_Curve):
         self.probes = probes
         self.layers = list(layers)
         self.threshold = threshold
+        self.relative_threshold = relative_threshold
+        self.effective_threshold: float = threshold
         self.window = window
         self.max_positions = max_positions
         self.seed = seed
@@ -178,10 +198,10 @@ class SplineDetector(_Curve):
 
     def _layers_of(self, model: nn.Module) -> list[PrunableLayer]:
         modules = dict(model.named_modules())
-        if all(modules.get(l.name) is l.module for l in self.layers):
+        if all(modules.get(layer.name) is layer.module for layer in self.layers):
             return self.layers
-        names = {l.name for l in self.layers}  # another instance of the model: same names
-        return [l for l in discover_layers(model) if l.name in names]
+        names = {layer.name for layer in self.layers}  # another instance of the model: same names
+        return [layer for layer in discover_layers(model) if layer.name in names]
 
     def codes(self, model: nn.Module) -> dict[str, RegionCodes]:
         """Region codes of the tracked layers (found by name in ``model``)."""
@@ -199,7 +219,10 @@ class SplineDetector(_Curve):
             dists = [network_distance(codes, c) for c in older]
             self.distances.append(max(dists))
             self.distance_epochs.append(self.epoch)
-            if self.found_epoch is None and len(older) == self.window and max(dists) < self.threshold:
+            if len(self.distances) <= self.window and self.relative_threshold is not None:
+                scale = max(self.distances[: self.window])  # the distance of the first epochs
+                self.effective_threshold = min(self.threshold, self.relative_threshold * scale)
+            if self.found_epoch is None and len(older) == self.window and max(dists) < self.effective_threshold:
                 self.found_epoch = self.epoch
         return self.found_epoch is not None
 
@@ -207,16 +230,18 @@ class SplineDetector(_Curve):
         """Checkpoint state (tensors and primitives only)."""
         return {
             **self._curve_state(),
+            "effective_threshold": self.effective_threshold,
             "codes": [{n: c.state_dict() for n, c in codes.items()} for codes in self.codes_history],
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         self._load_curve_state(state)
+        self.effective_threshold = float(state.get("effective_threshold", self.threshold))
         self.codes_history = deque(
             ({n: RegionCodes.from_state_dict(c) for n, c in codes.items()} for codes in state["codes"]),
             maxlen=self.window,
         )
 
 
-__all__ = ["BNScaleDetector", "SplineDetector"]
+__all__ = ["DETECTOR_DEFAULTS", "BNScaleDetector", "SplineDetector"]

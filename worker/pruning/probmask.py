@@ -31,25 +31,57 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-20
 FINAL_TEMPERATURE = 0.03
+SCORE_LR_TOTAL = 20.0
+"""Σ_t lr_t of the score optimizer over a job (ALGORITHMS §4, step budget): the reference's
+6e-3 × 59k steps gives ≈ 176; 20 separated the scores in a review experiment on MNIST-1D."""
+MAX_SCORE_LR = 1.0
+"""Cap of the scaled score lr (a job of a handful of steps would otherwise take steps > 1)."""
+UNDECIDED_LOW, UNDECIDED_HIGH = 0.05, 0.95
+UNDECIDED_WARNING = 0.10
+"""Fraction of undecided scores (in (0.05, 0.95) when the mask is drawn) that warns in the report."""
 
 
 # --------------------------------------------------------------------------- schedules
 
 
-def temperature(epoch: int, epochs: int, final: float = FINAL_TEMPERATURE) -> float:
-    """τ(e) = (1 − 0.03)(1 − e/E) + 0.03: from 1 at e = 0 towards 0.03."""
-    return (1.0 - final) * (1.0 - epoch / max(1, epochs)) + final
+def temperature(step: float, steps: float, final: float = FINAL_TEMPERATURE) -> float:
+    """τ(t) = (1 − 0.03)(1 − t/T) + 0.03: from 1 at t = 0 towards 0.03.
+
+    Applied per optimizer step (t of T steps of the job); the reference used epochs."""
+    return (1.0 - final) * (1.0 - min(step, steps) / max(1, steps)) + final
 
 
-def kept_fraction(epoch: int, epochs: int, target: float) -> float:
-    """r(e): 1 for e < 0.16E; r_t + (1 − r_t)(1 − (e − 0.16E)/(0.44E))³ until 0.6E;
-    r_t afterwards (``target`` = r_t = 1 − sparsity)."""
-    e, big_e = float(epoch), float(max(1, epochs))
+def kept_fraction(step: float, steps: float, target: float) -> float:
+    """r(t): 1 for t < 0.16T; r_t + (1 − r_t)(1 − (t − 0.16T)/(0.44T))³ until 0.6T;
+    r_t afterwards (``target`` = r_t = 1 − sparsity). Continuous in t (per step)."""
+    e, big_e = float(step), float(max(1, steps))
     if e < 0.16 * big_e:
         return 1.0
     if e < 0.6 * big_e:
         return target + (1.0 - target) * (1.0 - (e - 0.16 * big_e) / (0.44 * big_e)) ** 3
     return target
+
+
+def scaled_score_lr(
+    epochs: int, steps_per_epoch: int, total: float = SCORE_LR_TOTAL, cap: float = MAX_SCORE_LR
+) -> float:
+    """Initial score lr whose cosine schedule sums to ``total`` over the job's steps.
+
+    The training loop anneals the lr per epoch (lr_e = lr₀(1 + cos(πe/E))/2), and
+    Σ_{e<E} (1 + cos(πe/E))/2 = (E + 1)/2, so Σ_t lr_t = lr₀ · steps_per_epoch · (E + 1)/2.
+    Capped at ``cap`` (only jobs of a few dozen steps reach it).
+    """
+    steps = max(1, steps_per_epoch) * (max(1, epochs) + 1) / 2.0
+    return min(cap, total / steps)
+
+
+def undecided_fraction(scores: Sequence[torch.Tensor]) -> float:
+    """Fraction of scores strictly between 0.05 and 0.95 (not yet pushed to a decision)."""
+    n = sum(s.numel() for s in scores)
+    if n == 0:
+        return 0.0
+    undecided = sum(int(((s > UNDECIDED_LOW) & (s < UNDECIDED_HIGH)).sum()) for s in scores)
+    return undecided / n
 
 
 # --------------------------------------------------------------------------- projection
@@ -149,8 +181,10 @@ class ProbMaskParametrization(nn.Module):
     Training: relaxed Bernoulli (binary concrete) mask
     m̃ = σ((log(s+ε) − log(1−s+ε) + u) / τ), u ~ Logistic(0, 1), resampled at every
     forward; gradients reach both w and s (no straight-through estimator).
-    Eval: the expected mask s (validation accuracy during ProbMask training).
-    ``fixed`` (a 0/1 tensor) overrides both, used to try candidate final masks.
+    Eval: ``eval_mask`` when set (the sparsifier sets the top-K mask that would be
+    exported, so validation during training measures what the user gets), else the
+    expected mask s. ``fixed`` (a 0/1 tensor) overrides both, used to try candidate
+    final masks.
     """
 
     def __init__(self, weight: torch.Tensor, eps: float = EPS) -> None:
@@ -159,13 +193,15 @@ class ProbMaskParametrization(nn.Module):
         self.eps = eps
         self.temperature = 1.0
         self.fixed: torch.Tensor | None = None
+        self.eval_mask: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.fixed is not None:
             return weight * self.fixed.to(weight.dtype)
         s = self.scores
         if not self.training:
-            return weight * s.to(weight.dtype)
+            mask = s if self.eval_mask is None else self.eval_mask
+            return weight * mask.to(weight.dtype)
         uniform = torch.rand_like(s)
         logistic = torch.log(uniform + self.eps) - torch.log(1.0 - uniform + self.eps)
         logits = torch.log(s + self.eps) - torch.log(1.0 - s + self.eps)
@@ -193,11 +229,16 @@ class ProbMaskSparsifier:
         self.projection = projection
         layers = discover_layers(model)
         excluded = resolve_excludes(model, exclude, layers)
-        self.modules: dict[str, nn.Module] = {l.name: l.module for l in layers if l.name not in excluded}
+        self.modules: dict[str, nn.Module] = {
+            layer.name: layer.module for layer in layers if layer.name not in excluded
+        }
         self.n = sum(m.weight.numel() for m in self.modules.values())
         self.budget = float(self.n)
         self.temperature = 1.0
         self.last_v = 0.0
+        self.steps_per_epoch = 1
+        self.total_steps = 1
+        self.step_index = 0
         self._final: dict[str, torch.Tensor] | None = None
         self._prepared = False
 
@@ -224,27 +265,64 @@ class ProbMaskSparsifier:
         """Number of weights the final mask keeps: round((1 − sparsity) · n)."""
         return int(round((1.0 - self.sparsity) * self.n))
 
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        """Apply the schedules of epoch ``epoch`` (0-based) of ``epochs``: τ(e) and K(e)."""
-        self.temperature = temperature(epoch, epochs)
-        self.budget = kept_fraction(epoch, epochs, 1.0 - self.sparsity) * self.n
+    def configure_schedule(self, epochs: int, steps_per_epoch: int) -> None:
+        """Schedules run per optimizer step over ``epochs × steps_per_epoch`` steps."""
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.total_steps = max(1, int(epochs)) * self.steps_per_epoch
+        self.set_step(0)
+
+    def set_step(self, step: int) -> None:
+        """Apply the schedules of optimizer step ``step`` (0-based): τ(t/T) and K(t/T)."""
+        self.step_index = int(step)
+        self.temperature = temperature(step, self.total_steps)
+        self.budget = kept_fraction(step, self.total_steps, 1.0 - self.sparsity) * self.n
         for p in self._params().values():
             p.temperature = self.temperature
 
+    def set_epoch(self, epoch: int, epochs: int | None = None) -> None:
+        """Jump to the first step of epoch ``epoch`` (0-based; also right after a resume).
+        With ``epochs`` given and no schedule configured, one step per epoch."""
+        if epochs is not None and self.total_steps == 1 and self.steps_per_epoch == 1:
+            self.total_steps = max(1, epochs)
+        self.set_step(epoch * self.steps_per_epoch)
+
     def step(self) -> float:
-        """Project all scores onto the current budget K (after every optimizer step)."""
+        """Project all scores onto the current budget K (after every optimizer step),
+        then move the schedules on to the next step. After the last step of an epoch the
+        eval masks are refreshed (validation runs with the mask that would be exported)."""
         self.last_v = project_scores_(self.score_parameters(), self.budget, self.projection)
+        self.set_step(self.step_index + 1)
+        if self.step_index % self.steps_per_epoch == 0:
+            self.refresh_eval_masks()
         return self.last_v
+
+    def undecided_fraction(self) -> float:
+        """Fraction of scores still between 0.05 and 0.95."""
+        return undecided_fraction([s.detach() for s in self.score_parameters()])
+
+    @torch.no_grad()
+    def refresh_eval_masks(self) -> None:
+        """Evaluate with the top-K mask that would be exported now (not with w·s)."""
+        masks = self.topk_masks()
+        for name, p in self._params().items():
+            p.eval_mask = masks[name].to(p.scores.device)
 
     # final masks -------------------------------------------------------------------
 
     @torch.no_grad()
     def topk_masks(self) -> dict[str, torch.Tensor]:
-        """Deterministic final mask: the ``kept_target`` largest scores over all layers
-        (ties: earlier layer / lower index first). Exact requested sparsity."""
+        """Deterministic final mask: the ``kept_target`` largest scores over all layers;
+        equal scores (all 1 before the budget falls, say) are broken by weight magnitude,
+        larger |w| kept first (global magnitude pruning among ties). Exact sparsity."""
         params = self._params()
         flat = torch.cat([p.scores.detach().reshape(-1).float().cpu() for p in params.values()])
-        order = torch.sort(flat, descending=True, stable=True).indices[: self.kept_target]
+        magnitude = torch.cat([
+            self.modules[n].parametrizations.weight.original.detach().reshape(-1).abs().float().cpu()  # type: ignore[union-attr]
+            for n in params
+        ])  # fmt: skip
+        by_magnitude = torch.sort(magnitude, descending=True, stable=True).indices
+        by_score = torch.sort(flat[by_magnitude], descending=True, stable=True).indices
+        order = by_magnitude[by_score][: self.kept_target]
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[order] = True
         out, start = {}, 0
@@ -333,9 +411,13 @@ class ProbMaskTraining(BaseCallback):
     """The sparsifier as a callback of the training loop ([PROBMASK] §4).
 
     The scores are this callback's own parameters, trained with Adam (``score_lr``, no
-    weight decay, cosine over the run's epochs); τ(e) and K(e) are set at every epoch
-    start; all scores are projected onto the budget after every optimizer step. The
-    weights keep the loop's SGD. The Adam state goes into the stage's checkpoint.
+    weight decay, cosine over the run's epochs, like the weights' lr, so
+    :func:`scaled_score_lr`'s sum holds). τ(t) and K(t) follow the run's optimizer steps
+    (``state.step`` of ``state.total_steps``, set at every step start, also right after a
+    resume); all scores are projected onto the budget after every optimizer step, and after
+    an epoch's last step the eval masks are refreshed, so validation measures the top-K mask
+    that would be exported. The weights keep the loop's SGD. The Adam state goes into the
+    stage's checkpoint.
     """
 
     def __init__(self, sparsifier: ProbMaskSparsifier, score_lr: float) -> None:
@@ -346,14 +428,20 @@ class ProbMaskTraining(BaseCallback):
     def parameters(self) -> list[nn.Parameter]:
         return self.sparsifier.score_parameters()
 
+    def on_train_start(self, state: TrainState) -> None:
+        self.sparsifier.configure_schedule(state.config.epochs, state.steps_per_epoch)
+        self.sparsifier.set_step(state.step)
+
     def on_epoch_start(self, state: TrainState) -> None:
-        self.sparsifier.set_epoch(state.epoch, state.config.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = self.score_lr * cosine_factor(state.epoch, state.config.epochs)
 
+    def on_step_start(self, state: TrainState) -> None:
+        self.sparsifier.set_step(state.step)
+
     def after_step(self, state: TrainState) -> None:
         self.optimizer.step()
-        self.sparsifier.step()
+        self.sparsifier.step()  # project onto K(t); refreshes the eval masks after an epoch's last step
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
@@ -382,7 +470,8 @@ def run_probmask(
     config: TrainConfig,
     *,
     sparsity: float,
-    score_lr: float = 6e-3,
+    score_lr: float | None = None,
+    score_lr_total: float = SCORE_LR_TOTAL,
     exclude: Iterable[str] = (),
     final_mask: Literal["topk", "sample"] = "topk",
     final_samples: int = 10,
@@ -395,9 +484,14 @@ def run_probmask(
 
     ``config`` is the weights' run (SGD, cosine, ``config.lr``; the reference clips the
     global gradient norm at 3 (``grad_clip``) and averages ``forward_passes`` relaxed masks
-    per minibatch); the scores are trained by :class:`ProbMaskTraining`. ``callbacks``
-    (progress, cancellation, checkpoints) join the run. Returns ``masks``, ``sparsity``
-    (achieved), ``layers`` (per-layer sparsity), ``history`` and ``final_mask``.
+    per minibatch); the scores are trained by :class:`ProbMaskTraining` (Adam, no weight
+    decay, cosine) at ``score_lr``, by default scaled so that Σ_t lr_t over the run's steps
+    is ``score_lr_total`` (:func:`scaled_score_lr`); projection after every step; τ and K
+    per optimizer step; validation with the top-K mask that would be exported.
+    ``callbacks`` (progress, cancellation, checkpoints) join the run.
+    Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
+    ``history``, ``final_mask``, ``score_lr``, ``steps``, ``undecided`` (fraction of
+    scores in (0.05, 0.95) when the mask was drawn) and ``warnings``.
 
     ``loss`` replaces the loop's cross-entropy (worker.pruning.distill.OutputDistillation:
     the weights also learn the dense model's outputs); a dataset without labels trains on
@@ -409,7 +503,18 @@ def run_probmask(
     if data.y_train is None and final_mask == "sample" and teacher is None:
         raise ValueError("a dataset without labels chooses the sampled mask by fidelity: pass the teacher")
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
+    if score_lr is None:
+        score_lr = scaled_score_lr(config.epochs, config.steps_per_epoch(len(data.x_train)), score_lr_total)
     history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks], loss=loss)
+    undecided = sparsifier.undecided_fraction()
+    warnings: list[str] = []
+    if undecided > UNDECIDED_WARNING:
+        warnings.append(
+            f"probmask: {100 * undecided:.1f}% of the scores were undecided (between {UNDECIDED_LOW} and "
+            f"{UNDECIDED_HIGH}) when the mask was drawn; the mask is close to magnitude pruning there. "
+            f"Give probmask more epochs or a larger score_lr."
+        )
+        log.warning(warnings[-1])
     subset = slice(0, min(len(data.x_train), 2048))
 
     def score() -> float:
@@ -437,6 +542,10 @@ def run_probmask(
         "layers": layers,
         "history": history,
         "final_mask": final_mask,
+        "score_lr": score_lr,
+        "steps": sparsifier.total_steps,
+        "undecided": undecided,
+        "warnings": warnings,
     }
 
 
@@ -448,5 +557,7 @@ __all__ = [
     "kept_fraction",
     "project_scores_",
     "run_probmask",
+    "scaled_score_lr",
     "temperature",
+    "undecided_fraction",
 ]

@@ -100,6 +100,24 @@ def _pairwise_agreement(codes: RegionCodes) -> np.ndarray:
     return gram
 
 
+def _scores_from_counts(ones: np.ndarray, gram: np.ndarray | None, m: int, redundancy: Redundancy) -> torch.Tensor:
+    """Spline scores of one layer from its per-unit on-counts, the units × units agreement
+    matrix (``None`` for one unit) and the number of positions ``m``."""
+    m = max(1, m)
+    activity = ones / m
+    isolation = np.minimum(activity, 1.0 - activity)
+    if gram is not None and len(ones) > 1:
+        ham = (ones[:, None] + ones[None, :] - 2.0 * gram) / m
+        folded = np.clip(np.minimum(ham, 1.0 - ham), 0.0, 0.5)
+        if redundancy == "greedy":
+            return torch.from_numpy(greedy_removal(isolation, folded)[1]).float()
+        np.fill_diagonal(folded, np.inf)
+        red = folded.min(axis=1)
+    else:
+        red = np.full(len(ones), 0.5)
+    return torch.from_numpy(np.minimum(isolation, red)).float()
+
+
 def spline_layer_scores(codes: RegionCodes, redundancy: Redundancy = "pairwise") -> torch.Tensor:
     """s_k = min(isolation i_k, redundancy r_k) of one layer's units, in [0, 0.5].
 
@@ -112,21 +130,37 @@ def spline_layer_scores(codes: RegionCodes, redundancy: Redundancy = "pairwise")
     Pairwise Hamming distances come from bool matmuls over chunks of the packed codes:
     H(k, k') = (n_k + n_k' − 2·G[k, k']) / M with n_k the ones of unit k.
     """
-    m = max(1, codes.bits)
     ones = np.bitwise_count(codes.packed).sum(axis=1, dtype=np.int64).astype(np.float64)
-    activity = ones / m
-    isolation = np.minimum(activity, 1.0 - activity)
-    if codes.units > 1:
-        gram = _pairwise_agreement(codes)
-        ham = (ones[:, None] + ones[None, :] - 2.0 * gram) / m
-        folded = np.clip(np.minimum(ham, 1.0 - ham), 0.0, 0.5)
-        if redundancy == "greedy":
-            return torch.from_numpy(greedy_removal(isolation, folded)[1]).float()
-        np.fill_diagonal(folded, np.inf)
-        red = folded.min(axis=1)
-    else:
-        red = np.full(codes.units, 0.5)
-    return torch.from_numpy(np.minimum(isolation, red)).float()
+    gram = _pairwise_agreement(codes) if codes.units > 1 else None
+    return _scores_from_counts(ones, gram, codes.bits, redundancy)
+
+
+def streamed_spline_scores(
+    model: nn.Module,
+    probes: torch.Tensor,
+    layers: Sequence[PrunableLayer],
+    max_positions: int = 64,
+    seed: int = 0,
+    redundancy: Redundancy = "greedy",
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """The same scores as ``spline_scores(compute_region_codes(...))``, with memory independent
+    of the probe count: each layer's on-counts n_k and agreement matrix G (units × units) are
+    accumulated batch by batch and the codes are never kept. Exact: G is summed in float64 from
+    float32 matmuls of 0/1 values over fewer than 2²⁴ positions each."""
+    counts: dict[str, list] = {}
+
+    def consume(name: str, h: torch.Tensor) -> None:
+        bits = (h > 0).permute(1, 0, 2).reshape(h.shape[1], -1).float()  # (units, batch*positions)
+        state = counts.setdefault(name, [np.zeros(bits.shape[0]), np.zeros((bits.shape[0],) * 2), 0])
+        state[0] += bits.sum(1).double().cpu().numpy()
+        for part in bits.split(1 << 23, dim=1):  # float32 sums of 0/1 stay exact below 2**24
+            state[1] += (part @ part.T).double().cpu().numpy()
+        state[2] += bits.shape[1]
+
+    stream_preactivations(model, probes, layers, consume, max_positions, seed, batch_size)
+    return {name: _scores_from_counts(ones, gram if len(ones) > 1 else None, m, redundancy)
+            for name, (ones, gram, m) in counts.items()}  # fmt: skip
 
 
 def spline_scores(codes: dict[str, RegionCodes], redundancy: Redundancy = "pairwise") -> dict[str, torch.Tensor]:
@@ -253,4 +287,5 @@ __all__ = [
     "spline_geometry_scores",
     "spline_layer_scores",
     "spline_scores",
+    "streamed_spline_scores",
 ]

@@ -4,10 +4,11 @@ from worker.report.report import (
     REPORT_FIELDS,
     SCHEMA_VERSION,
     build_report,
+    channel_counts,
     layer_stats,
     render_html,
     versions,
     write_report,
 )
 
-__all__ = ["REPORT_FIELDS", "SCHEMA_VERSION", "build_report", "layer_stats", "render_html", "versions", "write_report"]
+__all__ = ["REPORT_FIELDS", "SCHEMA_VERSION", "build_report", "channel_counts", "layer_stats", "render_html", "versions", "write_report"]

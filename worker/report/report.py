@@ -22,6 +22,8 @@ layers           [{name, type, channels_before, channels_after, kept_fraction,
                    weights, nonzero_weights, sparsity}]
 structure        {channels_removed: bool, unstructured_sparsity: float | None}
 early_bird       {detector, found, epoch, distances: [float], threshold} | None
+probmask         {sparsity, score_lr, steps, undecided, warnings} | None  # undecided: scores in (0.05, 0.95)
+warnings         [str]                                  # things the user should look at (undecided scores)
 training_curves  {stage: {epoch: [int], train_loss: [float], val_accuracy: [float]}}
 timings          {stage: seconds, "total": seconds}
 exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
@@ -56,8 +58,8 @@ from torch import nn
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
     "schema_version", "job_id", "created_at", "model", "dataset", "spec", "accuracy", "test_accuracy",
-    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "training_curves",
-    "timings", "exports", "versions", "fidelity", "acceptance",
+    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "probmask",
+    "warnings", "training_curves", "timings", "exports", "versions", "fidelity", "acceptance",
 )  # fmt: skip
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -83,23 +85,30 @@ def versions() -> dict[str, str | None]:
     }
 
 
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv/Linear layer by module name (what :func:`layer_stats`
+    needs of the dense model, without keeping a copy of it)."""
+    return {name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+            for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}  # fmt: skip
+
+
 def layer_stats(
-    before: nn.Module, after: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
+    before: nn.Module | Mapping[str, int], after: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
 ) -> list[dict[str, Any]]:
     """Per Conv/Linear layer: output channels before/after and weight sparsity after.
 
-    Layers are matched by module name. ``masks`` (``"<layer>.weight"`` or ``"<layer>"`` →
-    0/1 tensor) count as zeros where 0; otherwise zeros are read from the weights.
+    ``before`` is the dense model or its :func:`channel_counts`. Layers are matched by module
+    name. ``masks`` (``"<layer>.weight"`` or ``"<layer>"`` → 0/1 tensor) count as zeros where
+    0; otherwise zeros are read from the weights.
     """
     masks = masks or {}
-    dense = {name: module for name, module in before.named_modules() if isinstance(module, _PRUNABLE)}
+    dense = channel_counts(before) if isinstance(before, nn.Module) else dict(before)
     rows = []
     for name, module in after.named_modules():
         if not isinstance(module, _PRUNABLE):
             continue
         out_after = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        ref = dense.get(name)
-        out_before = None if ref is None else (ref.out_features if isinstance(ref, nn.Linear) else ref.out_channels)
+        out_before = dense.get(name)
         weight = module.weight.detach()
         mask = masks.get(f"{name}.weight", masks.get(name))
         nonzero = int((mask != 0).sum()) if mask is not None else int((weight != 0).sum())
@@ -151,6 +160,7 @@ def build_report(
     layers: list[dict[str, Any]] | None = None,
     channels_removed: bool = False,
     early_bird: Mapping[str, Any] | None = None,
+    probmask: Mapping[str, Any] | None = None,
     training_curves: Mapping[str, Mapping[str, list]] | None = None,
     timings: Mapping[str, float] | None = None,
     max_accuracy_drop: float | None = None,
@@ -212,6 +222,8 @@ def build_report(
             "unstructured_sparsity": (1.0 - nonzero / total_weights) if total_weights else None,
         },
         "early_bird": dict(early_bird) if early_bird else None,
+        "probmask": dict(probmask) if probmask else None,
+        "warnings": list((probmask or {}).get("warnings", [])),
         "training_curves": {k: dict(v) for k, v in (training_curves or {}).items()},
         "timings": timings,
         "exports": dict(exports or {}),
@@ -366,6 +378,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             for name, c in (acceptance.get("checks") or {}).items()
         )
         + ".</p>",
+        *(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in report.get("warnings") or []),
         "<h2>Summary</h2>",
         _table(
             [

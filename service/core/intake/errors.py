@@ -24,6 +24,9 @@ CODES = frozenset(
         "architecture-required",
         "unknown-architecture",
         "weights-mismatch",
+        "input-shape-required",
+        "input-shape-mismatch",
+        "multiple-inputs",
         # datasets
         "invalid-npz",
         "npz-too-many-arrays",

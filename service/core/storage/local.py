@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -28,8 +29,23 @@ class LocalArtifactStore:
         return path
 
     def put_file(self, key: str, path: Path) -> None:
-        with open(path, "rb") as stream:
-            self.put_stream(key, stream)
+        """Store ``path`` under ``key``. On the same filesystem the file is hard-linked, not
+        copied (a 1 GiB upload is not written twice); the caller must not modify ``path``
+        afterwards, only delete it (uploads' temporary files, a job's output directory)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = target.parent / f".upload-{uuid.uuid4().hex}"
+        try:
+            os.link(path, link)
+        except OSError:  # another filesystem, or links not supported: copy
+            with open(path, "rb") as stream:
+                self.put_stream(key, stream)
+            return
+        try:
+            os.replace(link, target)
+        except BaseException:
+            link.unlink(missing_ok=True)
+            raise
 
     def put_stream(self, key: str, stream: BinaryIO) -> None:
         target = self._path(key)

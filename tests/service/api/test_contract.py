@@ -42,7 +42,7 @@ def test_get_answers_carry_rfc3339_utc_timestamps_like_post_answers(client) -> N
         ("/v1/datasets/ds_x", {"GET", "DELETE"}),
         ("/v1/jobs", {"GET", "POST"}),
         ("/v1/jobs/job_x/cancel", {"POST"}),
-        ("/v1/jobs/upload", {"POST"}),  # a literal path, not GET /v1/jobs/{job_id}
+        ("/v1/jobs/upload", {"POST"}),  # a literal path, not /v1/jobs/{job_id}
         ("/healthz", {"GET"}),
     ],
 )

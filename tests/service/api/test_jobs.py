@@ -206,3 +206,16 @@ def test_an_upload_a_queued_job_uses_cannot_be_deleted_until_the_job_ends(client
     client.post(f"/v1/jobs/{job['id']}/cancel")
     assert client.delete(f"/v1/{kind}s/{item_id}").status_code == 204
     assert client.get(f"/v1/{kind}s/{item_id}").status_code == 404
+
+
+@pytest.mark.parametrize("late", ["prune_channels", "early_bird"])
+def test_a_channel_stage_after_probmask_is_refused_with_the_order_that_works(client, model_id, late) -> None:
+    pipeline = [{"probmask": {"sparsity": 0.9}}, {late: {}}, {"finetune": {}}]
+    response = client.post("/v1/jobs", json=_spec(model_id, pipeline=pipeline))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/invalid-spec")
+    assert f"put '{late}' before 'probmask'" in response.text
+    assert client.get("/v1/jobs").json()["items"] == []
+    works = [{late: {}}, {"probmask": {"sparsity": 0.9}}, {"finetune": {}}]
+    assert client.post("/v1/jobs", json=_spec(model_id, pipeline=works)).status_code == 202

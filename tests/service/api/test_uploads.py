@@ -66,3 +66,28 @@ def test_a_non_multipart_upload_is_refused_with_how_to_send_it(client) -> None:
     assert "multipart/form-data" in response.json()["detail"]
 
 
+def _onnx_with_payload(payload_bytes: int) -> bytes:
+    """A valid ONNX model (Identity) carrying one initializer of ``payload_bytes`` raw bytes."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    count = payload_bytes // 4
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[count])
+    tensor.raw_data = np.random.default_rng(0).standard_normal(count).astype(np.float32).tobytes()
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[tensor],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+def test_an_upload_larger_than_several_receive_blocks_is_stored_whole_with_its_sha256(client, monkeypatch) -> None:
+    from service.api import uploads
+
+    monkeypatch.setattr(uploads, "BLOCK_BYTES", 16 * 1024)  # blocks small enough for the test's 64 KiB limit
+    content = _onnx_with_payload(2 * 16 * 1024 + 12_344)  # two full blocks and a partial one
+    response = _upload(client, "models", content, "big.onnx")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["size_bytes"] == len(content) and body["sha256"] == hashlib.sha256(content).hexdigest()

@@ -17,7 +17,7 @@ from torch import nn
 
 from service.core.intake import Rejected
 from tests.worker.io.conftest import EXPORTS, MODELS, export, make_model
-from worker.io.onnx_import import load_onnx, prepare_for_torch, read_onnx
+from worker.io.onnx import load_onnx, prepare_for_torch, read_onnx
 
 
 def _outputs_match(gm: nn.Module, model: nn.Module, shape: tuple[int, ...], batch: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +102,95 @@ def test_detector_state_survives_a_resumed_early_bird_run(tmp_path):
     resumed = run(tmp_path)
     assert resumed.distances == uninterrupted.distances
     assert resumed.found_epoch == uninterrupted.found_epoch
+
+
+def _bn_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    conv = ConvBN1d()
+    with torch.no_grad():
+        for m in conv.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.1, 1.0)
+    return conv
+
+
+def test_window_counts_the_earlier_epochs_compared_for_both_detectors_and_one_works():
+    probes = torch.randn(64, 1, 16)
+    torch.manual_seed(0)
+    mlp, conv = MLP(), _bn_model(0)
+    for window in (1, 2):
+        spline = SplineDetector(probes, discover_layers(mlp), window=window, relative_threshold=None)
+        bn = BNScaleDetector(ratio=0.5, window=window)
+        fired = [(spline.step(mlp), bn.step(conv)) for _ in range(4)]  # the same model every epoch
+        assert spline.found_epoch == bn.found_epoch == window + 1  # needs `window` earlier epochs
+        assert fired[window] == (True, True) and fired[window - 1] == (False, False)
+
+
+def test_detector_defaults_are_the_papers():
+    from service.core.spec import EarlyBirdParams
+    from worker.pruning.early_bird import DETECTOR_DEFAULTS
+
+    bn, spline = EarlyBirdParams(detector="bn"), EarlyBirdParams(detector="spline")
+    assert (bn.window, bn.threshold) == (4, 0.1) and (spline.window, spline.threshold) == (3, 0.16)
+    assert BNScaleDetector(ratio=0.5).window == 4 and BNScaleDetector(ratio=0.5).threshold == 0.1
+    for detector, params in (("bn", bn), ("spline", spline)):
+        expected = DETECTOR_DEFAULTS[detector]
+        assert (params.window, params.threshold, params.relative_threshold) == (
+            expected["window"], expected["threshold"], expected["relative_threshold"])  # fmt: skip
+    assert EarlyBirdParams(detector="bn", window=1, threshold=0.2).window == 1
+
+
+def test_the_spline_threshold_is_calibrated_to_the_distance_of_the_first_epochs():
+    probes = torch.randn(128, 1, 16)
+    torch.manual_seed(0)
+    base = MLP()
+    gen = torch.Generator().manual_seed(1)
+    noises = [0.3, 0.3, 0.3, 0.3, 0.1, 0.05, 0.01, 0.01]  # distances fall after the first epochs
+
+    def models():
+        for sigma in noises:
+            m = MLP()
+            m.load_state_dict(base.state_dict())
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * sigma)
+            yield m
+
+    absolute = SplineDetector(probes, discover_layers(base), threshold=1.0, relative_threshold=None)
+    calibrated = SplineDetector(probes, discover_layers(base), threshold=1.0, relative_threshold=0.5)
+    for m in models():
+        absolute.step(m)
+        calibrated.step(m)
+    assert absolute.found_epoch == 4  # the earliest epoch the window allows
+    scale = max(calibrated.distances[:3])
+    assert calibrated.effective_threshold == pytest.approx(0.5 * scale)
+    assert calibrated.found_epoch is not None and calibrated.found_epoch > 4
+    assert calibrated.distances[calibrated.distance_epochs.index(calibrated.found_epoch)] < 0.5 * scale
+
+
+def test_the_early_bird_phase_trains_at_a_constant_learning_rate():
+    torch.manual_seed(0)
+    history = train(MLP(), DATA, TrainConfig(epochs=4, lr=0.05, batch_size=32, lr_schedule="constant"))
+    assert [h["lr"] for h in history] == [0.05] * 4
+    cosine = train(MLP(), DATA, TrainConfig(epochs=4, lr=0.05, batch_size=32))
+    assert cosine[-1]["lr"] < 0.05
+
+
+def test_a_bn_ticket_without_a_prune_stage_is_applied_with_one_global_threshold():
+    from service.core.spec import EarlyBirdParams, JobSpec
+    from worker.pruning.stages import EngineState, StageContext
+    from worker.pruning.stages.early_bird import apply_ticket
+
+    model = ConvBN1d()
+    with torch.no_grad():
+        model.bn1.weight.fill_(1e-3)  # all of bn1 below the global threshold: layerwise would keep half
+        model.bn2.weight.copy_(torch.linspace(0.5, 1.0, 16))
+    drawn = BNScaleDetector(ratio=0.5).layer_masks(model)
+    context = StageContext(data=DATA, spec=JobSpec(), device=torch.device("cpu"), hooks=TrainHooks(), teacher=model,
+                           stage_id="0-early_bird")  # fmt: skip
+    state = EngineState(model=model)
+    apply_ticket(EarlyBirdParams(detector="bn", ratio=0.5), context, state)
+    assert state.channels_removed and state.pruned_accuracy is not None
+    assert model.bn1.num_features == int(drawn[0].sum()) == 1  # layerwise 50 % would have kept 4
+    assert abs(model.bn2.num_features - int(drawn[1].sum())) <= 1
+    assert float(model.bn2.weight.detach().min()) >= 0.5 + 0.5 * 3 / 15 - 1e-6  # the largest scales stayed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -206,3 +208,82 @@ def test_probmask_checkpoints_under_its_stage_name_and_resumes_to_the_same_masks
     assert {p.name for p in tmp_path.iterdir()} == {"s2_probmask.pt", "s2_probmask_finetune.pt"}
     assert all(torch.equal(resumed["masks"][n], expected["masks"][n]) for n in expected["masks"])
     assert resumed["history"] == expected["history"]
+
+
+def test_schedules_run_per_step_so_a_one_epoch_job_reaches_its_budget_and_final_temperature():
+    torch.manual_seed(0)
+    model = MLP()
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.8).prepare()
+    sparsifier.configure_schedule(epochs=1, steps_per_epoch=50)
+    budgets, taus = [], []
+    for _ in range(50):
+        budgets.append(sparsifier.budget)
+        taus.append(sparsifier.temperature)
+        sparsifier.step()
+    assert budgets[0] == sparsifier.n and budgets[-1] == pytest.approx(0.2 * sparsifier.n)
+    assert len(set(budgets)) > 20  # falls smoothly, not in one jump
+    assert taus[-1] == pytest.approx(0.03 + 0.97 / 50)
+    kept = sum(float(s.detach().sum()) for s in sparsifier.score_parameters())
+    assert kept == pytest.approx(0.2 * sparsifier.n, rel=1e-4)
+
+
+def test_the_default_score_lr_makes_the_cosine_sum_reach_the_fixed_total():
+    from worker.pruning.probmask import SCORE_LR_TOTAL, scaled_score_lr
+
+    for epochs, steps in [(30, 25), (3, 200), (1, 400)]:
+        lr0 = scaled_score_lr(epochs, steps)
+        per_epoch = [lr0 * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+        assert sum(lr * steps for lr in per_epoch) == pytest.approx(SCORE_LR_TOTAL)
+    assert scaled_score_lr(30, 25) > 5 * scaled_score_lr(300, 25)  # fewer steps, larger lr
+    assert scaled_score_lr(1, 2) == 1.0  # capped
+
+
+def test_top_k_breaks_ties_between_equal_scores_by_weight_magnitude():
+    torch.manual_seed(0)
+    model = MLP()
+    magnitudes = torch.cat([m.weight.detach().abs().reshape(-1) for m in (model.fc1, model.fc2, model.fc3)])
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.9).prepare()  # scores all 1: every score ties
+    masks = sparsifier.topk_masks()
+    kept = torch.cat([masks[n].reshape(-1) for n in ("fc1", "fc2", "fc3")])
+    threshold = torch.sort(magnitudes, descending=True).values[sparsifier.kept_target - 1]
+    assert int(kept.sum()) == sparsifier.kept_target
+    assert bool((magnitudes[kept] >= threshold).all()) and bool((magnitudes[~kept] <= threshold).all())
+    with torch.no_grad():  # a higher score still wins over a larger weight
+        sparsifier.score_parameters()[2].fill_(0.5)  # fc3
+    masks = sparsifier.topk_masks()
+    assert int(masks["fc3"].sum()) == 0 and int(masks["fc1"].sum() + masks["fc2"].sum()) == sparsifier.kept_target
+
+
+PM_CONFIG = TrainConfig(epochs=3, lr=0.05, batch_size=32, grad_clip=3.0)
+
+
+def test_validation_during_training_uses_the_mask_that_will_be_exported():
+    torch.manual_seed(0)
+    model = MLP()
+    data = make_data((1, 16), n_train=192, n_val=64)
+    result = run_probmask(model, data, PM_CONFIG, sparsity=0.8)
+    assert result["history"][-1]["val_accuracy"] == pytest.approx(evaluate(model, data.x_val, data.y_val))
+    torch.manual_seed(0)
+    other = MLP()
+    sparsifier = ProbMaskSparsifier(other, sparsity=0.8).prepare()
+    with torch.no_grad():
+        for s in sparsifier.score_parameters():
+            s.uniform_(0.2, 0.8)
+    sparsifier.refresh_eval_masks()
+    x = data.x_val[:8]
+    with torch.no_grad():
+        evaluated = other.eval()(x)
+        masks = sparsifier.squash_mask()
+        assert torch.allclose(evaluated, other(x), atol=1e-6)  # same function as the squashed model
+    assert sum(int(m.sum()) for m in masks.values()) == sparsifier.kept_target
+
+
+def test_many_undecided_scores_warn_and_the_default_score_lr_decides_them():
+    data = make_data((1, 16), n_train=192, n_val=64)
+    torch.manual_seed(0)
+    slow = run_probmask(MLP(), data, PM_CONFIG, sparsity=0.8, score_lr=1e-4)
+    assert slow["undecided"] > 0.1 and "undecided" in slow["warnings"][0]
+    torch.manual_seed(0)
+    scaled = run_probmask(MLP(), data, PM_CONFIG, sparsity=0.8)
+    assert scaled["undecided"] < slow["undecided"] and scaled["score_lr"] > 1e-2
+    assert scaled["steps"] == 3 * 6

@@ -19,6 +19,7 @@ from worker.pruning.scoring import (
     spline_geometry_scores,
     spline_layer_scores,
     spline_scores,
+    streamed_spline_scores,
 )
 
 
@@ -47,6 +48,21 @@ def test_spline_scores_rank_a_duplicated_unit_and_a_dead_unit_lowest():
     assert torch.all(scores[[1, 3, 5, 7]] == 0)
     others = [k for k in range(10) if k not in lowest]
     assert torch.all(scores[others] > 0) and torch.all(scores <= 0.5)
+
+
+@pytest.mark.parametrize("redundancy", ["greedy", "pairwise"])
+def test_streamed_spline_scores_equal_the_scores_of_the_stored_codes_exactly(redundancy):
+    torch.manual_seed(3)
+    model = ConvBN2d(channels=6)
+    randomize_bn(model)
+    probes = torch.randn(100, 1, 8, 8)  # batches of 32: three full ones and a partial one
+    layers = discover_layers(model)
+    codes = compute_region_codes(model, probes, layers, max_positions=16, seed=2, batch_size=32)
+    expected = spline_scores(codes, redundancy)
+    streamed = streamed_spline_scores(model, probes, layers, 16, 2, redundancy, batch_size=32)
+    assert set(streamed) == set(expected) and len(expected) == len(layers)
+    for name in expected:
+        assert torch.equal(streamed[name], expected[name]), name
 
 
 def test_spline_scores_match_a_float_reference():

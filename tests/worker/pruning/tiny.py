@@ -127,7 +127,7 @@ def make_data(
 def stub_torchvision() -> None:
     """Import onnx2torch the way the engine does: against a torchvision stub that is removed
     right after the import (a stub left in ``sys.modules`` breaks torch's dynamo exporter)."""
-    import worker.io.onnx_import  # noqa: F401
+    import worker.io.onnx  # noqa: F401
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:

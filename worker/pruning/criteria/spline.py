@@ -9,8 +9,7 @@ from torch import nn
 
 from worker.pruning.criteria.base import ScoringContext
 from worker.pruning.layers import PrunableLayer
-from worker.pruning.regions import compute_region_codes
-from worker.pruning.scoring import spline_scores
+from worker.pruning.scoring import streamed_spline_scores
 
 
 class SplineImportance:
@@ -23,5 +22,6 @@ class SplineImportance:
     def __call__(self, model: nn.Module, layers: Sequence[PrunableLayer], context: ScoringContext):
         if context.probes is None:
             raise ValueError("criterion 'spline' needs probes")
-        codes = compute_region_codes(model, context.probes, layers, context.max_positions, context.seed)
-        return spline_scores(codes, context.redundancy)
+        # counts accumulated batch by batch: memory independent of the number of probes
+        return streamed_spline_scores(model, context.probes, layers, context.max_positions, context.seed,
+                                      context.redundancy)  # fmt: skip

@@ -25,6 +25,7 @@ class EngineState:
     masks: dict[str, torch.Tensor] | None = None  # unstructured keep masks (ProbMask)
     layers: list[dict] = field(default_factory=list)  # per-layer channels before/after
     channels_removed: bool = False
+    excluded: dict[str, str] = field(default_factory=dict)  # layer -> why its channels stay (partial pruning)
     pruned_accuracy: float | None = None  # validation accuracy right after the last pruning
     finetuned: bool = False
     early_bird: dict | None = None  # the early-bird report section
@@ -37,7 +38,7 @@ class EngineState:
 class StageContext:
     """Everything a stage needs besides its params and the state: the data, the job spec
     (seed, training defaults), the device, the job's hooks (progress, cancellation,
-    checkpoints), the dense model (a CPU copy, the distillation teacher), the stage's id
+    checkpoints), the dense model (a CPU copy, the distillation teacher; None when nothing needs it), the stage's id
     (``<index>-<name>``: names its checkpoints and progress events), the params of the
     stage that follows (None for the last) and ``outputs``: the dense model with its output
     names and kinds (worker.pruning.teacher; None: one logits output, built on demand)."""
@@ -46,7 +47,7 @@ class StageContext:
     spec: JobSpec
     device: torch.device
     hooks: TrainHooks
-    teacher: nn.Module
+    teacher: nn.Module | None
     stage_id: str
     next_params: Any = None
     outputs: Teacher | None = None
@@ -54,6 +55,12 @@ class StageContext:
     @property
     def labelled(self) -> bool:
         return self.data.labelled
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the dense model was kept (the pipeline copies it only to distil, for a
+        label-free dataset or for fidelity bounds)."""
+        return self.outputs is not None or self.teacher is not None
 
     def reference(self) -> Teacher:
         """The dense model as teacher and reference of fidelity (``outputs``, else the

@@ -1,9 +1,10 @@
 """``early_bird``: dense training until the pruning decision stops changing ([EB], [SPLINE]);
-when no ``prune_channels`` stage follows, the ticket is drawn with the detector's criterion."""
+when no ``prune_channels`` stage follows, the ticket is applied as the detector drew it."""
 
 from __future__ import annotations
 
 from service.core.spec import EarlyBirdParams, PruneChannelsParams
+from worker.pruning.channels import prune_channels
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector
 from worker.pruning.layers import discover_layers
 from worker.pruning.regions import select_probes
@@ -27,15 +28,32 @@ class EarlyBirdRunner:
         else:
             probes = select_probes(context.data.x_train, 512, seed=context.spec.seed)
             detector = SplineDetector(
-                probes, discover_layers(state.model), threshold=params.threshold, window=params.window
-            )
-        config = context.train_config(epochs=params.max_epochs, lr=params.lr)
+                probes, discover_layers(state.model), threshold=params.threshold, window=params.window,
+                relative_threshold=params.relative_threshold,
+            )  # fmt: skip
+        # [EB]: a constant lr until the ticket (the run's length is not known in advance)
+        config = context.train_config(epochs=params.max_epochs, lr=params.lr, lr_schedule="constant")
         history = train(state.model, context.data, config, [detector, *context.callbacks()])
         state.early_bird = {
             "detector": params.detector, "found": detector.found_epoch is not None, "epoch": detector.found_epoch,
-            "epochs_trained": len(history), "max_epochs": params.max_epochs, "threshold": params.threshold,
+            "epochs_trained": len(history), "max_epochs": params.max_epochs,
+            "threshold": getattr(detector, "effective_threshold", params.threshold), "window": params.window,
             "distances": list(detector.distances), "distance_epochs": list(detector.distance_epochs),
         }  # fmt: skip
         if not isinstance(context.next_params, PruneChannelsParams):
-            criterion = "spline" if params.detector == "spline" else "bn_scale"
-            apply_channel_pruning(PruneChannelsParams(criterion=criterion, ratio=params.ratio), context, state)
+            apply_ticket(params, context, state)
+
+
+def apply_ticket(params: EarlyBirdParams, context: StageContext, state: EngineState) -> None:
+    """The ticket as the detector drew it: ``bn`` with the one global |γ| threshold it
+    converged on ([EB]; raw scales, no per-layer floor beyond one channel), ``spline`` with
+    spline scores."""
+    if params.detector != "bn":
+        apply_channel_pruning(PruneChannelsParams(criterion="spline", ratio=params.ratio), context, state)
+        return
+    result = prune_channels(
+        state.model, context.data, criterion="bn_scale", ratio=params.ratio, scope="global", normalize="none",
+        min_keep_fraction=0.0, exclude=PruneChannelsParams().exclude, seed=context.spec.seed,
+    )  # fmt: skip
+    state.layers, state.channels_removed = result.layer_table(), True
+    state.pruned_accuracy = context.evaluate(state.model)

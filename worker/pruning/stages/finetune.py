@@ -20,16 +20,14 @@ from worker.pruning.training import (
     FreezeMasks,
     RestoreBest,
     Warmup,
-    epochs_for_steps,
     train,
 )
 
 
 def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> int:
-    """``epochs``, or the whole epochs that hold ``steps`` optimizer steps when it is set."""
-    if params.steps is not None:
-        return epochs_for_steps(params.steps, n_train, batch_size)
-    return params.epochs
+    """``epochs``; or the whole epochs that hold ``steps`` optimizer steps; or the default
+    budget (:meth:`FinetuneParams.resolved_epochs`: 1000 steps, 10–100 epochs)."""
+    return params.resolved_epochs(n_train, batch_size)
 
 
 class FinetuneRunner:
@@ -46,8 +44,8 @@ class FinetuneRunner:
                 "finetune.patience and finetune.restore_best choose epochs by validation accuracy; this dataset "
                 "has no labels. Drop them (the epoch budget is kept)."
             )
-        reference = context.reference()
-        if not state.finetuned and state.fidelity.get("after_pruning") is None:
+        reference = context.reference() if context.has_reference else None
+        if reference is not None and not state.finetuned and state.fidelity.get("after_pruning") is None:
             state.fidelity["after_pruning"] = reference.fidelity(
                 state.model, context.data, context.spec.training.batch_size, context.device
             )

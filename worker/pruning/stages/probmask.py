@@ -27,4 +27,6 @@ class ProbMaskRunner:
             exclude=params.exclude, final_mask=params.final_mask, callbacks=context.callbacks(), **distill,
         )  # fmt: skip
         state.masks = result["masks"]
+        # the report's ``probmask`` section: score lr used (scaled when null), steps, undecided scores, warnings
+        state.extras["probmask"] = {key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")}
         state.pruned_accuracy = context.evaluate(state.model)

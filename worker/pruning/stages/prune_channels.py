@@ -19,6 +19,7 @@ def apply_channel_pruning(params: PruneChannelsParams, context: StageContext, st
         probes_n=params.probes, seed=context.spec.seed,
     )  # fmt: skip
     state.layers, state.channels_removed = result.layer_table(), True
+    state.excluded.update(result.blocked)
     state.pruned_accuracy = context.evaluate(state.model)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from worker.io.data import DataSplits
 from worker.pruning.training.callbacks import TrainState
-from worker.pruning.training.config import TrainConfig, cosine_factor
+from worker.pruning.training.config import TrainConfig, lr_factor
 from worker.pruning.training.devices import resolve_device, seed_everything
 from worker.pruning.training.evaluation import evaluate
 from worker.pruning.training.losses import CrossEntropy, Loss
@@ -86,7 +86,7 @@ def train(
 
 def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: int, n: int) -> None:
     config, model, data, device, optimizer = state.config, state.model, state.data, state.device, state.optimizer
-    lr = config.lr * cosine_factor(epoch, config.epochs)
+    lr = config.lr * lr_factor(config, epoch)
     _call(callbacks, "on_epoch_start", state)
     model.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))

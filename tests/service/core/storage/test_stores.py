@@ -77,6 +77,17 @@ def test_an_unknown_storage_scheme_is_refused_with_the_accepted_ones(tmp_path: P
         open_store(Settings(data_dir=tmp_path, storage_uri="ftp://host/x"))
 
 
+def test_a_stored_file_survives_the_deletion_of_its_source_and_replaces_an_older_object(store, tmp_path: Path) -> None:
+    source = tmp_path / "upload-tmp"
+    source.write_bytes(b"old" * 1000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()
+    source.write_bytes(b"new" * 2000)
+    store.put_file("uploads/models/m1", source)
+    source.unlink()  # the local store links the file on one filesystem: the object must outlive its source
+    assert b"".join(store.iter_bytes("uploads/models/m1")) == b"new" * 2000
+
+
 def test_s3_errors_reach_callers_as_our_storage_errors_not_botocore(tmp_path: Path, s3_endpoint: str) -> None:
     down = Settings(data_dir=tmp_path, storage_uri="s3://b/p", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
                     s3_access_key_id="test", s3_secret_access_key="test", s3_max_attempts=1, s3_timeout_s=1)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from service.core.spec import STAGES, FinetuneParams, JobSpec, ProbMaskParams
 from tests.worker.pruning.tiny import make_data
@@ -42,6 +43,12 @@ def test_a_finetune_budget_in_steps_becomes_whole_epochs_of_that_dataset():
     assert runner.planned_epochs(FinetuneParams(epochs=10), n_train=1000, batch_size=100) == 10
     assert runner.planned_epochs(FinetuneParams(steps=25), n_train=1000, batch_size=100) == 3
     assert runner.planned_epochs(FinetuneParams(steps=25), n_train=10_000, batch_size=100) == 1
+    assert runner.planned_epochs(FinetuneParams(), n_train=1000, batch_size=100) == 100  # default: 1000 steps
+
+
+def test_a_finetune_budget_in_both_epochs_and_steps_is_refused():
+    with pytest.raises(ValidationError, match="not both"):
+        FinetuneParams(epochs=3, steps=100)
 
 
 def context(spec: JobSpec, teacher, next_params=None, stage_id: str = "0-stage") -> StageContext:

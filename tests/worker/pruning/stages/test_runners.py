@@ -33,9 +33,10 @@ def test_prune_channels_removes_channels_and_records_the_accuracy_after_surgery(
 
 def test_early_bird_without_a_following_prune_stage_draws_the_ticket_itself():
     state = EngineState(model=model())
-    params = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=3, window=2, threshold=1.0)
+    params = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=3, window=1, threshold=1.0)
     runner_for(params).run(params, context(SPEC, teacher=model(), next_params=FinetuneParams()), state)
-    assert state.early_bird["found"] and state.early_bird["epoch"] == 2
+    assert state.early_bird["found"] and state.early_bird["epoch"] == 2  # window 1: compared with one earlier epoch
+    assert state.early_bird["window"] == 1
     assert state.channels_removed
 
 
@@ -54,6 +55,8 @@ def test_probmask_leaves_masks_at_the_requested_sparsity():
     kept = sum(int(m.sum()) for m in state.masks.values())
     total = sum(m.numel() for m in state.masks.values())
     assert kept == round(0.25 * total)
+    info = state.extras["probmask"]  # the report's probmask section, with the score lr scaled to the steps
+    assert info["score_lr"] > 6e-3 and info["steps"] == 2 * 3 and 0.0 <= info["undecided"] <= 1.0
 
 
 def test_finetune_keeps_probmask_masks_fixed_and_can_restore_its_best_epoch():
