@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = remote("submit", "upload a model (+ dataset), create a job, optionally wait and download")
     submit.add_argument("model")
-    submit.add_argument("--dataset", required=True, help="a .npz/.safetensors file, or mnist1d / digits")
+    submit.add_argument("--dataset", required=True, help="a .npz/.safetensors file, a .zip/.tar of images, or mnist1d / digits")
     submit.add_argument("--spec", help="job spec YAML/JSON (model and dataset ids are filled in)")
     submit.add_argument("--architecture", help="zoo architecture of a safetensors model")
     submit.add_argument("--wait", action="store_true")
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="run the pruning pipeline locally, no server")
     prune.add_argument("model")
-    prune.add_argument("--dataset", required=True, help="a .npz/.safetensors file, or mnist1d / digits")
+    prune.add_argument("--dataset", required=True, help="a .npz/.safetensors file, a .zip/.tar of images, or mnist1d / digits")
     prune.add_argument("--spec")
     prune.add_argument("--out", required=True)
     prune.add_argument("--architecture")

@@ -67,10 +67,17 @@ def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store:
                            ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
     def examine(path: Path, row: DatasetRecord) -> dict:
         ready()
-        from worker.io.datasets import load_dataset_file
+        from service.core.intake.archives import check_image_archive
+        from worker.io.datasets import is_image_archive, load_dataset_file
 
-        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes)
-        return {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        limits = settings.archive_limits()
+        index = check_image_archive(path, limits) if is_image_archive(path) else None
+        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes, limits=limits)
+        info = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "labelled": data.labelled,
                 "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
+        if index is not None:
+            info.update(format=f"image-{index.kind}", images=index.summary(),
+                        note="input_shape is for the default preprocessing; jobs declare theirs in spec.preprocessing")  # fmt: skip
+        return info
 
     return _inspect(DatasetRecord, dataset_id, sessions, store, examine, settings.inspect_time_limit_s)

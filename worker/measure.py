@@ -16,7 +16,7 @@ def measure(
     model: nn.Module, data: DataSplits, example: torch.Tensor, device: torch.device, onnx_path: Path,
     export: ExportParams, source_onnx: Path | None = None,
 ) -> dict:  # fmt: skip
-    """Validation/test accuracy, MACs, parameters, file sizes and onnxruntime latency of
+    """Validation/test accuracy (None without labels), MACs, parameters, file sizes and onnxruntime latency of
     ``model``, exported to ``onnx_path`` on the way (the model ends on the CPU).
 
     With ``source_onnx`` (the uploaded ONNX file of this same model, single file, dynamic
@@ -25,8 +25,9 @@ def measure(
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
     model = model.to(device).eval()
-    accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
+    accuracy = evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None
+    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.y_test is not None else None
+    example = example.float() if example.dtype == torch.uint8 else example
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
     batch_sizes = (1, 32) if export.dynamic_batch else (1,)

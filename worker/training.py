@@ -95,9 +95,12 @@ def train(
     hooks: TrainHooks | None = None, after_backward=None, on_epoch_end=None, extra_params: ExtraParams | None = None,
     on_epoch_start=None, grad_clip: float | None = None, forward_passes: int = 1, teacher: nn.Module | None = None,
     distill_weight: float = 0.0, distill_temperature: float = 4.0, stateful: Any | Sequence[Any] | None = None,
-    lr_schedule: str = "cosine",
+    distill_loss: Any | None = None, lr_schedule: str = "cosine",
 ) -> list[dict]:  # fmt: skip
-    """The old keyword interface of the loop (see the module docstring)."""
+    """The old keyword interface of the loop (see the module docstring).
+
+    ``distill_loss`` (a worker.pruning.distill.DistillationLoss) distils every output of
+    ``teacher``; a dataset without labels trains on it alone (weight 1)."""
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                          seed=seed, device=device, stage=stage, grad_clip=grad_clip, forward_passes=forward_passes,
                          lr_schedule=lr_schedule)  # fmt: skip
@@ -108,6 +111,10 @@ def train(
         if teacher is not None and distill_weight > 0
         else None
     )
+    if teacher is not None and distill_loss is not None:
+        from worker.pruning.distill import OutputDistillation
+
+        loss = OutputDistillation(teacher, distill_loss, 1.0 if data.y_train is None else distill_weight)
     return _train(model, data, config, [legacy, *(hooks or TrainHooks()).callbacks(stage)], loss=loss)
 
 

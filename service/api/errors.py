@@ -54,7 +54,7 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
             (template, re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
              {m.upper() for m in ops})
             for template, ops in app.openapi().get("paths", {}).items()
-        ]
+        ]  # fmt: skip
         app.state.allowed_methods = table
     matches = [(template, ops) for template, regex, ops in table if regex.match(path)]
     literal = [ops for template, ops in matches if "{" not in template]  # /v1/jobs/upload, not /v1/jobs/{job_id}

@@ -40,7 +40,9 @@ async def check_received(kind: str, received: ReceivedFile, settings: Settings) 
     try:
         if kind == "model":
             return await run_in_threadpool(intake.check_model_file, received.path, settings.allow_torchscript_upload)
-        return await run_in_threadpool(intake.check_dataset_file, received.path, settings.max_dataset_bytes)
+        return await run_in_threadpool(
+            intake.check_dataset_file, received.path, settings.max_dataset_bytes, settings.archive_limits()
+        )
     except intake.Rejected as error:
         raise Problem(422, error.code, str(error)) from error
 

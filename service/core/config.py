@@ -115,6 +115,19 @@ class Settings(BaseSettings):
         False, description="Allow webhooks to loopback, link-local and private addresses."
     )
     presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    archive_max_members: int = Field(50_000, ge=1, description="Most members an image-archive dataset may hold.")
+    archive_max_member_bytes: int = Field(64 << 20, ge=1, description="Largest image inside an archive.")
+    archive_max_total_bytes: int = Field(16 << 30, ge=1, description="Largest expanded size of an image archive.")
+    archive_max_ratio: int = Field(200, ge=1, description="Largest compression ratio of a zip member (zip bombs).")
+    image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) decoded.")
+
+    def archive_limits(self):
+        """The image-archive bounds as the (torch-free) checker takes them."""
+        from service.core.intake.archives import ArchiveLimits
+
+        return ArchiveLimits(max_members=self.archive_max_members, max_member_bytes=self.archive_max_member_bytes,
+                             max_total_bytes=self.archive_max_total_bytes, max_ratio=self.archive_max_ratio,
+                             max_pixels=self.image_max_pixels)  # fmt: skip
 
     # Limits at the edge (service/edge.py; docs/RELIABILITY.md "Limits"). They bound what one
     # client can hold: memory, file descriptors, worker slots and temporary disk.

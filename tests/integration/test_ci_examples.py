@@ -85,3 +85,24 @@ def test_a_request_error_is_reported_with_exit_code_3(deployment_embedded) -> No
     run = _cli(base, "wrong-key", "status", "job_000000000000000000000000")
     assert run.returncode == 3
     assert "401" in run.stderr
+
+
+def test_the_label_free_example_gates_on_fidelity_with_exit_codes_0_and_2(deployment_embedded, tmp_path: Path) -> None:
+    from tests.images import flat_folder, zip_bytes
+    from tests.worker.test_labelfree import tiny_detector_onnx
+
+    base, key = deployment_embedded
+    model = tiny_detector_onnx(tmp_path / "detector.onnx")
+    (tmp_path / "images.zip").write_bytes(zip_bytes(flat_folder(48, size=16)))
+    example = REPO_ROOT / "examples" / "shears-job-labelfree.yaml"
+    passed = _cli(base, key, "submit", str(model), "--dataset", str(tmp_path / "images.zip"), "--spec", str(example),
+                  "--wait", "--json")  # fmt: skip
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    checks = json.loads(passed.stdout)["result"]["acceptance"]["checks"]
+    assert checks["max_relative_error"]["passed"] is True and "accuracy" not in checks
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(example.read_text().replace("max_relative_error: 0.9", "max_relative_error: 0.0"))
+    failed = _cli(base, key, "submit", str(model), "--dataset", str(tmp_path / "images.zip"), "--spec", str(strict),
+                  "--wait", "--json")  # fmt: skip
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert json.loads(failed.stdout)["result"]["acceptance"]["checks"]["max_relative_error"]["passed"] is False

@@ -33,8 +33,23 @@ _FEATURE_KINDS = "fiu"  # float, signed int, unsigned int
 _SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val")
 _ACCEPTED = (
     "an .npz (numpy.savez) or .safetensors file with x_train, y_train, x_val, y_val "
-    "(optionally x_test, y_test) or with x, y"
+    "(optionally x_test, y_test) or with x, y; without labels (x_train, x_val or x alone) for label-free jobs"
 )
+
+
+def is_image_archive(path: Path) -> bool:
+    """A ``.zip`` that is not an ``.npz`` (members all ``.npy``), or an uncompressed ``.tar``."""
+    from service.core.intake.archives import archive_kind
+
+    kind = archive_kind(Path(path))
+    if kind != "zip":
+        return kind == "tar"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # let the npz reader give its error
+    return not (names and all(n.endswith(".npy") for n in names))
 
 
 def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
@@ -178,6 +193,17 @@ def splits_from_arrays(
         train_idx, val_idx = _stratified_split(y, val_fraction, seed)
         x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
         x_test = y_test = None
+    elif not any(k.startswith("y") for k in arrays) and ("x" in arrays or {"x_train", "x_val"} <= set(arrays)):
+        # inputs only: a label-free dataset (the dense model's outputs are the targets)
+        if "x" in arrays:
+            x = _features("x", arrays["x"])
+            order = np.random.default_rng(seed).permutation(len(x))
+            held = max(1, int(round(len(x) * val_fraction))) if len(x) > 1 else 0
+            x_train, x_val = x[np.sort(order[held:])], x[np.sort(order[:held])]
+        else:
+            x_train, x_val = _features("x_train", arrays["x_train"]), _features("x_val", arrays["x_val"])
+        x_test = _features("x_test", arrays["x_test"]) if "x_test" in arrays else None
+        y_train = y_val = y_test = None
     else:
         raise Rejected(
             "missing-keys", f"found keys {sorted(arrays)[:10]}; expected {_ACCEPTED}."
@@ -192,6 +218,10 @@ def splits_from_arrays(
         raise Rejected(
             "too-few-samples", f"{len(x_train)} training and {len(x_val)} validation samples; need at least 2 and 1."
         )
+    as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    if y_train is None:
+        return DataSplits(x_train=as_x(x_train), y_train=None, x_val=as_x(x_val), y_val=None, num_classes=0,
+                          x_test=None if x_test is None else as_x(x_test))  # fmt: skip
     all_labels = [y_train, y_val] + ([y_test] if y_test is not None else [])
     num_classes = int(max(int(y.max()) for y in all_labels if y.size)) + 1
     if len(np.unique(y_train)) < 2:
@@ -209,10 +239,22 @@ def splits_from_arrays(
 
 
 def load_dataset_file(
-    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES
+    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES,
+    preprocessing=None, limits=None,
 ) -> DataSplits:
-    """Load and validate an uploaded dataset (format and bombs checked by ``intake`` first)."""
+    """Load and validate an uploaded dataset (format and bombs checked by ``intake`` first).
+
+    Image archives (``.zip`` / ``.tar`` of images) come back lazily decoded with
+    ``preprocessing`` (a ``PreprocessingParams``; defaults when None) and ``limits`` (an
+    ``ArchiveLimits``): their members are checked when indexed, each image when decoded.
+    """
     path = Path(path)
+    if is_image_archive(path):
+        from service.core.intake.archives import ArchiveLimits
+        from worker.io.images import load_image_archive
+
+        return load_image_archive(path, preprocessing, val_fraction=val_fraction, seed=seed,
+                                  limits=limits or ArchiveLimits())  # fmt: skip
     kind = intake.check_dataset_file(path, max_bytes)
     arrays = _read_npz(path, max_bytes) if kind == "npz" else _read_safetensors(path)
     return splits_from_arrays(arrays, val_fraction=val_fraction, seed=seed)

@@ -477,6 +477,8 @@ def run_probmask(
     final_samples: int = 10,
     projection: Literal["exact", "bisect"] = "exact",
     callbacks: Sequence = (),
+    loss: Loss | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict:
     """Train ``model`` in place with ProbMask, fix the final mask and squash it.
 
@@ -490,13 +492,20 @@ def run_probmask(
     Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
     ``history``, ``final_mask``, ``score_lr``, ``steps``, ``undecided`` (fraction of
     scores in (0.05, 0.95) when the mask was drawn) and ``warnings``.
+
+    ``loss`` replaces the loop's cross-entropy (worker.pruning.distill.OutputDistillation:
+    the weights also learn the dense model's outputs); a dataset without labels trains on
+    that alone, and the sampled final mask is then chosen by fidelity to ``teacher`` (the
+    dense model) instead of accuracy.
     """
     dev = resolve_device(config.device)
     model.to(dev)
+    if data.y_train is None and final_mask == "sample" and teacher is None:
+        raise ValueError("a dataset without labels chooses the sampled mask by fidelity: pass the teacher")
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
     if score_lr is None:
         score_lr = scaled_score_lr(config.epochs, config.steps_per_epoch(len(data.x_train)), score_lr_total)
-    history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks])
+    history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks], loss=loss)
     undecided = sparsifier.undecided_fraction()
     warnings: list[str] = []
     if undecided > UNDECIDED_WARNING:
@@ -507,9 +516,19 @@ def run_probmask(
         )
         log.warning(warnings[-1])
     subset = slice(0, min(len(data.x_train), 2048))
+
+    def score() -> float:
+        if data.y_train is not None:
+            return evaluate(model, data.x_train[subset], data.y_train[subset], device=dev)
+        from worker.pruning.fidelity import measure_fidelity
+
+        x = data.x_train
+        batches = (x[i : min(i + config.batch_size, subset.stop)] for i in range(0, subset.stop, config.batch_size))
+        return float(measure_fidelity(teacher, model, batches, device=dev)["fidelity"])
+
     sparsifier.choose_final_masks(
         final_mask,
-        score_fn=lambda: evaluate(model, data.x_train[subset], data.y_train[subset], device=dev),
+        score_fn=score,
         samples=final_samples,
         seed=config.seed,
     )

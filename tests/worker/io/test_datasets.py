@@ -165,3 +165,14 @@ def test_an_unknown_builtin_dataset_is_rejected():
     with pytest.raises(Rejected) as err:
         builtin_dataset("imagenet")
     assert err.value.code == "unknown-dataset"
+
+
+def test_an_npz_of_inputs_only_is_a_label_free_dataset() -> None:
+    from worker.io.datasets import splits_from_arrays
+
+    x = np.random.default_rng(0).normal(size=(20, 3, 4)).astype(np.float32)
+    data = splits_from_arrays({"x": x}, val_fraction=0.25, seed=0)
+    assert not data.labelled and data.num_classes == 0 and data.y_train is None
+    assert (len(data.x_train), len(data.x_val)) == (15, 5)
+    both = splits_from_arrays({"x_train": x[:12], "x_val": x[12:]})
+    assert (len(both.x_train), len(both.x_val), both.y_val) == (12, 8, None)

@@ -8,7 +8,7 @@ from worker.pruning.channels import prune_channels
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector
 from worker.pruning.layers import discover_layers
 from worker.pruning.regions import select_probes
-from worker.pruning.stages.base import EngineState, StageContext
+from worker.pruning.stages.base import EngineState, StageContext, labels_required
 from worker.pruning.stages.prune_channels import apply_channel_pruning
 from worker.pruning.training import train
 
@@ -18,6 +18,11 @@ class EarlyBirdRunner:
         return params.max_epochs
 
     def run(self, params: EarlyBirdParams, context: StageContext, state: EngineState) -> None:
+        if not context.labelled:
+            raise labels_required(
+                "early_bird trains the dense model from labels; this dataset has none. Drop the early_bird "
+                "stage (prune_channels + finetune distil from the dense model)."
+            )
         if params.detector == "bn":
             detector = BNScaleDetector(ratio=params.ratio, threshold=params.threshold, window=params.window)
         else:
