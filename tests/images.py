@@ -26,6 +26,7 @@ def png_bytes(width: int = 8, height: int = 8, seed: int = 0, *, pattern: int | 
 
 def bomb_png(width: int = 10_000, height: int = 10_000) -> bytes:
     """A grayscale PNG that declares ``width x height`` zero pixels in ~100 KB, built row by row."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -43,13 +44,17 @@ def zip_bytes(members: Iterable[tuple[str, bytes]], *, symlinks: Iterable[tuple[
             archive.writestr(zipfile.ZipInfo(name), data)
         for name, target in symlinks:
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             archive.writestr(info, target)
     return buffer.getvalue()
 
 
-def tar_bytes(members: Iterable[tuple[str, bytes]], *, symlinks: Iterable[tuple[str, str]] = (),
-              hardlinks: Iterable[tuple[str, str]] = ()) -> bytes:  # fmt: skip
+def tar_bytes(
+    members: Iterable[tuple[str, bytes]],
+    *,
+    symlinks: Iterable[tuple[str, str]] = (),
+    hardlinks: Iterable[tuple[str, str]] = (),
+) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
         for name, data in members:
@@ -64,7 +69,9 @@ def tar_bytes(members: Iterable[tuple[str, bytes]], *, symlinks: Iterable[tuple[
     return buffer.getvalue()
 
 
-def image_folder(classes: int = 2, per_class: int = 6, size: int = 8, *, split: bool = False) -> list[tuple[str, bytes]]:
+def image_folder(
+    classes: int = 2, per_class: int = 6, size: int = 8, *, split: bool = False
+) -> list[tuple[str, bytes]]:
     """Members of an ImageFolder archive ``data/<class>/<n>.png`` (or under train/ and val/)."""
     members = []
     for c in range(classes):

@@ -13,9 +13,14 @@ from worker.pruning.training import count_macs_params, evaluate
 
 
 def measure(
-    model: nn.Module, data: DataSplits, example: torch.Tensor, device: torch.device, onnx_path: Path,
-    export: ExportParams, source_onnx: Path | None = None,
-) -> dict:  # fmt: skip
+    model: nn.Module,
+    data: DataSplits,
+    example: torch.Tensor,
+    device: torch.device,
+    onnx_path: Path,
+    export: ExportParams,
+    source_onnx: Path | None = None,
+) -> dict:
     """Validation/test accuracy (None without labels), MACs, parameters, file sizes and onnxruntime latency of
     ``model``, exported to ``onnx_path`` on the way (the model ends on the CPU).
 
@@ -34,19 +39,27 @@ def measure(
     latency = None
     if _usable_source(source_onnx, export.dynamic_batch):
         try:
-            latency = {**onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
-                       "source": "uploaded"}  # fmt: skip
+            latency = {
+                **onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
+                "source": "uploaded",
+            }
             onnx_path = source_onnx
         except Exception:  # noqa: BLE001 - onnxruntime cannot run the upload: time our export instead
             latency = None
     if latency is None:
         export_onnx(cpu_model, example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
-        latency = {**onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
-                   "source": "exported"}  # fmt: skip
+        latency = {
+            **onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
+            "source": "exported",
+        }
     return {
-        "accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
-        "file": file_sizes(onnx_path), "latency_ms": latency,
-    }  # fmt: skip
+        "accuracy": accuracy,
+        "test_accuracy": test_accuracy,
+        "macs": macs,
+        "params": params,
+        "file": file_sizes(onnx_path),
+        "latency_ms": latency,
+    }
 
 
 def _usable_source(path: Path | None, dynamic_batch: bool) -> bool:

@@ -101,25 +101,38 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     if inputs.builtin_dataset:
         data = builtin_dataset(inputs.builtin_dataset, seed=spec.seed)
     else:
-        data = load_dataset_file(inputs.dataset_path, seed=spec.seed, val_fraction=spec.training.val_fraction,
-                                 preprocessing=spec.preprocessing)  # fmt: skip
-    loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes or None,
-                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
+        data = load_dataset_file(
+            inputs.dataset_path,
+            seed=spec.seed,
+            val_fraction=spec.training.val_fraction,
+            preprocessing=spec.preprocessing,
+        )
+    loaded = load_model(
+        inputs.model_path,
+        architecture=inputs.architecture,
+        allow_torchscript=inputs.allow_torchscript,
+        num_classes=data.num_classes or None,
+        input_shape=tuple(data.input_shape),
+    )  # symbolic ONNX dims take the dataset's sample shape
     model = loaded.module.float()
     try:
         with torch.no_grad():
             logits = model.eval()(data.x_val[:2].float())
     except Exception as error:  # noqa: BLE001 - any failure here means the shapes do not fit
-        raise EngineError("input-shape-mismatch", f"the model does not accept the dataset's inputs of shape "
-                          f"{list(data.input_shape)}: {error}") from error  # fmt: skip
+        raise EngineError(
+            "input-shape-mismatch",
+            f"the model does not accept the dataset's inputs of shape {list(data.input_shape)}: {error}",
+        ) from error
     if not data.labelled:
         return model, data, loaded.format
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < data.num_classes:
         logits = logits if isinstance(logits, torch.Tensor) else torch.empty(0)
-        raise EngineError("output-shape-mismatch", f"the model outputs {list(logits.shape)} but the dataset has "
-                          f"{data.num_classes} classes; a labelled dataset needs (batch, classes) logits: "
-                          "upload the inputs without labels to prune by distillation")  # fmt: skip
+        raise EngineError(
+            "output-shape-mismatch",
+            f"the model outputs {list(logits.shape)} but the dataset has "
+            f"{data.num_classes} classes; a labelled dataset needs (batch, classes) logits: "
+            "upload the inputs without labels to prune by distillation",
+        )
     return model, data, loaded.format
 
 
@@ -133,7 +146,8 @@ def _needs_dense_model(spec: JobSpec, data: DataSplits) -> bool:
         return True
     n_train, batch = len(data.x_train), spec.training.batch_size
     return any(
-        getattr(stage.params, "distill", 0) > 0 and runner_for(stage.params).planned_epochs(stage.params, n_train, batch) > 0
+        getattr(stage.params, "distill", 0) > 0
+        and runner_for(stage.params).planned_epochs(stage.params, n_train, batch) > 0
         for stage in spec.pipeline
     )
 
@@ -198,9 +212,15 @@ def run_pipeline(
     stages = spec.pipeline
     for index, stage in enumerate(stages):
         context = StageContext(
-            data=data, spec=spec, device=device, hooks=hooks, teacher=dense_model, stage_id=f"{index}-{stage.name}",
-            next_params=stages[index + 1].params if index + 1 < len(stages) else None, outputs=teacher,
-        )  # fmt: skip
+            data=data,
+            spec=spec,
+            device=device,
+            hooks=hooks,
+            teacher=dense_model,
+            stage_id=f"{index}-{stage.name}",
+            next_params=stages[index + 1].params if index + 1 < len(stages) else None,
+            outputs=teacher,
+        )
         with run.stage(stage.name):
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
@@ -215,8 +235,12 @@ def run_pipeline(
     with run.stage("export"):
         final = measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec.export)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val).float()),
-                            **onnx_export_info(files["model.onnx"])}}  # fmt: skip
+        exports = {
+            "onnx": {
+                **check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val).float()),
+                **onnx_export_info(files["model.onnx"]),
+            }
+        }
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
             exports["torchscript"] = export_torchscript(model, example, files["model.torchscript.pt"])
@@ -229,36 +253,61 @@ def run_pipeline(
     from worker.pruning.fidelity import check_bounds
 
     report = build_report(
-        fidelity=fidelity, fidelity_checks=check_bounds(fidelity["final"] or {}, min_agreement=spec.acceptance.min_agreement,
-                                                        max_relative_error=spec.acceptance.max_relative_error),
-        accuracy_dense=_percent(dense["accuracy"]), accuracy_pruned=_percent(pruned_accuracy),
+        fidelity=fidelity,
+        fidelity_checks=check_bounds(
+            fidelity["final"] or {},
+            min_agreement=spec.acceptance.min_agreement,
+            max_relative_error=spec.acceptance.max_relative_error,
+        ),
+        accuracy_dense=_percent(dense["accuracy"]),
+        accuracy_pruned=_percent(pruned_accuracy),
         accuracy_finetuned=_percent(final["accuracy"]) if finetuned else None,
-        params_before=dense["params"], params_after=final["params"],
-        macs_before=dense["macs"], macs_after=final["macs"],
-        file_size_before=dense["file"], file_size_after=final["file"],
-        latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
-        early_bird=early_bird, probmask=probmask_info, training_curves=_curves(run.history), timings=run.stage_seconds,
-        max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
+        params_before=dense["params"],
+        params_after=final["params"],
+        macs_before=dense["macs"],
+        macs_after=final["macs"],
+        file_size_before=dense["file"],
+        file_size_after=final["file"],
+        latency_before=dense["latency_ms"],
+        latency_after=final["latency_ms"],
+        layers=layer_stats(dense_channels, model, masks),
+        channels_removed=channels_removed,
+        early_bird=early_bird,
+        probmask=probmask_info,
+        training_curves=_curves(run.history),
+        timings=run.stage_seconds,
+        max_accuracy_drop=spec.acceptance.max_accuracy_drop,
+        exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
-        if data.y_test is not None else None,
+        if data.y_test is not None
+        else None,
         model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
-        dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
-                 "num_classes": data.num_classes, "labelled": data.labelled, "train": len(data.x_train), "val": len(data.x_val),
-                 "test": None if data.x_test is None else len(data.x_test)},
-        spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
-    )  # fmt: skip
+        dataset={
+            "name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
+            "num_classes": data.num_classes,
+            "labelled": data.labelled,
+            "train": len(data.x_train),
+            "val": len(data.x_val),
+            "test": None if data.x_test is None else len(data.x_test),
+        },
+        spec=spec.model_dump(mode="json"),
+        job_id=inputs.job_id,
+    )
     report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
-        "accuracy": report["accuracy"], "test_accuracy": report["test_accuracy"],
-        "parameters": report["parameters"], "macs": report["macs"], "acceptance": report["acceptance"],
-        "stage_seconds": run.stage_seconds, "early_bird_epoch": (early_bird or {}).get("epoch"),
+        "accuracy": report["accuracy"],
+        "test_accuracy": report["test_accuracy"],
+        "parameters": report["parameters"],
+        "macs": report["macs"],
+        "acceptance": report["acceptance"],
+        "stage_seconds": run.stage_seconds,
+        "early_bird_epoch": (early_bird or {}).get("epoch"),
         "channels_removed": channels_removed,
         "unstructured_sparsity": report["structure"]["unstructured_sparsity"],
         "fidelity": {k: (v or {}).get("fidelity") for k, v in fidelity.items()},
-    }  # fmt: skip
+    }
     return PipelineOutcome(files=files, summary=summary, report=report)
 
 
@@ -269,10 +318,13 @@ def _percent(fraction: float | None) -> float | None:
 def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """Per-stage training curves for the report."""
     return {
-        stage: {"epoch": [e.get("epoch") for e in events], "train_loss": [e.get("loss") for e in events],
-                "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
+        stage: {
+            "epoch": [e.get("epoch") for e in events],
+            "train_loss": [e.get("loss") for e in events],
+            "val_accuracy": [_percent(e.get("val_accuracy")) for e in events],
+        }
         for stage, events in history.items()
-    }  # fmt: skip
+    }
 
 
 def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:

@@ -34,14 +34,22 @@ def api(deployment_compose):
 
 
 def _ready(api, resource: str, item_id: str) -> dict:
-    servers.wait_until(lambda: api.get(f"/v1/{resource}/{item_id}").json()["status"] != "validating", 120,
-                       f"{resource} {item_id} inspected", interval=0.2)  # fmt: skip
+    servers.wait_until(
+        lambda: api.get(f"/v1/{resource}/{item_id}").json()["status"] != "validating",
+        120,
+        f"{resource} {item_id} inspected",
+        interval=0.2,
+    )
     return api.get(f"/v1/{resource}/{item_id}").json()
 
 
 def _finished(api, job_id: str) -> dict:
-    servers.wait_until(lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
-                       600, f"job {job_id} to end", interval=0.5)  # fmt: skip
+    servers.wait_until(
+        lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
+        600,
+        f"job {job_id} to end",
+        interval=0.5,
+    )
     return api.get(f"/v1/jobs/{job_id}").json()
 
 
@@ -56,18 +64,31 @@ def _classifier_onnx(members: list[tuple[str, bytes]], path) -> None:
     xt, yt = torch.from_numpy(np.stack(x)), torch.tensor(y)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(30):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(xt), yt).backward()
         optimizer.step()
     model.eval()
-    torch.onnx.export(model, (xt[:2],), str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (xt[:2],),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
 
 
 def test_a_labelled_image_folder_zip_job_reports_the_accuracy_its_onnx_gives(api, tmp_path) -> None:
@@ -79,9 +100,15 @@ def test_a_labelled_image_folder_zip_job_reports_the_accuracy_its_onnx_gives(api
     info = _ready(api, "datasets", dataset.json()["id"])
     assert info["status"] == "ready", info
     assert info["info"]["images"]["classes"] == ["class0", "class1", "class2"]
-    spec = {"model_id": model["id"], "dataset_id": dataset.json()["id"], "preprocessing": PREPROCESSING,
-            "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 2, "lr": 0.01}}],
-            "training": {"batch_size": 8}, "export": {"formats": ["onnx"]}, "acceptance": {"max_accuracy_drop": 100}}  # fmt: skip
+    spec = {
+        "model_id": model["id"],
+        "dataset_id": dataset.json()["id"],
+        "preprocessing": PREPROCESSING,
+        "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 2, "lr": 0.01}}],
+        "training": {"batch_size": 8},
+        "export": {"formats": ["onnx"]},
+        "acceptance": {"max_accuracy_drop": 100},
+    }
     _ready(api, "models", model["id"])
     job = api.post("/v1/jobs", json=spec)
     assert job.status_code == 202, job.text
@@ -109,10 +136,15 @@ def test_an_unlabelled_detector_job_through_http_finetunes_by_distillation(api, 
     assert model.status_code == 202 and dataset.status_code == 202, (model.text, dataset.text)
     assert _ready(api, "datasets", dataset.json()["id"])["info"]["labelled"] is False
     _ready(api, "models", model.json()["id"])
-    spec = {"model_id": model.json()["id"], "dataset_id": dataset.json()["id"],
-            "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 10, "lr": 0.02}}],
-            "distillation": {"kinds": {"scores": "logits"}}, "training": {"batch_size": 16},
-            "export": {"formats": ["onnx"]}, "acceptance": {"max_relative_error": 0.9}}  # fmt: skip
+    spec = {
+        "model_id": model.json()["id"],
+        "dataset_id": dataset.json()["id"],
+        "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 10, "lr": 0.02}}],
+        "distillation": {"kinds": {"scores": "logits"}},
+        "training": {"batch_size": 16},
+        "export": {"formats": ["onnx"]},
+        "acceptance": {"max_relative_error": 0.9},
+    }
     job = api.post("/v1/jobs", json=spec)
     assert job.status_code == 202, job.text
     done = _finished(api, job.json()["id"])
@@ -120,7 +152,9 @@ def test_an_unlabelled_detector_job_through_http_finetunes_by_distillation(api, 
     report = api.get(f"/v1/jobs/{done['id']}/report").json()
     after, final = report["fidelity"]["after_pruning"], report["fidelity"]["final"]
     assert final["fidelity"] > after["fidelity"]
-    assert all(final["outputs"][n]["relative_error"] < after["outputs"][n]["relative_error"] for n in ("scores", "boxes"))
+    assert all(
+        final["outputs"][n]["relative_error"] < after["outputs"][n]["relative_error"] for n in ("scores", "boxes")
+    )
     assert done["result"]["acceptance"]["passed"] is True
     html = api.get(f"/v1/jobs/{done['id']}/report.html").text
     assert "Fidelity to the dense model" in html

@@ -22,10 +22,16 @@ class TinyDetector(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
-            nn.Conv2d(24, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 24, 3, stride=2, padding=1),
+            nn.BatchNorm2d(24),
+            nn.ReLU(),
+            nn.Conv2d(24, 24, 3, stride=2, padding=1),
+            nn.BatchNorm2d(24),
+            nn.ReLU(),
+        )
         self.scores = nn.Conv2d(24, 3, 1)
         self.boxes = nn.Conv2d(24, 4, 1)
 
@@ -42,9 +48,15 @@ def tiny_detector_onnx(path: Path, seed: int = 0) -> Path:
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
             module.weight.data.uniform_(0.2, 1.5)
-    torch.onnx.export(model, (torch.rand(2, 3, 16, 16),), str(path), input_names=["images"],
-                      output_names=["scores", "boxes"], dynamic_axes={"images": {0: "n"}, "scores": {0: "n"},
-                      "boxes": {0: "n"}}, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (torch.rand(2, 3, 16, 16),),
+        str(path),
+        input_names=["images"],
+        output_names=["scores", "boxes"],
+        dynamic_axes={"images": {0: "n"}, "scores": {0: "n"}, "boxes": {0: "n"}},
+        dynamo=False,
+    )
     return path
 
 
@@ -95,8 +107,9 @@ def test_an_unlabelled_detector_job_distils_every_output_and_fidelity_improves(d
 
 def test_a_tight_fidelity_bound_fails_the_gate(detector_job):
     inputs, out = detector_job
-    spec = _spec(acceptance={"max_relative_error": 1e-6},
-                 pipeline=[{"prune_channels": {"criterion": "l1", "ratio": 0.3}}])  # fmt: skip
+    spec = _spec(
+        acceptance={"max_relative_error": 1e-6}, pipeline=[{"prune_channels": {"criterion": "l1", "ratio": 0.3}}]
+    )
     report = run_pipeline(inputs, spec, out).report
     assert report["acceptance"]["passed"] is False
     assert report["acceptance"]["checks"]["max_relative_error"]["passed"] is False
@@ -114,8 +127,13 @@ def _splits(labelled: bool):
 
     x = torch.rand(64, 3, 8, 8)
     y = torch.randint(0, 3, (64,)) if labelled else None
-    return DataSplits(x_train=x[:48], y_train=None if y is None else y[:48], x_val=x[48:],
-                      y_val=None if y is None else y[48:], num_classes=3 if labelled else 0)  # fmt: skip
+    return DataSplits(
+        x_train=x[:48],
+        y_train=None if y is None else y[:48],
+        x_val=x[48:],
+        y_val=None if y is None else y[48:],
+        num_classes=3 if labelled else 0,
+    )
 
 
 def test_the_dense_model_is_kept_to_distil_without_labels_or_for_fidelity_bounds_and_only_then():

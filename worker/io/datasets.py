@@ -70,7 +70,9 @@ def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                             member.shape, order="F" if member.fortran_order else "C"
                         )
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-        raise Rejected("invalid-npz", f"the .npz could not be read ({type(exc).__name__}); write it with numpy.savez.") from exc
+        raise Rejected(
+            "invalid-npz", f"the .npz could not be read ({type(exc).__name__}); write it with numpy.savez."
+        ) from exc
     return arrays
 
 
@@ -84,7 +86,9 @@ def _read_exactly(stream, size: int, key: str) -> bytes:
 def _stream_features(key: str, member: intake.NpyMember, stream) -> np.ndarray:
     """float32 features (uint8 scaled to [0, 1]) filled ``_CHUNK_BYTES`` of input at a time."""
     if member.kind not in _FEATURE_KINDS:
-        raise Rejected("bad-dtype", f"{key} has dtype {np.dtype(member.descr)}; features must be numeric (float or int).")
+        raise Rejected(
+            "bad-dtype", f"{key} has dtype {np.dtype(member.descr)}; features must be numeric (float or int)."
+        )
     dtype = np.dtype(member.descr)
     order = "F" if member.fortran_order else "C"
     out = np.empty(member.shape, np.float32, order=order)
@@ -152,9 +156,7 @@ def _labels(name: str, y: np.ndarray, n: int) -> np.ndarray:
         raise Rejected("bad-labels", f"{name} has dtype {y.dtype}; labels must be integer class ids.")
     labels = y.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
-        raise Rejected(
-            "bad-labels", f"{name} holds ids outside 0..{MAX_CLASSES - 1}; labels must be class ids 0..C-1."
-        )
+        raise Rejected("bad-labels", f"{name} holds ids outside 0..{MAX_CLASSES - 1}; labels must be class ids 0..C-1.")
     return labels
 
 
@@ -170,9 +172,7 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def splits_from_arrays(
-    arrays: dict[str, np.ndarray], *, val_fraction: float = 0.2, seed: int = 0
-) -> DataSplits:
+def splits_from_arrays(arrays: dict[str, np.ndarray], *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     """Validate arrays (either key layout) and build ``DataSplits``."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("val_fraction must be in (0, 1)")
@@ -205,9 +205,7 @@ def splits_from_arrays(
         x_test = _features("x_test", arrays["x_test"]) if "x_test" in arrays else None
         y_train = y_val = y_test = None
     else:
-        raise Rejected(
-            "missing-keys", f"found keys {sorted(arrays)[:10]}; expected {_ACCEPTED}."
-        )
+        raise Rejected("missing-keys", f"found keys {sorted(arrays)[:10]}; expected {_ACCEPTED}.")
     for name, x in (("x_val", x_val), ("x_test", x_test)):
         if x is not None and x.shape[1:] != x_train.shape[1:]:
             raise Rejected(
@@ -220,8 +218,14 @@ def splits_from_arrays(
         )
     as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     if y_train is None:
-        return DataSplits(x_train=as_x(x_train), y_train=None, x_val=as_x(x_val), y_val=None, num_classes=0,
-                          x_test=None if x_test is None else as_x(x_test))  # fmt: skip
+        return DataSplits(
+            x_train=as_x(x_train),
+            y_train=None,
+            x_val=as_x(x_val),
+            y_val=None,
+            num_classes=0,
+            x_test=None if x_test is None else as_x(x_test),
+        )
     all_labels = [y_train, y_val] + ([y_test] if y_test is not None else [])
     num_classes = int(max(int(y.max()) for y in all_labels if y.size)) + 1
     if len(np.unique(y_train)) < 2:
@@ -239,8 +243,13 @@ def splits_from_arrays(
 
 
 def load_dataset_file(
-    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES,
-    preprocessing=None, limits=None,
+    path: Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_bytes: int = MAX_DATASET_BYTES,
+    preprocessing=None,
+    limits=None,
 ) -> DataSplits:
     """Load and validate an uploaded dataset (format and bombs checked by ``intake`` first).
 
@@ -253,8 +262,9 @@ def load_dataset_file(
         from service.core.intake.archives import ArchiveLimits
         from worker.io.images import load_image_archive
 
-        return load_image_archive(path, preprocessing, val_fraction=val_fraction, seed=seed,
-                                  limits=limits or ArchiveLimits())  # fmt: skip
+        return load_image_archive(
+            path, preprocessing, val_fraction=val_fraction, seed=seed, limits=limits or ArchiveLimits()
+        )
     kind = intake.check_dataset_file(path, max_bytes)
     arrays = _read_npz(path, max_bytes) if kind == "npz" else _read_safetensors(path)
     return splits_from_arrays(arrays, val_fraction=val_fraction, seed=seed)
@@ -319,7 +329,9 @@ def builtin_dataset(name: str, seed: int = 0, *, val_fraction: float = 0.2) -> D
         rest, test = _stratified_split(labels, 0.2, seed=12345)
         x, y, x_test, y_test = features[rest], labels[rest], features[test], labels[test]
     else:
-        raise Rejected("unknown-dataset", f"unknown built-in dataset {name[:40]!r}; choose one of {', '.join(BUILTINS)}.")
+        raise Rejected(
+            "unknown-dataset", f"unknown built-in dataset {name[:40]!r}; choose one of {', '.join(BUILTINS)}."
+        )
     y = y.astype(np.int64)
     train_idx, val_idx = _stratified_split(y, val_fraction, seed)
     return DataSplits(

@@ -37,11 +37,16 @@ def preprocess(image, params: PreprocessingParams) -> np.ndarray:
             size = (params.resize[1], params.resize[0])
         image = image.resize(size, Image.BILINEAR)
     if params.center_crop is not None:
-        crop_h, crop_w = (params.center_crop, params.center_crop) if isinstance(params.center_crop, int) else params.center_crop
+        crop_h, crop_w = (
+            (params.center_crop, params.center_crop) if isinstance(params.center_crop, int) else params.center_crop
+        )
         width, height = image.size
         if crop_w > width or crop_h > height:
-            raise DatasetRejected("bad-preprocessing", f"center_crop {crop_h}x{crop_w} is larger than an image of "
-                                  f"{height}x{width} (after resize); resize first or crop less.")  # fmt: skip
+            raise DatasetRejected(
+                "bad-preprocessing",
+                f"center_crop {crop_h}x{crop_w} is larger than an image of "
+                f"{height}x{width} (after resize); resize first or crop less.",
+            )
         left, top = int(round((width - crop_w) / 2.0)), int(round((height - crop_h) / 2.0))
         image = image.crop((left, top, left + crop_w, top + crop_h))
     array = np.asarray(image, dtype=np.uint8)
@@ -63,9 +68,16 @@ def preprocess(image, params: PreprocessingParams) -> np.ndarray:
 class LazyImages(Dataset):
     """Images of an archive as a lazily decoded ``(N, ...)`` tensor (see the module docstring)."""
 
-    def __init__(self, path: Path, kind: str, members: Sequence[ImageMember], params: PreprocessingParams,
-                 max_pixels: int) -> None:  # fmt: skip
-        self.path, self.kind, self.members, self.params, self.max_pixels = Path(path), kind, list(members), params, max_pixels
+    def __init__(
+        self, path: Path, kind: str, members: Sequence[ImageMember], params: PreprocessingParams, max_pixels: int
+    ) -> None:
+        self.path, self.kind, self.members, self.params, self.max_pixels = (
+            Path(path),
+            kind,
+            list(members),
+            params,
+            max_pixels,
+        )
         self._reader = MemberReader(self.path, kind)
         self._sample_shape: tuple[int, ...] | None = None
 
@@ -78,9 +90,12 @@ class LazyImages(Dataset):
         with image:
             sample = torch.from_numpy(preprocess(image, self.params).astype(np.float32, copy=False))
         if self._sample_shape is not None and tuple(sample.shape) != self._sample_shape:
-            raise DatasetRejected("mixed-image-sizes", f"image {member.name[:200]!r} gives an input of shape "
-                                  f"{list(sample.shape)} but others {list(self._sample_shape)}; declare "
-                                  "preprocessing.resize and/or center_crop in the job spec.")  # fmt: skip
+            raise DatasetRejected(
+                "mixed-image-sizes",
+                f"image {member.name[:200]!r} gives an input of shape "
+                f"{list(sample.shape)} but others {list(self._sample_shape)}; declare "
+                "preprocessing.resize and/or center_crop in the job spec.",
+            )
         self._sample_shape = tuple(sample.shape)
         return sample
 
@@ -130,8 +145,14 @@ def _split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tup
     return sorted(keep), sorted(held)
 
 
-def load_image_archive(path: Path, params: PreprocessingParams | None = None, *, val_fraction: float = 0.2,
-                       seed: int = 0, limits: ArchiveLimits | None = None) -> DataSplits:  # fmt: skip
+def load_image_archive(
+    path: Path,
+    params: PreprocessingParams | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limits: ArchiveLimits | None = None,
+) -> DataSplits:
     """``DataSplits`` whose inputs are :class:`LazyImages` (labels when the archive has class folders)."""
     params = params or PreprocessingParams()
     limits = limits or ArchiveLimits()
@@ -145,10 +166,16 @@ def load_image_archive(path: Path, params: PreprocessingParams | None = None, *,
     else:
         train, val = _split(labels, len(index.members), val_fraction, seed)
     if len(train) < 2 or len(val) < 1:
-        raise DatasetRejected("too-few-samples", f"{len(train)} training and {len(val)} validation images; "
-                              "need at least 2 and 1.")  # fmt: skip
+        raise DatasetRejected(
+            "too-few-samples", f"{len(train)} training and {len(val)} validation images; need at least 2 and 1."
+        )
     as_y = lambda ids: None if labels is None else torch.from_numpy(labels[ids])  # noqa: E731
     x_train, x_val = images.subset(train), images.subset(val)
     x_train.shape  # noqa: B018 - decodes one image: a preprocessing that cannot work fails here, at load
-    return DataSplits(x_train=x_train, y_train=as_y(train), x_val=x_val, y_val=as_y(val),  # type: ignore[arg-type]
-                      num_classes=len(index.classes))  # fmt: skip
+    return DataSplits(
+        x_train=x_train,
+        y_train=as_y(train),
+        x_val=x_val,
+        y_val=as_y(val),  # type: ignore[arg-type]
+        num_classes=len(index.classes),
+    )

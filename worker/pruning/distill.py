@@ -53,8 +53,9 @@ def normalised_smooth_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.
 class DistillationLoss(nn.Module):
     """Mean over outputs of the loss that suits each output's kind."""
 
-    def __init__(self, kinds: Sequence[OutputKind], *, temperature: float = 4.0,
-                 regression: RegressionLoss = "l2") -> None:  # fmt: skip
+    def __init__(
+        self, kinds: Sequence[OutputKind], *, temperature: float = 4.0, regression: RegressionLoss = "l2"
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be positive")
@@ -68,8 +69,10 @@ class DistillationLoss(nn.Module):
         """One loss per output, in output order."""
         students, teachers = output_list(student), output_list(teacher)
         if not len(students) == len(teachers) == len(self.kinds):
-            raise ValueError(f"{len(students)} student outputs, {len(teachers)} teacher outputs, "
-                             f"{len(self.kinds)} kinds: they must match")  # fmt: skip
+            raise ValueError(
+                f"{len(students)} student outputs, {len(teachers)} teacher outputs, "
+                f"{len(self.kinds)} kinds: they must match"
+            )
         losses = []
         for kind, s, t in zip(self.kinds, students, teachers, strict=True):
             t = t.detach().to(s.dtype)

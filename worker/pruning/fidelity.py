@@ -136,13 +136,19 @@ def check_bounds(fidelity: Mapping, *, min_agreement: float | None, max_relative
     if min_agreement is not None:
         agreements = [o["agreement"] for o in outputs.values() if o.get("agreement") is not None]
         worst = min(agreements) if agreements else None
-        checks["min_agreement"] = {"bound": min_agreement, "measured": worst,
-                                   "passed": worst is not None and worst >= min_agreement}  # fmt: skip
+        checks["min_agreement"] = {
+            "bound": min_agreement,
+            "measured": worst,
+            "passed": worst is not None and worst >= min_agreement,
+        }
         if worst is None:
             checks["min_agreement"]["reason"] = "no output is logit-like; declare a kind or use max_relative_error"
     if max_relative_error is not None:
         errors = [o["relative_error"] for o in outputs.values()]
         worst = max(errors) if errors else None
-        checks["max_relative_error"] = {"bound": max_relative_error, "measured": worst,
-                                        "passed": worst is not None and worst <= max_relative_error}  # fmt: skip
+        checks["max_relative_error"] = {
+            "bound": max_relative_error,
+            "measured": worst,
+            "passed": worst is not None and worst <= max_relative_error,
+        }
     return checks

@@ -69,8 +69,10 @@ def resolve_kinds(
         if kind is None:
             kinds.append(detect_kind(output))
         elif kind == "logits" and (output.ndim < 2 or output.shape[1] < 2 or not output.is_floating_point()):
-            raise ValueError(f"output {name!r} of shape {list(output.shape)} cannot be logits: "
-                             "logits need a class dimension (dim 1) of size 2 or more")  # fmt: skip
+            raise ValueError(
+                f"output {name!r} of shape {list(output.shape)} cannot be logits: "
+                "logits need a class dimension (dim 1) of size 2 or more"
+            )
         elif kind not in KINDS:
             raise ValueError(f"output {name!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
         else:

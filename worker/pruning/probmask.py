@@ -123,8 +123,14 @@ def _solve_exact(z: torch.Tensor, budget: float, bracket_iterations: int = 16) -
     cands = torch.unique(cands)  # sorted ascending
     lower = torch.searchsorted(zs, cands, right=True)  # first z > v
     upper = torch.searchsorted(zs, cands + 1.0, right=False)  # first z >= v + 1
-    f = (full + linear_sum - linear_count * cands + (len(zs) - upper).to(zs.dtype)
-         + (csum[upper] - csum[lower]) - cands * (upper - lower).to(zs.dtype))  # fmt: skip
+    f = (
+        full
+        + linear_sum
+        - linear_count * cands
+        + (len(zs) - upper).to(zs.dtype)
+        + (csum[upper] - csum[lower])
+        - cands * (upper - lower).to(zs.dtype)
+    )
     # f is non-increasing; first candidate with f <= K (exists: f(hi) <= K)
     j = int(torch.searchsorted(-f, torch.tensor([-budget], dtype=f.dtype, device=f.device), right=False))
     j = min(max(j, 1), len(cands) - 1)
@@ -218,9 +224,13 @@ class ProbMaskSparsifier:
     """
 
     def __init__(
-        self, model: nn.Module, sparsity: float, exclude: Iterable[str] = (), eps: float = EPS,
+        self,
+        model: nn.Module,
+        sparsity: float,
+        exclude: Iterable[str] = (),
+        eps: float = EPS,
         projection: Literal["exact", "bisect"] = "exact",
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError("sparsity must be in [0, 1)")
         self.model = model
@@ -316,10 +326,12 @@ class ProbMaskSparsifier:
         larger |w| kept first (global magnitude pruning among ties). Exact sparsity."""
         params = self._params()
         flat = torch.cat([p.scores.detach().reshape(-1).float().cpu() for p in params.values()])
-        magnitude = torch.cat([
-            self.modules[n].parametrizations.weight.original.detach().reshape(-1).abs().float().cpu()  # type: ignore[union-attr]
-            for n in params
-        ])  # fmt: skip
+        magnitude = torch.cat(
+            [
+                self.modules[n].parametrizations.weight.original.detach().reshape(-1).abs().float().cpu()  # type: ignore[union-attr]
+                for n in params
+            ]
+        )
         by_magnitude = torch.sort(magnitude, descending=True, stable=True).indices
         by_score = torch.sort(flat[by_magnitude], descending=True, stable=True).indices
         order = by_magnitude[by_score][: self.kept_target]
@@ -341,9 +353,12 @@ class ProbMaskSparsifier:
         }
 
     def choose_final_masks(
-        self, mode: Literal["topk", "sample"] = "topk", score_fn: Callable[[], float] | None = None,
-        samples: int = 10, seed: int = 0,
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        self,
+        mode: Literal["topk", "sample"] = "topk",
+        score_fn: Callable[[], float] | None = None,
+        samples: int = 10,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
         """Fix the final masks: ``topk`` (Shears default) or the best of ``samples``
         Bernoulli draws by ``score_fn()`` (higher is better, e.g. training accuracy),
         evaluated with each candidate mask applied."""

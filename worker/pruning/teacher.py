@@ -50,8 +50,14 @@ class Teacher:
         batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
         teacher = self.model.to(device)
         try:
-            return measure_fidelity(teacher, model.to(device), batches, names=self.names,
-                                    kinds=dict(zip(self.names, self.kinds, strict=True)), device=device)  # fmt: skip
+            return measure_fidelity(
+                teacher,
+                model.to(device),
+                batches,
+                names=self.names,
+                kinds=dict(zip(self.names, self.kinds, strict=True)),
+                device=device,
+            )
         finally:
             self.model.cpu()
 

@@ -57,10 +57,30 @@ from torch import nn
 
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
-    "schema_version", "job_id", "created_at", "model", "dataset", "spec", "accuracy", "test_accuracy",
-    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "probmask",
-    "warnings", "training_curves", "timings", "exports", "versions", "fidelity", "acceptance",
-)  # fmt: skip
+    "schema_version",
+    "job_id",
+    "created_at",
+    "model",
+    "dataset",
+    "spec",
+    "accuracy",
+    "test_accuracy",
+    "parameters",
+    "macs",
+    "file_size",
+    "latency",
+    "layers",
+    "structure",
+    "early_bird",
+    "probmask",
+    "warnings",
+    "training_curves",
+    "timings",
+    "exports",
+    "versions",
+    "fidelity",
+    "acceptance",
+)
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -88,8 +108,11 @@ def versions() -> dict[str, str | None]:
 def channel_counts(model: nn.Module) -> dict[str, int]:
     """Output channels of every Conv/Linear layer by module name (what :func:`layer_stats`
     needs of the dense model, without keeping a copy of it)."""
-    return {name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-            for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}  # fmt: skip
+    return {
+        name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        for name, m in model.named_modules()
+        if isinstance(m, _PRUNABLE)
+    }
 
 
 def layer_stats(
@@ -179,8 +202,11 @@ def build_report(
     drop = None if accuracy_dense is None or final is None else accuracy_dense - final
     checks: dict[str, Any] = {}
     if max_accuracy_drop is not None:
-        checks["accuracy"] = {"bound": max_accuracy_drop, "measured": drop,
-                              "passed": None if drop is None else bool(drop <= max_accuracy_drop)}  # fmt: skip
+        checks["accuracy"] = {
+            "bound": max_accuracy_drop,
+            "measured": drop,
+            "passed": None if drop is None else bool(drop <= max_accuracy_drop),
+        }
         if drop is None:
             checks["accuracy"]["reason"] = "the dataset has no labels: accuracy is not measured"
     checks.update(dict(fidelity_checks or {}))
@@ -193,7 +219,7 @@ def build_report(
     return {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": dict(model or {}),
         "dataset": dict(dataset or {}),
         "spec": dict(spec or {}),
@@ -205,7 +231,11 @@ def build_report(
             "split": "val",
         },
         "test_accuracy": dict(test_accuracy) if test_accuracy else None,
-        "parameters": {"before": int(params_before), "after": int(params_after), "ratio": _ratio(params_before, params_after)},
+        "parameters": {
+            "before": int(params_before),
+            "after": int(params_after),
+            "ratio": _ratio(params_before, params_after),
+        },
         "macs": {"before": macs_before, "after": macs_after, "ratio": _ratio(macs_before, macs_after)},
         "file_size": {
             "before": dict(file_size_before) if file_size_before else None,
@@ -302,9 +332,11 @@ def _plot_curves(curves: Mapping[str, Mapping[str, list]]) -> str | None:
         return None
     fig = _figure()
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for index, (stage, curve) in enumerate(curves.items()):
+    for index, curve in enumerate(curves.values()):
         label = f"stage {index + 1}"  # stage names are shown (escaped) in the table
-        epochs = curve.get("epoch") or list(range(1, len(curve.get("train_loss") or curve.get("val_accuracy") or []) + 1))
+        epochs = curve.get("epoch") or list(
+            range(1, len(curve.get("train_loss") or curve.get("val_accuracy") or []) + 1)
+        )
         if curve.get("train_loss"):
             ax_loss.plot(epochs[: len(curve["train_loss"])], curve["train_loss"], marker=".", label=label)
         if curve.get("val_accuracy"):
@@ -385,10 +417,19 @@ def render_html(report: Mapping[str, Any]) -> str:
                 ("accuracy dense (%)", acc["dense"]),
                 ("accuracy pruned (%)", acc["pruned"]),
                 ("accuracy finetuned (%)", acc["finetuned"]),
-                ("parameters before / after", f"{_fmt(report['parameters']['before'])} / {_fmt(report['parameters']['after'])}"),
+                (
+                    "parameters before / after",
+                    f"{_fmt(report['parameters']['before'])} / {_fmt(report['parameters']['after'])}",
+                ),
                 ("MACs before / after", f"{_fmt(report['macs']['before'])} / {_fmt(report['macs']['after'])}"),
-                ("ONNX bytes before / after", f"{_fmt((sizes['before'] or {}).get('bytes'))} / {_fmt((sizes['after'] or {}).get('bytes'))}"),
-                ("gzip bytes before / after", f"{_fmt((sizes['before'] or {}).get('gzip_bytes'))} / {_fmt((sizes['after'] or {}).get('gzip_bytes'))}"),
+                (
+                    "ONNX bytes before / after",
+                    f"{_fmt((sizes['before'] or {}).get('bytes'))} / {_fmt((sizes['after'] or {}).get('bytes'))}",
+                ),
+                (
+                    "gzip bytes before / after",
+                    f"{_fmt((sizes['before'] or {}).get('gzip_bytes'))} / {_fmt((sizes['after'] or {}).get('gzip_bytes'))}",
+                ),
                 ("channels physically removed", report["structure"]["channels_removed"]),
                 ("unstructured sparsity", report["structure"]["unstructured_sparsity"]),
                 ("early-bird epoch", (report.get("early_bird") or {}).get("epoch")),
@@ -397,7 +438,10 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     parts += _fidelity_section(report.get("fidelity") or {})
     lat_rows = []
-    for batch in sorted(set((latency["before"] or {}).get("batch_sizes", {})) | set((latency["after"] or {}).get("batch_sizes", {})), key=lambda b: int(b) if str(b).isdigit() else 0):
+    for batch in sorted(
+        set((latency["before"] or {}).get("batch_sizes", {})) | set((latency["after"] or {}).get("batch_sizes", {})),
+        key=lambda b: int(b) if str(b).isdigit() else 0,
+    ):
         b = ((latency["before"] or {}).get("batch_sizes") or {}).get(batch, {})
         a = ((latency["after"] or {}).get("batch_sizes") or {}).get(batch, {})
         lat_rows.append((f"batch {batch}", b.get("median_ms"), a.get("median_ms"), latency["speedup"].get(batch)))
@@ -412,7 +456,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         if image:
             parts += [f"<h2>{html.escape(title)}</h2>", image]
     if report["training_curves"]:
-        parts.append(_table([(f"stage {i + 1}", name) for i, name in enumerate(report["training_curves"])], ("plot label", "stage")))
+        parts.append(
+            _table(
+                [(f"stage {i + 1}", name) for i, name in enumerate(report["training_curves"])], ("plot label", "stage")
+            )
+        )
     if report["layers"]:
         parts += [
             "<h2>Per-layer channels and sparsity</h2>",
@@ -439,12 +487,31 @@ def _fidelity_section(fidelity: Mapping[str, Any]) -> list[str]:
     rows = []
     for name in names:
         b, f = (before.get("outputs") or {}).get(name, {}), (final.get("outputs") or {}).get(name, {})
-        rows.append((name, f.get("kind") or b.get("kind"), "x".join(str(d) for d in f.get("shape") or b.get("shape") or []),
-                     b.get("relative_error"), f.get("relative_error"), b.get("cosine"), f.get("cosine"),
-                     b.get("agreement"), f.get("agreement")))  # fmt: skip
+        rows.append(
+            (
+                name,
+                f.get("kind") or b.get("kind"),
+                "x".join(str(d) for d in f.get("shape") or b.get("shape") or []),
+                b.get("relative_error"),
+                f.get("relative_error"),
+                b.get("cosine"),
+                f.get("cosine"),
+                b.get("agreement"),
+                f.get("agreement"),
+            )
+        )
     rows.append(("headline fidelity", "", "", before.get("fidelity"), final.get("fidelity"), "", "", "", ""))
-    header = ("output", "kind", "shape", "rel. error after pruning", "rel. error final", "cosine after pruning",
-              "cosine final", "agreement after pruning", "agreement final")  # fmt: skip
+    header = (
+        "output",
+        "kind",
+        "shape",
+        "rel. error after pruning",
+        "rel. error final",
+        "cosine after pruning",
+        "cosine final",
+        "agreement after pruning",
+        "agreement final",
+    )
     return ["<h2>Fidelity to the dense model (validation split)</h2>", _table(rows, header)]
 
 

@@ -33,8 +33,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 _SPLITS = {"train": "train", "val": "val", "validation": "val"}
 _IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-LAYOUT_HELP = ("Put images in class folders (<class>/<image>, labelled) or in one flat folder (unlabelled), "
-               "optionally under train/ and val/.")  # fmt: skip
+LAYOUT_HELP = (
+    "Put images in class folders (<class>/<image>, labelled) or in one flat folder (unlabelled), "
+    "optionally under train/ and val/."
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,14 @@ class ImageIndex:
 
     def summary(self) -> dict:
         splits = {s: sum(1 for m in self.members if m.split == s) for s in ("train", "val")}
-        return {"archive": self.kind, "images": len(self.members), "labelled": self.labelled,
-                "classes": self.classes[:1000], "num_classes": len(self.classes),
-                "split": splits if self.has_split else None}  # fmt: skip
+        return {
+            "archive": self.kind,
+            "images": len(self.members),
+            "labelled": self.labelled,
+            "classes": self.classes[:1000],
+            "num_classes": len(self.classes),
+            "split": splits if self.has_split else None,
+        }
 
 
 def archive_kind(path: Path) -> str | None:
@@ -101,12 +108,17 @@ def _safe_parts(name: str) -> list[str]:
     """The path components of a member name, or a refusal when the name could escape."""
     shown = name[:200]
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":") or "\x00" in name:
-        raise _refuse("unsafe-archive-path", f"archive member {shown!r} has an absolute or Windows path; "
-                      "archive a folder with relative paths (zip -r data.zip folder/).")  # fmt: skip
+        raise _refuse(
+            "unsafe-archive-path",
+            f"archive member {shown!r} has an absolute or Windows path; "
+            "archive a folder with relative paths (zip -r data.zip folder/).",
+        )
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
-        raise _refuse("unsafe-archive-path", f"archive member {shown!r} climbs out of the archive with '..'; "
-                      "archive a folder with relative paths.")  # fmt: skip
+        raise _refuse(
+            "unsafe-archive-path",
+            f"archive member {shown!r} climbs out of the archive with '..'; archive a folder with relative paths.",
+        )
     return parts
 
 
@@ -135,8 +147,11 @@ def _zip_entry_count(path: Path) -> int:
 def _iter_zip(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, int, int]]:
     count = _zip_entry_count(path)
     if count > limits.max_members:
-        raise _refuse("too-many-members", f"the archive has {count} members, above the limit of "
-                      f"{limits.max_members}; upload fewer or larger images, or split the dataset.")  # fmt: skip
+        raise _refuse(
+            "too-many-members",
+            f"the archive has {count} members, above the limit of "
+            f"{limits.max_members}; upload fewer or larger images, or split the dataset.",
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
@@ -144,25 +159,34 @@ def _iter_zip(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, int, int
     with archive:
         infos = archive.infolist()
         if len(infos) > limits.max_members:
-            raise _refuse("too-many-members", f"the archive has {len(infos)} members, above the limit of "
-                          f"{limits.max_members}.")  # fmt: skip
+            raise _refuse(
+                "too-many-members", f"the archive has {len(infos)} members, above the limit of {limits.max_members}."
+            )
         for info in infos:
             mode = (info.external_attr >> 16) & 0o170000
             if mode == 0o120000:
-                raise _refuse("archive-link", f"archive member {info.filename[:200]!r} is a symbolic link; "
-                              "links are refused: archive the files themselves.")  # fmt: skip
+                raise _refuse(
+                    "archive-link",
+                    f"archive member {info.filename[:200]!r} is a symbolic link; "
+                    "links are refused: archive the files themselves.",
+                )
             if info.is_dir():
                 _safe_parts(info.filename)
                 continue
             if mode not in (0, 0o100000):
                 raise _refuse("archive-special-file", f"archive member {info.filename[:200]!r} is not a regular file.")
             if info.flag_bits & 0x1:
-                raise _refuse("archive-encrypted", f"archive member {info.filename[:200]!r} is encrypted; "
-                              "upload an archive without a password.")  # fmt: skip
+                raise _refuse(
+                    "archive-encrypted",
+                    f"archive member {info.filename[:200]!r} is encrypted; upload an archive without a password.",
+                )
             if info.file_size > 1 << 20 and info.file_size > limits.max_ratio * max(1, info.compress_size):
-                raise _refuse("archive-bomb", f"archive member {info.filename[:200]!r} expands "
-                              f"{info.file_size // max(1, info.compress_size)}-fold ({info.file_size} bytes); "
-                              "images do not compress like that: this looks like a zip bomb.")  # fmt: skip
+                raise _refuse(
+                    "archive-bomb",
+                    f"archive member {info.filename[:200]!r} expands "
+                    f"{info.file_size // max(1, info.compress_size)}-fold ({info.file_size} bytes); "
+                    "images do not compress like that: this looks like a zip bomb.",
+                )
             yield info.filename, info.file_size, -1
 
 
@@ -170,7 +194,9 @@ def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, int, int
     try:
         archive = tarfile.open(path, mode="r:")
     except (tarfile.TarError, OSError) as error:
-        raise _refuse("invalid-archive", f"the tar cannot be read ({error}); upload an uncompressed .tar or a .zip.") from error
+        raise _refuse(
+            "invalid-archive", f"the tar cannot be read ({error}); upload an uncompressed .tar or a .zip."
+        ) from error
     count = 0
     with archive:
         try:
@@ -178,12 +204,18 @@ def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, int, int
                 archive.members = []  # keep memory flat: TarFile would remember every member
                 count += 1
                 if count > limits.max_members:
-                    raise _refuse("too-many-members", f"the archive has more than {limits.max_members} members; "
-                                  "upload fewer or larger images, or split the dataset.")  # fmt: skip
+                    raise _refuse(
+                        "too-many-members",
+                        f"the archive has more than {limits.max_members} members; "
+                        "upload fewer or larger images, or split the dataset.",
+                    )
                 if info.issym() or info.islnk():
-                    raise _refuse("archive-link", f"archive member {info.name[:200]!r} is a "
-                                  f"{'symbolic' if info.issym() else 'hard'} link; links are refused: "
-                                  "archive the files themselves.")  # fmt: skip
+                    raise _refuse(
+                        "archive-link",
+                        f"archive member {info.name[:200]!r} is a "
+                        f"{'symbolic' if info.issym() else 'hard'} link; links are refused: "
+                        "archive the files themselves.",
+                    )
                 if info.isdir():
                     _safe_parts(info.name)
                     continue
@@ -200,8 +232,11 @@ def index_image_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> 
     path = Path(path)
     kind = archive_kind(path)
     if kind is None:
-        raise _refuse("unsupported-format", "the file is not a .zip or an uncompressed .tar of images "
-                      "(compressed tars cannot be read lazily; images are compressed already).")  # fmt: skip
+        raise _refuse(
+            "unsupported-format",
+            "the file is not a .zip or an uncompressed .tar of images "
+            "(compressed tars cannot be read lazily; images are compressed already).",
+        )
     entries: list[tuple[list[str], str, int, int]] = []
     total = 0
     for name, size, offset in (_iter_zip if kind == "zip" else _iter_tar)(path, limits):
@@ -209,15 +244,24 @@ def index_image_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> 
         if not parts or parts[0] == "__MACOSX" or parts[-1] in _IGNORED_NAMES or parts[-1].startswith("._"):
             continue
         if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            raise _refuse("not-an-image", f"archive member {name[:200]!r} is not an image "
-                          f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove other files.")  # fmt: skip
+            raise _refuse(
+                "not-an-image",
+                f"archive member {name[:200]!r} is not an image "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove other files.",
+            )
         if size > limits.max_member_bytes:
-            raise _refuse("image-too-large", f"archive member {name[:200]!r} has {size} bytes, above the "
-                          f"per-image limit of {limits.max_member_bytes}.")  # fmt: skip
+            raise _refuse(
+                "image-too-large",
+                f"archive member {name[:200]!r} has {size} bytes, above the "
+                f"per-image limit of {limits.max_member_bytes}.",
+            )
         total += size
         if total > limits.max_total_bytes:
-            raise _refuse("archive-too-large", f"the archive expands to more than {limits.max_total_bytes} bytes; "
-                          "register the data by reference or upload a subset.")  # fmt: skip
+            raise _refuse(
+                "archive-too-large",
+                f"the archive expands to more than {limits.max_total_bytes} bytes; "
+                "register the data by reference or upload a subset.",
+            )
         entries.append((parts, name, size, offset))
     if not entries:
         raise _refuse("no-images", f"the archive holds no images. {LAYOUT_HELP}")
@@ -233,7 +277,9 @@ def _layout(kind: str, entries: list[tuple[list[str], str, int, int]]) -> ImageI
     if split_tops and not use_split:
         raise _refuse("bad-archive-layout", f"some images are under train/ or val/ and others are not. {LAYOUT_HELP}")
     if use_split and {_SPLITS[t] for t in split_tops} != {"train", "val"}:
-        raise _refuse("bad-archive-layout", "the archive has a train/ or a val/ folder but not both; give both or neither.")
+        raise _refuse(
+            "bad-archive-layout", "the archive has a train/ or a val/ folder but not both; give both or neither."
+        )
     members, depths = [], set()
     for parts, name, size, offset in entries:
         split = _SPLITS[parts[0]] if use_split else None
@@ -241,14 +287,18 @@ def _layout(kind: str, entries: list[tuple[list[str], str, int, int]]) -> ImageI
         depths.add(len(rest))
         if len(rest) > 2:
             raise _refuse("bad-archive-layout", f"archive member {name[:200]!r} is nested too deep. {LAYOUT_HELP}")
-        members.append(ImageMember(name=name, size=size, offset=offset, label=rest[0] if len(rest) == 2 else None,
-                                   split=split))  # fmt: skip
+        members.append(
+            ImageMember(name=name, size=size, offset=offset, label=rest[0] if len(rest) == 2 else None, split=split)
+        )
     if depths == {1, 2}:
         raise _refuse("bad-archive-layout", f"some images are in class folders and others are not. {LAYOUT_HELP}")
     classes = sorted({m.label for m in members if m.label is not None})
     if len(classes) == 1:
-        raise _refuse("bad-archive-layout", f"the images are in a single class folder {classes[0]!r}; labelled data "
-                      "need two or more classes (for unlabelled data put the images in one flat folder).")  # fmt: skip
+        raise _refuse(
+            "bad-archive-layout",
+            f"the images are in a single class folder {classes[0]!r}; labelled data "
+            "need two or more classes (for unlabelled data put the images in one flat folder).",
+        )
     members.sort(key=lambda m: (m.split or "", m.label or "", m.name))
     return ImageIndex(kind=kind, members=members, classes=classes)
 
@@ -273,8 +323,11 @@ class MemberReader:
             self._file.seek(member.offset)
             data = self._file.read(member.size)
         if len(data) != member.size:
-            raise _refuse("corrupt-image", f"archive member {member.name[:200]!r} holds {len(data)} bytes, "
-                          f"not the {member.size} its header declares.")  # fmt: skip
+            raise _refuse(
+                "corrupt-image",
+                f"archive member {member.name[:200]!r} holds {len(data)} bytes, "
+                f"not the {member.size} its header declares.",
+            )
         return data
 
     def close(self) -> None:
@@ -302,16 +355,22 @@ def decode_image(data: bytes, name: str, max_pixels: int):
             image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise _refuse("image-bomb", f"image {name[:200]!r} declares {width}x{height} pixels, above the "
-                              f"limit of {max_pixels}; resize it before uploading.")  # fmt: skip
+                raise _refuse(
+                    "image-bomb",
+                    f"image {name[:200]!r} declares {width}x{height} pixels, above the "
+                    f"limit of {max_pixels}; resize it before uploading.",
+                )
             image.load()
     except Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _refuse("image-bomb", f"image {name[:200]!r} is a decompression bomb ({error}).") from error
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
-        raise _refuse("corrupt-image", f"image {name[:200]!r} cannot be decoded ({type(error).__name__}: "
-                      f"{str(error)[:200]}); replace or remove it.") from error  # fmt: skip
+        raise _refuse(
+            "corrupt-image",
+            f"image {name[:200]!r} cannot be decoded ({type(error).__name__}: "
+            f"{str(error)[:200]}); replace or remove it.",
+        ) from error
     return image
 
 

@@ -87,14 +87,21 @@ def sniff(path: Path) -> Kind:
 def _refusal(kind: Kind, what: str, accepted: str) -> Rejected:
     reasons = {
         "empty": ("empty-file", f"The uploaded {what} file is empty."),
-        "pickle": ("pickle-refused", "Pickled files (torch.save of a module or state dict, pickle.dump) are "
-                   "refused because loading them runs code. For weights use "
-                   "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')."),
-        "torchscript": ("torchscript-disabled", "TorchScript uploads are disabled on this server "
-                        "(loading them runs code)."),
+        "pickle": (
+            "pickle-refused",
+            "Pickled files (torch.save of a module or state dict, pickle.dump) are "
+            "refused because loading them runs code. For weights use "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors').",
+        ),
+        "torchscript": (
+            "torchscript-disabled",
+            "TorchScript uploads are disabled on this server (loading them runs code).",
+        ),
         "npz": ("unsupported-format", "This is a NumPy archive, not a model; upload it to /v1/datasets."),
-    }  # fmt: skip
-    code, message = reasons.get(kind, ("unsupported-format", f"The file is not a recognised {what} (checked its content, not its name)."))
+    }
+    code, message = reasons.get(
+        kind, ("unsupported-format", f"The file is not a recognised {what} (checked its content, not its name).")
+    )
     return Rejected(code, f"{message} Accepted: {accepted}.")
 
 
@@ -129,12 +136,16 @@ def check_dataset_file(path: Path, max_bytes: int = MAX_DATASET_BYTES, archive_l
         read_npz_members(Path(path), max_bytes)
     elif kind == "safetensors":
         tensors, _ = read_safetensors_header(Path(path))
-        loaded = sum((8 if name.startswith("y") else 4) * (info.end - info.begin) // DTYPE_SIZES[info.dtype]
-                     for name, info in tensors.items())  # fmt: skip
+        loaded = sum(
+            (8 if name.startswith("y") else 4) * (info.end - info.begin) // DTYPE_SIZES[info.dtype]
+            for name, info in tensors.items()
+        )
         if loaded > max_bytes:
-            raise Rejected("too-large", f"The tensors need {loaded} bytes in memory (features as float32, labels as "
-                           f"int64), above this server's {max_bytes}-byte dataset limit; upload fewer samples.")  # fmt: skip
+            raise Rejected(
+                "too-large",
+                f"The tensors need {loaded} bytes in memory (features as float32, labels as "
+                f"int64), above this server's {max_bytes}-byte dataset limit; upload fewer samples.",
+            )
     else:
         raise _refusal(kind, "dataset", ACCEPTED_DATASETS)
     return kind
-

@@ -39,13 +39,17 @@ def test_an_image_folder_zip_and_a_flat_tar_are_accepted(client, settings) -> No
     assert len(_files_under(settings.data_dir / "artifacts" / "uploads" / "datasets")) == 2
 
 
-@pytest.mark.parametrize(("content", "code", "named"), [
-    (zip_bytes([*flat_folder(2), ("../../etc/cron.d/x.png", png_bytes())]), "unsafe-archive-path", "x.png"),
-    (tar_bytes(flat_folder(2), symlinks=[("images/passwd.png", "/etc/passwd")]), "archive-link", "passwd.png"),
-    (many_tiny_members_zip(100_000), "too-many-members", "100000"),
-    (zip_bytes([*flat_folder(2), ("images/bomb.png", bomb_png())]), "image-bomb", "bomb.png"),
-    (zip_bytes([*flat_folder(2), ("images/cut.png", png_bytes(32, 32)[:90])]), "corrupt-image", "cut.png"),
-], ids=["traversal", "symlink", "1e5-members", "decompression-bomb", "corrupt-image"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "code", "named"),
+    [
+        (zip_bytes([*flat_folder(2), ("../../etc/cron.d/x.png", png_bytes())]), "unsafe-archive-path", "x.png"),
+        (tar_bytes(flat_folder(2), symlinks=[("images/passwd.png", "/etc/passwd")]), "archive-link", "passwd.png"),
+        (many_tiny_members_zip(100_000), "too-many-members", "100000"),
+        (zip_bytes([*flat_folder(2), ("images/bomb.png", bomb_png())]), "image-bomb", "bomb.png"),
+        (zip_bytes([*flat_folder(2), ("images/cut.png", png_bytes(32, 32)[:90])]), "corrupt-image", "cut.png"),
+    ],
+    ids=["traversal", "symlink", "1e5-members", "decompression-bomb", "corrupt-image"],
+)
 def test_hostile_archives_get_a_422_naming_the_problem_and_leave_nothing_on_disk(
     client, settings, content, code, named
 ) -> None:

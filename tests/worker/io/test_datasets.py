@@ -100,9 +100,19 @@ def test_object_arrays_in_an_npz_are_refused_without_unpickling(tmp_path):
         (lambda a: a.update(x_train=np.full((40, 1, 8), np.nan, np.float32)), "bad-values"),
         (lambda a: a.pop("y_val"), "missing-keys"),
     ],
-    ids=["label-count", "val-sample-shape", "no-feature-axis", "negative-labels", "fractional-labels",
-         "one-hot-labels", "single-class", "string-features", "nan-features", "missing-key"],
-)  # fmt: skip
+    ids=[
+        "label-count",
+        "val-sample-shape",
+        "no-feature-axis",
+        "negative-labels",
+        "fractional-labels",
+        "one-hot-labels",
+        "single-class",
+        "string-features",
+        "nan-features",
+        "missing-key",
+    ],
+)
 def test_invalid_datasets_are_rejected_with_a_code_and_a_message(tmp_path, mutate, code):
     arrays = _arrays()
     mutate(arrays)

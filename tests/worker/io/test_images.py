@@ -64,7 +64,7 @@ def test_images_of_mixed_sizes_without_a_resize_are_explained(tmp_path):
     members = [("images/a.png", png_bytes(8, 8)), ("images/b.png", png_bytes(9, 8)), ("images/c.png", png_bytes(8, 8))]
     data = load_dataset_file(_write(tmp_path, zip_bytes(members)), val_fraction=0.34)
     with pytest.raises(DatasetRejected, match="preprocessing.resize"):
-        data.x_train[0:len(data.x_train)]
+        data.x_train[0 : len(data.x_train)]
         data.x_val[0:1]
     fixed = load_dataset_file(_write(tmp_path, zip_bytes(members)), preprocessing=PreprocessingParams(resize=(8, 8)))
     assert fixed.x_train[0:2].shape == (2, 3, 8, 8)
@@ -74,8 +74,9 @@ def test_memory_while_iterating_does_not_grow_with_the_dataset(tmp_path):
     """Iterating a 4x larger set in batches peaks at about the same traced memory."""
     peaks = []
     for count in (40, 160):
-        data = load_dataset_file(_write(tmp_path, zip_bytes(flat_folder(count, size=64)), f"d{count}.zip"),
-                                 val_fraction=0.1)  # fmt: skip
+        data = load_dataset_file(
+            _write(tmp_path, zip_bytes(flat_folder(count, size=64)), f"d{count}.zip"), val_fraction=0.1
+        )
         tracemalloc.start()
         for i in range(0, len(data.x_train), 8):
             data.x_train[i : i + 8]

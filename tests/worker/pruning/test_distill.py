@@ -20,7 +20,9 @@ def test_every_loss_is_zero_when_the_student_equals_the_teacher_and_positive_oth
 def test_normalised_l2_does_not_depend_on_the_output_scale():
     torch.manual_seed(0)
     t, noise = torch.randn(8, 4), torch.randn(8, 4)
-    assert float(normalised_l2(t + 0.1 * noise, t)) == pytest.approx(float(normalised_l2(1000 * (t + 0.1 * noise), 1000 * t)))
+    assert float(normalised_l2(t + 0.1 * noise, t)) == pytest.approx(
+        float(normalised_l2(1000 * (t + 0.1 * noise), 1000 * t))
+    )
 
 
 def test_the_loss_sums_kinds_per_output_and_checks_counts():

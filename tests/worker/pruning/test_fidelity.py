@@ -93,8 +93,9 @@ def test_kinds_are_detected_or_declared_and_impossible_declarations_refused():
 
 
 def test_bounds_pass_and_fail_on_the_worst_output():
-    fidelity = {"outputs": {"a": {"agreement": 0.97, "relative_error": 0.02},
-                            "b": {"agreement": None, "relative_error": 0.08}}}  # fmt: skip
+    fidelity = {
+        "outputs": {"a": {"agreement": 0.97, "relative_error": 0.02}, "b": {"agreement": None, "relative_error": 0.08}}
+    }
     checks = check_bounds(fidelity, min_agreement=0.95, max_relative_error=0.05)
     assert checks["min_agreement"] == {"bound": 0.95, "measured": 0.97, "passed": True}
     assert checks["max_relative_error"]["measured"] == 0.08 and not checks["max_relative_error"]["passed"]
@@ -102,8 +103,9 @@ def test_bounds_pass_and_fail_on_the_worst_output():
 
 
 def test_an_agreement_bound_without_logit_outputs_fails_with_a_reason():
-    checks = check_bounds({"outputs": {"a": {"agreement": None, "relative_error": 0.0}}},
-                          min_agreement=0.9, max_relative_error=None)  # fmt: skip
+    checks = check_bounds(
+        {"outputs": {"a": {"agreement": None, "relative_error": 0.0}}}, min_agreement=0.9, max_relative_error=None
+    )
     assert not checks["min_agreement"]["passed"]
     assert "logit-like" in checks["min_agreement"]["reason"]
 

@@ -72,9 +72,14 @@ class StageContext:
     def train_config(self, *, epochs: int, lr: float, **changes) -> TrainConfig:
         """The job's training defaults (batch size, weight decay, seed) for one run."""
         base = TrainConfig(
-            epochs=epochs, lr=lr, batch_size=self.spec.training.batch_size, weight_decay=self.spec.training.weight_decay,
-            seed=self.spec.seed, device=self.device, stage=self.stage_id,
-        )  # fmt: skip
+            epochs=epochs,
+            lr=lr,
+            batch_size=self.spec.training.batch_size,
+            weight_decay=self.spec.training.weight_decay,
+            seed=self.spec.seed,
+            device=self.device,
+            stage=self.stage_id,
+        )
         return base.with_(**changes) if changes else base
 
     def callbacks(self, stage: str | None = None) -> list:

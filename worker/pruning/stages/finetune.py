@@ -77,7 +77,10 @@ class FinetuneRunner:
             loss = reference.distillation(context.device, params.distill)
         history = train(state.model, context.data, config, [*callbacks, *context.callbacks()], loss=loss)
         state.finetuned = True
-        state.extras.setdefault("finetune", []).append({
-            "epochs_trained": len(history), "max_epochs": epochs,
-            "best_epoch": best.best_epoch if best is not None else None,
-        })  # fmt: skip
+        state.extras.setdefault("finetune", []).append(
+            {
+                "epochs_trained": len(history),
+                "max_epochs": epochs,
+                "best_epoch": best.best_epoch if best is not None else None,
+            }
+        )

@@ -23,10 +23,19 @@ class ProbMaskRunner:
             loss = context.reference().distillation(context.device)
             distill = {"loss": loss, "teacher": loss.teacher}  # the teacher also picks a sampled mask
         result = run_probmask(
-            state.model, context.data, config, sparsity=params.sparsity, score_lr=params.score_lr,
-            exclude=params.exclude, final_mask=params.final_mask, callbacks=context.callbacks(), **distill,
-        )  # fmt: skip
+            state.model,
+            context.data,
+            config,
+            sparsity=params.sparsity,
+            score_lr=params.score_lr,
+            exclude=params.exclude,
+            final_mask=params.final_mask,
+            callbacks=context.callbacks(),
+            **distill,
+        )
         state.masks = result["masks"]
         # the report's ``probmask`` section: score lr used (scaled when null), steps, undecided scores, warnings
-        state.extras["probmask"] = {key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")}
+        state.extras["probmask"] = {
+            key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")
+        }
         state.pruned_accuracy = context.evaluate(state.model)

@@ -14,10 +14,17 @@ def apply_channel_pruning(params: PruneChannelsParams, context: StageContext, st
     their channels, so every output keeps its shape."""
     exclude = list(dict.fromkeys([*params.exclude, *head_layers(state.model)]))
     result = prune_channels(
-        state.model, context.data, criterion=params.criterion, ratio=params.ratio, scope=params.scope,
-        round_to=params.round_to, min_channels=params.min_channels, exclude=exclude,
-        probes_n=params.probes, seed=context.spec.seed,
-    )  # fmt: skip
+        state.model,
+        context.data,
+        criterion=params.criterion,
+        ratio=params.ratio,
+        scope=params.scope,
+        round_to=params.round_to,
+        min_channels=params.min_channels,
+        exclude=exclude,
+        probes_n=params.probes,
+        seed=context.spec.seed,
+    )
     state.layers, state.channels_removed = result.layer_table(), True
     state.excluded.update(result.blocked)
     state.pruned_accuracy = context.evaluate(state.model)

@@ -64,9 +64,14 @@ def train(
     optimizer = torch.optim.SGD(weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     n = len(data.x_train)
     state = TrainState(
-        model=model, data=data, config=config, device=device, optimizer=optimizer,
-        steps_per_epoch=config.steps_per_epoch(n), callbacks=callbacks,
-    )  # fmt: skip
+        model=model,
+        data=data,
+        config=config,
+        device=device,
+        optimizer=optimizer,
+        steps_per_epoch=config.steps_per_epoch(n),
+        callbacks=callbacks,
+    )
 
     for cb in callbacks:
         restore = getattr(cb, "restore", None)

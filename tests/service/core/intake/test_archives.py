@@ -48,7 +48,9 @@ def test_a_flat_tar_is_unlabelled_and_an_explicit_split_is_kept(tmp_path):
     assert check_dataset_file(tmp_path / "flat.tar") == "image-tar"
 
 
-@pytest.mark.parametrize("name", ["../escape.png", "/etc/evil.png", "a/../../evil.png", "C:/evil.png", "a\\..\\evil.png"])
+@pytest.mark.parametrize(
+    "name", ["../escape.png", "/etc/evil.png", "a/../../evil.png", "C:/evil.png", "a\\..\\evil.png"]
+)
 def test_member_paths_that_could_escape_are_refused(tmp_path, name):
     error = _refused(_write(tmp_path, zip_bytes([*flat_folder(2), (name, png_bytes())])))
     assert error.code == "unsafe-archive-path" and "relative paths" in str(error)
@@ -58,11 +60,14 @@ def test_tar_traversal_is_refused_too(tmp_path):
     assert _refused(_write(tmp_path, tar_bytes([("../../x.png", png_bytes())]), "t.tar")).code == "unsafe-archive-path"
 
 
-@pytest.mark.parametrize("maker", [
-    lambda: zip_bytes(flat_folder(2), symlinks=[("images/link.png", "/etc/passwd")]),
-    lambda: tar_bytes(flat_folder(2), symlinks=[("images/link.png", "/etc/passwd")]),
-    lambda: tar_bytes(flat_folder(2), hardlinks=[("images/hard.png", "images/0000.png")]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "maker",
+    [
+        lambda: zip_bytes(flat_folder(2), symlinks=[("images/link.png", "/etc/passwd")]),
+        lambda: tar_bytes(flat_folder(2), symlinks=[("images/link.png", "/etc/passwd")]),
+        lambda: tar_bytes(flat_folder(2), hardlinks=[("images/hard.png", "images/0000.png")]),
+    ],
+)
 def test_links_are_refused(tmp_path, maker):
     error = _refused(_write(tmp_path, maker()))
     assert error.code == "archive-link" and "link" in str(error)
