@@ -73,7 +73,7 @@ def steps(device: str, size: str, out: Path) -> list[tuple[str, list[str], int, 
         "'cuda': cuda, 'cuda_version': torch.version.cuda, 'device_count': torch.cuda.device_count(), "
         "'device_name': torch.cuda.get_device_name(0) if cuda else None, 'threads': torch.get_num_threads()}))"
     )
-    tests = ["tests/worker/test_training.py", "-k", "device"] if tiny else ["tests/worker"]
+    tests = ["tests/worker/pruning/training/test_loop.py", "-k", "device"] if tiny else ["tests/worker"]
     probmask = (
         [
             "--arch",

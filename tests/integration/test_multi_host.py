@@ -37,8 +37,6 @@ def two_hosts(tmp_path_factory, server_logs: Path, announce):
     reason = netns.available()
     if reason:
         pytest.skip(reason)
-    if not servers.postgres_available():
-        pytest.skip("no PostgreSQL installation on this machine")
     with netns.hosts(2) as hosts, servers.postgres_database() as database_url:
         started: list[servers.Process] = []
         relay = netns.TcpRelay(hosts.host_ip, ("127.0.0.1", 5432))
