@@ -1,4 +1,4 @@
-.PHONY: install run test test-deploy openapi corpus
+.PHONY: install run test lint test-deploy openapi corpus
 
 install:
 	bash scripts/bootstrap.sh
@@ -8,8 +8,13 @@ run: install
 	.venv/bin/shears up
 
 ## Install everything, then run the whole test suite (unit + integration on real servers).
-test: install
+test: install lint
 	.venv/bin/python -m pytest
+
+## Lint and format check (ruff, configured in pyproject.toml).
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 ## The deployment check (root, ~20 min cold; .ci/run runs it): build the images, run jobs through the compose
 ## stack, docker-kill a worker mid-job and see the job resume on the other (deploy/check.py).

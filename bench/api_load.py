@@ -34,7 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.common import API_KEY, cpu_seconds, deployment, header, loadavg, rss_kib, summarize_ms, tiny_onnx_model, write_json  # noqa: E402
+from bench.common import (
+    API_KEY,
+    cpu_seconds,
+    deployment,
+    header,
+    loadavg,
+    rss_kib,
+    summarize_ms,
+    tiny_onnx_model,
+    write_json,
+)  # noqa: E402
 
 SPEC = {"dataset": {"builtin": "digits"}, "pipeline": [{"prune_channels": {"ratio": 0.5}}]}
 
@@ -76,9 +86,15 @@ async def _phase(base: str, headers: dict, clients: int, seconds: float, rate: f
         started = time.perf_counter()
         await asyncio.gather(*(one_client(i) for i in range(clients)))
         elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "seconds": round(elapsed, 2),
-            "throughput_rps": round(len(latencies) / elapsed, 1), **summarize_ms(latencies),
-            "statuses": statuses, "errors": len(errors), "error_samples": sorted(set(errors))[:5]}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        **summarize_ms(latencies),
+        "statuses": statuses,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+    }
 
 
 def main() -> None:
@@ -86,8 +102,13 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--clients", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rate", type=float, nargs="+", default=[0.0],
-                        help="requests/s per client for the polling phase (0 = closed loop)")  # fmt: skip
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="requests/s per client for the polling phase (0 = closed loop)",
+    )
     parser.add_argument("--create-rate", type=float, default=0.0, help="requests/s per client for creation")
     parser.add_argument("--jobs", type=int, default=200, help="jobs created up front for polling")
     parser.add_argument("--etag", action="store_true", help="pollers send If-None-Match (304 answers)")
@@ -100,8 +121,9 @@ def main() -> None:
     header(f"api_load db={args.db} uvicorn_args={args.uvicorn_args!r}")
     results: dict = {"db": args.db, "uvicorn_args": args.uvicorn_args, "phases": []}
     if args.base:
-        context = contextlib.nullcontext(SimpleNamespace(base=args.base, api=SimpleNamespace(pid=0),
-                                                         headers={"Authorization": f"Bearer {API_KEY}"}))
+        context = contextlib.nullcontext(
+            SimpleNamespace(base=args.base, api=SimpleNamespace(pid=0), headers={"Authorization": f"Bearer {API_KEY}"})
+        )
     else:
         context = deployment(database=args.db, uvicorn_args=tuple(shlex.split(args.uvicorn_args)))
     with context as dep:
@@ -140,14 +162,21 @@ def main() -> None:
                         rss_before = rss_kib(dep.api.pid)
                         cpu_before = cpu_seconds(dep.api.pid) if dep.api.pid else float("nan")
                         before = loadavg()
-                        result = await _phase(dep.base, headers, clients, args.seconds, rate,
-                                              poll if phase == "poll" else create)  # fmt: skip
+                        result = await _phase(
+                            dep.base, headers, clients, args.seconds, rate, poll if phase == "poll" else create
+                        )
                         cpu = cpu_seconds(dep.api.pid) - cpu_before if dep.api.pid else float("nan")
-                        record = {"phase": phase, "clients": clients, "rate_per_client": rate, **result,
-                                  "api_cpu_ms_per_request": round(1000 * cpu / max(1, result["requests"]), 3),
-                                  "api_rss_mib": round(rss_kib(dep.api.pid) / 1024, 1),
-                                  "api_rss_before_mib": round(rss_before / 1024, 1),
-                                  "load_before": before, "load_after": loadavg()}  # fmt: skip
+                        record = {
+                            "phase": phase,
+                            "clients": clients,
+                            "rate_per_client": rate,
+                            **result,
+                            "api_cpu_ms_per_request": round(1000 * cpu / max(1, result["requests"]), 3),
+                            "api_rss_mib": round(rss_kib(dep.api.pid) / 1024, 1),
+                            "api_rss_before_mib": round(rss_before / 1024, 1),
+                            "load_before": before,
+                            "load_after": loadavg(),
+                        }
                         results["phases"].append(record)
                         print(record, flush=True)
                         await asyncio.sleep(2)  # let the server drain

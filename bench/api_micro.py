@@ -45,10 +45,26 @@ def main() -> None:
         create_schema(app.state.engine)
         sessions = app.state.sessions
         with sessions.begin() as session:
-            session.add(ModelRecord(id="mdl_bench", tenant="bench", filename="m.onnx", sha256="0" * 64,
-                                    size_bytes=1, storage_key="k", status="ready"))  # fmt: skip
-            job = JobRecord(id=new_id("job"), tenant="bench", model_id="mdl_bench", spec={"pipeline": [{"x": 1}] * 4},
-                            status="queued", progress={}, artifacts=[])  # fmt: skip
+            session.add(
+                ModelRecord(
+                    id="mdl_bench",
+                    tenant="bench",
+                    filename="m.onnx",
+                    sha256="0" * 64,
+                    size_bytes=1,
+                    storage_key="k",
+                    status="ready",
+                )
+            )
+            job = JobRecord(
+                id=new_id("job"),
+                tenant="bench",
+                model_id="mdl_bench",
+                spec={"pipeline": [{"x": 1}] * 4},
+                status="queued",
+                progress={},
+                artifacts=[],
+            )
             session.add(job)
         job_id = job.id
         out: dict = {"db": args.db}
@@ -72,8 +88,11 @@ def main() -> None:
 
         async def requests(n: int, path: str = "get") -> float:
             transport = httpx.ASGITransport(app=app)
-            body = {"model_id": "mdl_bench", "dataset": {"builtin": "digits"},
-                    "pipeline": [{"prune_channels": {"ratio": 0.5}}]}  # fmt: skip
+            body = {
+                "model_id": "mdl_bench",
+                "dataset": {"builtin": "digits"},
+                "pipeline": [{"prune_channels": {"ratio": 0.5}}],
+            }
             async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=dep.headers) as client:
                 await client.get(f"/v1/jobs/{job_id}")
                 await client.post("/v1/jobs", json=body)

@@ -26,8 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import deployment, header, loadavg  # noqa: E402
 
-IDLE = {"select", "wait", "_wait_for_tstate_lock", "poll", "get", "acquire", "run_forever", "_run_once",
-        "epoll", "worker", "_worker", "sleep"}  # fmt: skip
+IDLE = {
+    "select",
+    "wait",
+    "_wait_for_tstate_lock",
+    "poll",
+    "get",
+    "acquire",
+    "run_forever",
+    "_run_once",
+    "epoll",
+    "worker",
+    "_worker",
+    "sleep",
+}
 
 
 def main() -> None:
@@ -49,8 +61,9 @@ def main() -> None:
 
         port = free_port()
         extra = dict(a.split("=", 1) for a in args.uvicorn_args.split()) if args.uvicorn_args else {}
-        config = uvicorn.Config("service.main:create_app", factory=True, host="127.0.0.1", port=port,
-                                log_level="warning", **extra)  # fmt: skip
+        config = uvicorn.Config(
+            "service.main:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning", **extra
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
         thread.start()
@@ -75,7 +88,9 @@ def main() -> None:
                     f = frame
                     while f is not None:
                         code = f.f_code
-                        stack.append(f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}")
+                        stack.append(
+                            f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}"
+                        )
                         f = f.f_back
                     top = stack[0]
                     if kind == "pool" and top.rsplit(":", 1)[1] in IDLE and "threading.py" in top:
@@ -88,9 +103,25 @@ def main() -> None:
 
         sampler_ident = [None]
         sampler = threading.Thread(target=sample, daemon=True)
-        load = subprocess.Popen([sys.executable, "bench/api_load.py", "--base", base, "--clients", args.clients,
-                                 "--seconds", args.seconds, "--jobs", "50", "--phases", args.phase],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        load = subprocess.Popen(
+            [
+                sys.executable,
+                "bench/api_load.py",
+                "--base",
+                base,
+                "--clients",
+                args.clients,
+                "--seconds",
+                args.seconds,
+                "--jobs",
+                "50",
+                "--phases",
+                args.phase,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(6)  # model upload + job creation before the measured phase
         sampler.start()
         sampler_ident[0] = sampler.ident

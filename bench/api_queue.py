@@ -75,19 +75,39 @@ def describe(job: dict) -> dict:
     stages = (job.get("result") or {}).get("stage_seconds") or {}
     engine = sum(stages.values())
     wall = finished - created
-    return {"id": job["id"], "status": job["status"], "queue_s": round(started - created, 3), "wall_s": round(wall, 2),
-            "engine_s": round(engine, 2), "overhead_s": round(wall - engine, 2),
-            "stage_seconds": stages, "error": job.get("error")}  # fmt: skip
+    return {
+        "id": job["id"],
+        "status": job["status"],
+        "queue_s": round(started - created, 3),
+        "wall_s": round(wall, 2),
+        "engine_s": round(engine, 2),
+        "overhead_s": round(wall - engine, 2),
+        "stage_seconds": stages,
+        "error": job.get("error"),
+    }
 
 
 def overhead(args) -> dict:
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-    out: dict = {"mode": "overhead", "db": args.db, "threads": args.threads or "default",
-                 "warm_imports": args.warm_imports, "jobs": []}  # fmt: skip
-    with deployment(database=args.db, workers=1, worker_env=env, uvicorn_args=("--no-access-log",),
-                    settings_update={"worker_warm_imports": args.warm_imports == "on"}) as dep:  # fmt: skip
+    out: dict = {
+        "mode": "overhead",
+        "db": args.db,
+        "threads": args.threads or "default",
+        "warm_imports": args.warm_imports,
+        "jobs": [],
+    }
+    with deployment(
+        database=args.db,
+        workers=1,
+        worker_env=env,
+        uvicorn_args=("--no-access-log",),
+        settings_update={"worker_warm_imports": args.warm_imports == "on"},
+    ) as dep:
         time.sleep(args.settle)
-        with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=dep.base, headers=dep.headers, timeout=30) as client:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            httpx.Client(base_url=dep.base, headers=dep.headers, timeout=30) as client,
+        ):
             onnx = tiny_onnx_model(Path(tmp) / "m.onnx")
             model_id = client.post("/v1/models", files={"file": ("m.onnx", onnx.read_bytes())}).json()["id"]
             time.sleep(2)  # its inspection task runs first on the worker
@@ -106,7 +126,10 @@ def scale(args) -> dict:
     for workers in args.workers:
         with deployment(database=args.db, workers=workers, worker_env=env, uvicorn_args=("--no-access-log",)) as dep:
             time.sleep(args.settle)
-            with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=dep.base, headers=dep.headers, timeout=30) as client:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                httpx.Client(base_url=dep.base, headers=dep.headers, timeout=30) as client,
+            ):
                 onnx = tiny_onnx_model(Path(tmp) / "m.onnx")
                 model_id = client.post("/v1/models", files={"file": ("m.onnx", onnx.read_bytes())}).json()["id"]
                 time.sleep(2)
@@ -119,11 +142,17 @@ def scale(args) -> dict:
                 created = min(_ts(jobs[i]["created_at"]) for i in ids)
                 finished = max(_ts(jobs[i]["finished_at"]) for i in ids)
                 starts = sorted(_ts(jobs[i]["started_at"]) for i in ids)
-                run = {"workers": workers, "jobs": args.jobs, "total_s": round(finished - created, 2),
-                       "mean_job_wall_in_worker_s": round(sum(r["wall_s"] - r["queue_s"] for r in rows) / len(rows), 2),
-                       "mean_engine_s": round(sum(r["engine_s"] for r in rows) / len(rows), 2),
-                       "first_two_started_apart_s": round(starts[1] - starts[0], 2),
-                       "load_before": load_before, "load_after": loadavg(), "job_rows": rows}  # fmt: skip
+                run = {
+                    "workers": workers,
+                    "jobs": args.jobs,
+                    "total_s": round(finished - created, 2),
+                    "mean_job_wall_in_worker_s": round(sum(r["wall_s"] - r["queue_s"] for r in rows) / len(rows), 2),
+                    "mean_engine_s": round(sum(r["engine_s"] for r in rows) / len(rows), 2),
+                    "first_two_started_apart_s": round(starts[1] - starts[0], 2),
+                    "load_before": load_before,
+                    "load_after": loadavg(),
+                    "job_rows": rows,
+                }
                 out["runs"].append(run)
                 print({k: v for k, v in run.items() if k != "job_rows"}, flush=True)
     if len(out["runs"]) >= 2:
@@ -139,8 +168,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each worker (0: default)")
-    parser.add_argument("--warm-imports", choices=["on", "off"], default="on",
-                        help="SHEARS_WORKER_WARM_IMPORTS of the worker (overhead mode)")
+    parser.add_argument(
+        "--warm-imports",
+        choices=["on", "off"],
+        default="on",
+        help="SHEARS_WORKER_WARM_IMPORTS of the worker (overhead mode)",
+    )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between worker ready and first job")
     parser.add_argument("--json")
     args = parser.parse_args()

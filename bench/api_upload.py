@@ -40,10 +40,12 @@ def make_big_onnx(path: Path, size_mib: int) -> Path:
     block = rng.standard_normal(1 << 18).astype(np.float32).tobytes()  # 1 MiB of random floats, repeated
     tensor.raw_data = block * (count * 4 // len(block)) + block[: (count * 4) % len(block)]
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "big",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "big",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[tensor],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[tensor],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with open(path, "wb") as out:
         out.write(model.SerializeToString())
@@ -51,8 +53,10 @@ def make_big_onnx(path: Path, size_mib: int) -> Path:
 
 
 def multipart_stream(path: Path, boundary: str, chunk: int = 1 << 20):
-    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-           "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     with open(path, "rb") as stream:
         while data := stream.read(chunk):
             yield data
@@ -77,21 +81,29 @@ def upload(base: str, headers: dict, path: Path, pid: int) -> dict:
     sampler.start()
     start = time.perf_counter()
     response = httpx.post(
-        f"{base}/v1/models", content=multipart_stream(path, boundary), timeout=600,
+        f"{base}/v1/models",
+        content=multipart_stream(path, boundary),
+        timeout=600,
         headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     api_cpu = cpu_seconds(pid) - cpu_before
     done.set()
     sampler.join()
     body = response.json()
     return {
-        "status": response.status_code, "model_status": body.get("status"), "size_mib": round(size / 2**20, 1),
-        "seconds": round(seconds, 2), "mb_per_s": round(size / 1e6 / seconds, 1), "api_cpu_s": round(api_cpu, 2),
-        "api_rss_before_mib": round(baseline / 1024, 1), "api_rss_peak_mib": round(max(samples) / 1024, 1),
-        "api_rss_growth_mib": round((max(samples) - baseline) / 1024, 1), "rss_samples": len(samples),
+        "status": response.status_code,
+        "model_status": body.get("status"),
+        "size_mib": round(size / 2**20, 1),
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(size / 1e6 / seconds, 1),
+        "api_cpu_s": round(api_cpu, 2),
+        "api_rss_before_mib": round(baseline / 1024, 1),
+        "api_rss_peak_mib": round(max(samples) / 1024, 1),
+        "api_rss_growth_mib": round((max(samples) - baseline) / 1024, 1),
+        "rss_samples": len(samples),
         "load": loadavg(),
-    }  # fmt: skip
+    }
 
 
 def plain_copy(path: Path, target_dir: Path) -> dict:

@@ -63,8 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     example = x_train[:1].to(args.device)
 
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=args.ratio, ignored_layers=classifier)  # fmt: skip
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=args.ratio,
+        ignored_layers=classifier,
+    )
     pruner.step()
 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
@@ -78,18 +83,30 @@ def main(argv: list[str] | None = None) -> None:
         schedule.step()
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x.to(args.device)).argmax(1).cpu() == y).sum())
-                      for x, y in zip(x_val.split(256), y_val.split(256), strict=True))  # fmt: skip
+        correct = sum(
+            int((model(x.to(args.device)).argmax(1).cpu() == y).sum())
+            for x, y in zip(x_val.split(256), y_val.split(256), strict=True)
+        )
 
     from pathlib import Path
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model.cpu(), (torch.cat([x_val[:1], x_val[:1]]),), str(Path(args.out) / "model.onnx"),
-                      dynamo=True, external_data=False, input_names=["input"], output_names=["output"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},))  # fmt: skip
+    torch.onnx.export(
+        model.cpu(),
+        (torch.cat([x_val[:1], x_val[:1]]),),
+        str(Path(args.out) / "model.onnx"),
+        dynamo=True,
+        external_data=False,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
+    )
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"val_accuracy": correct / len(x_val), "params": params,
-                      "seconds": round(time.perf_counter() - start, 3)}))  # fmt: skip
+    print(
+        json.dumps(
+            {"val_accuracy": correct / len(x_val), "params": params, "seconds": round(time.perf_counter() - start, 3)}
+        )
+    )
 
 
 if __name__ == "__main__":

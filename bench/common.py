@@ -37,8 +37,7 @@ def loadavg() -> str:
 def machine() -> dict:
     import multiprocessing
 
-    info = {"cpus": multiprocessing.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}  # fmt: skip
+    info = {"cpus": multiprocessing.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -65,9 +64,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize_ms(values_s: list[float]) -> dict:
     ms = [v * 1000.0 for v in values_s]
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
-            "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2) if ms else float("nan"),
-            "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan")}  # fmt: skip
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2) if ms else float("nan"),
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan"),
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -130,8 +134,13 @@ class Deployment:
 
 @contextlib.contextmanager
 def deployment(
-    database: str = "sqlite", storage: str = "file", api: bool = True, workers: int = 0,
-    uvicorn_args: tuple[str, ...] = (), settings_update: dict | None = None, worker_env: dict | None = None,
+    database: str = "sqlite",
+    storage: str = "file",
+    api: bool = True,
+    workers: int = 0,
+    uvicorn_args: tuple[str, ...] = (),
+    settings_update: dict | None = None,
+    worker_env: dict | None = None,
 ) -> Iterator[Deployment]:
     """A private deployment: redis-server broker, ``database`` ('sqlite' | 'postgres'),
     ``storage`` ('file' | 's3', moto), uvicorn started like the compose API (plus
@@ -148,11 +157,14 @@ def deployment(
         redis_proc, redis_url = servers.start_redis(tmp)
         dep.procs.append(redis_proc)
         update: dict = {
-            "data_dir": tmp / "data", "broker_url": redis_url,
-            "api_keys": {hash_key(API_KEY): "bench"}, "progress_interval_s": 1.0,
+            "data_dir": tmp / "data",
+            "broker_url": redis_url,
+            "api_keys": {hash_key(API_KEY): "bench"},
+            "progress_interval_s": 1.0,
             # one key drives the whole load: the per-key rate limit would measure itself
-            "rate_limit_per_s": 1e6, "rate_limit_burst": 1_000_000,
-        }  # fmt: skip
+            "rate_limit_per_s": 1e6,
+            "rate_limit_burst": 1_000_000,
+        }
         if database == "postgres":
             servers.ensure_postgres()
             update["database_url"] = dep._stack.enter_context(servers.postgres_database())
@@ -160,30 +172,63 @@ def deployment(
             moto_proc, endpoint = servers.start_moto(tmp)
             dep.procs.append(moto_proc)
             servers.create_bucket(endpoint, "bench")
-            update.update(storage_uri="s3://bench/artifacts", s3_endpoint_url=endpoint,
-                          s3_access_key_id="test", s3_secret_access_key="test")  # fmt: skip
+            update.update(
+                storage_uri="s3://bench/artifacts",
+                s3_endpoint_url=endpoint,
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+            )
         update.update(settings_update or {})
         settings = Settings(**update)
         dep.settings = settings
         for index in range(workers):
             proc = servers.Process(
                 f"worker{index}",
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--concurrency", "1",
-                 "--queues", settings.task_queue, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                 "--hostname", f"bench{index}@%h"],
-                tmp, {**settings.as_env(), **(worker_env or {})},
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.celery_app",
+                    "worker",
+                    "--concurrency",
+                    "1",
+                    "--queues",
+                    settings.task_queue,
+                    "--loglevel",
+                    "INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--hostname",
+                    f"bench{index}@%h",
+                ],
+                tmp,
+                {**settings.as_env(), **(worker_env or {})},
+            )
             proc.hostname = f"bench{index}"
             dep.procs.append(proc)
         if api:
             port = servers.free_port()
-            argv = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-                    "--host", "127.0.0.1", "--port", str(port), *uvicorn_args]  # fmt: skip
+            argv = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *uvicorn_args,
+            ]
             dep.api = servers.Process("api", argv, tmp, settings.as_env())
             dep.procs.append(dep.api)
             dep.base = f"http://127.0.0.1:{port}"
-            servers.wait_until(lambda: dep.api.ensure_alive() and httpx.get(f"{dep.base}/readyz", timeout=5).is_success,
-                               90, "uvicorn api")  # fmt: skip
+            servers.wait_until(
+                lambda: dep.api.ensure_alive() and httpx.get(f"{dep.base}/readyz", timeout=5).is_success,
+                90,
+                "uvicorn api",
+            )
         for proc in dep.procs:
             if getattr(proc, "hostname", None) and proc.name.startswith("worker"):
                 servers.wait_for_worker(proc, settings)
@@ -202,12 +247,25 @@ def tiny_onnx_model(path: Path, channels: int = 8) -> Path:
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.BatchNorm2d(channels), torch.nn.ReLU(),
-        torch.nn.Conv2d(channels, 2 * channels, 3, padding=1), torch.nn.BatchNorm2d(2 * channels), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2 * channels, 10),
-    ).eval()  # fmt: skip
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+        torch.nn.Conv2d(1, channels, 3, padding=1),
+        torch.nn.BatchNorm2d(channels),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        torch.nn.BatchNorm2d(2 * channels),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2 * channels, 10),
+    ).eval()
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     return path
 
 

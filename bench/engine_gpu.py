@@ -70,8 +70,11 @@ def _train_rate(arch: str, batch: int, steps: int, warmup: int, probmask: bool, 
     _sync(device)
     seconds = time.perf_counter() - start
     peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
-    return {"images_per_s": round(batch * steps / seconds, 1), "step_ms": round(1000 * seconds / steps, 2),
-            "peak_mem_MiB": peak}  # fmt: skip
+    return {
+        "images_per_s": round(batch * steps / seconds, 1),
+        "step_ms": round(1000 * seconds / steps, 2),
+        "peak_mem_MiB": peak,
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -120,8 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     for arch in args.arch:
         dense = _train_rate(arch, args.batch, args.steps, args.warmup, False, device)
         masked = _train_rate(arch, args.batch, args.steps, args.warmup, True, device)
-        row = {"arch": arch, "batch": args.batch, "dense": dense, "probmask": masked,
-               "probmask_over_dense_step": round(masked["step_ms"] / dense["step_ms"], 3), "load": loadavg()}  # fmt: skip
+        row = {
+            "arch": arch,
+            "batch": args.batch,
+            "dense": dense,
+            "probmask": masked,
+            "probmask_over_dense_step": round(masked["step_ms"] / dense["step_ms"], 3),
+            "load": loadavg(),
+        }
         results["train"].append(row)
         print(row, flush=True)
         gen = torch.Generator().manual_seed(0)
@@ -135,8 +144,12 @@ def main(argv: list[str] | None = None) -> None:
                 prune_channels(
                     model, data, criterion="l1", ratio=ratio, scope="layerwise", probes_n=128, compensate=False
                 )
-            lat = {"arch": arch, "ratio": ratio, "b1_ms": _latency_ms(model, 1, device, args.latency_repeats),
-                   f"b{args.batch}_ms": _latency_ms(model, args.batch, device, args.latency_repeats)}  # fmt: skip
+            lat = {
+                "arch": arch,
+                "ratio": ratio,
+                "b1_ms": _latency_ms(model, 1, device, args.latency_repeats),
+                f"b{args.batch}_ms": _latency_ms(model, args.batch, device, args.latency_repeats),
+            }
             results["latency"].append(lat)
             print(lat, flush=True)
     write_json(args.json, results)

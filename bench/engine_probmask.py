@@ -46,8 +46,14 @@ def step_times(arch: str, width: float, batch: int, steps: int, warmup: int, mas
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(10, (batch,))
-    out: dict = {"arch": arch, "width": width, "batch": batch, "steps": steps, "mask_samples": mask_samples,
-                 "threads": torch.get_num_threads()}  # fmt: skip
+    out: dict = {
+        "arch": arch,
+        "width": width,
+        "batch": batch,
+        "steps": steps,
+        "mask_samples": mask_samples,
+        "threads": torch.get_num_threads(),
+    }
 
     dense_model = zoo.build(arch, width=width).train()
     out["params"] = sum(p.numel() for p in dense_model.parameters())
@@ -124,7 +130,11 @@ def projection_times(sizes: list[int], repeats: int) -> list[dict]:
                 v = project_scores_(scores, 0.3 * n, method)
                 times.append(time.perf_counter() - start)
             kept = float(sum(s.sum() for s in scores))
-            row[method] = {"median_ms": _median_ms(times), "v": round(v, 6), "kept_over_budget": round(kept / (0.3 * n), 6)}
+            row[method] = {
+                "median_ms": _median_ms(times),
+                "v": round(v, 6),
+                "kept_over_budget": round(kept / (0.3 * n), 6),
+            }
         row["load"] = loadavg()
         rows.append(row)
         print(row, flush=True)
@@ -170,15 +180,22 @@ def earlybird_times(arch: str, width: float, batch: int, train_n: int, probes: i
     l1_s = time.perf_counter() - start
     steps = -(-train_n // batch)
     return {
-        "arch": arch, "width": width, "batch": batch, "train_samples": train_n, "probes": probes,
-        "epoch_s": round(epoch_s, 3), "step_s": round(epoch_s / steps, 4),
-        "spline_check_s": round(checks[-1], 3), "spline_check_first_s": round(checks[0], 3),
+        "arch": arch,
+        "width": width,
+        "batch": batch,
+        "train_samples": train_n,
+        "probes": probes,
+        "epoch_s": round(epoch_s, 3),
+        "step_s": round(epoch_s / steps, 4),
+        "spline_check_s": round(checks[-1], 3),
+        "spline_check_first_s": round(checks[0], 3),
         "bn_check_ms": round(1000 * bn_checks[-1], 3),
         "spline_check_over_epoch": round(checks[-1] / epoch_s, 3),
         "spline_check_over_cifar10_epoch_est": round(checks[-1] / (epoch_s / steps * (-(-50000 // batch))), 4),
-        "spline_scoring_s": round(spline_scoring_s, 3), "l1_scoring_ms": round(1000 * l1_s, 2),
+        "spline_scoring_s": round(spline_scoring_s, 3),
+        "l1_scoring_ms": round(1000 * l1_s, 2),
         "load": loadavg(),
-    }  # fmt: skip
+    }
 
 
 def code_memory(arch: str, width: float, probes: int, max_positions: int) -> dict:
@@ -200,19 +217,31 @@ def code_memory(arch: str, width: float, probes: int, max_positions: int) -> dic
     entries = sum(c.units * c.bits for c in codes.values())
     packed = sum(c.packed.nbytes for c in codes.values())
     return {
-        "arch": arch, "width": width, "probes": probes, "max_positions": max_positions, "layers": len(codes),
-        "units": sum(c.units for c in codes.values()), "entries": entries,
-        "packed_MiB": round(packed / 2**20, 2), "bool_MiB": round(entries / 2**20, 2),
-        "float32_MiB": round(4 * entries / 2**20, 2), "float32_over_packed": round(4 * entries / packed, 1),
-        "seconds": round(seconds, 2), "peak_rss_growth_MiB": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
+        "arch": arch,
+        "width": width,
+        "probes": probes,
+        "max_positions": max_positions,
+        "layers": len(codes),
+        "units": sum(c.units for c in codes.values()),
+        "entries": entries,
+        "packed_MiB": round(packed / 2**20, 2),
+        "bool_MiB": round(entries / 2**20, 2),
+        "float32_MiB": round(4 * entries / 2**20, 2),
+        "float32_over_packed": round(4 * entries / packed, 1),
+        "seconds": round(seconds, 2),
+        "peak_rss_growth_MiB": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
         "load": loadavg(),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--what", nargs="+", default=["step", "projection", "earlybird", "codes"],
-                        choices=["step", "projection", "earlybird", "codes"])  # fmt: skip
+    parser.add_argument(
+        "--what",
+        nargs="+",
+        default=["step", "projection", "earlybird", "codes"],
+        choices=["step", "projection", "earlybird", "codes"],
+    )
     parser.add_argument("--arch", nargs="+", default=["resnet20", "vgg16_bn"])
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=64)

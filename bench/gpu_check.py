@@ -54,10 +54,15 @@ def bootstrap(mode: str) -> dict:
     if mode == "never" or (mode == "auto" and _torch_importable(_venv_python())):
         return {"ran": False}
     start = time.perf_counter()
-    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "bootstrap.sh")], cwd=REPO_ROOT,
-                          capture_output=True, text=True)  # fmt: skip
-    return {"ran": True, "rc": done.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "tail": (done.stdout + done.stderr)[-2000:]}  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "bootstrap.sh")], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    return {
+        "ran": True,
+        "rc": done.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "tail": (done.stdout + done.stderr)[-2000:],
+    }
 
 
 def steps(device: str, size: str, out: Path) -> list[tuple[str, list[str], int, Path | None]]:
@@ -68,21 +73,61 @@ def steps(device: str, size: str, out: Path) -> list[tuple[str, list[str], int, 
         "'cuda': cuda, 'cuda_version': torch.version.cuda, 'device_count': torch.cuda.device_count(), "
         "'device_name': torch.cuda.get_device_name(0) if cuda else None, 'threads': torch.get_num_threads()}))"
     )
-    tests = ["tests/worker/test_training.py", "-k", "device"] if tiny else ["tests/worker"]
-    probmask = (["--arch", "resnet20", "--batch", "8", "--steps", "2", "--warmup", "1", "--ratios", "0.5",
-                 "--latency-repeats", "3"] if tiny else
-                ["--arch", "resnet32", "vgg19_bn", "--batch", "128", "--steps", "50", "--ratios", "0.5"])  # fmt: skip
+    tests = ["tests/worker/pruning/training/test_loop.py", "-k", "device"] if tiny else ["tests/worker"]
+    probmask = (
+        [
+            "--arch",
+            "resnet20",
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--ratios",
+            "0.5",
+            "--latency-repeats",
+            "3",
+        ]
+        if tiny
+        else ["--arch", "resnet32", "vgg19_bn", "--batch", "128", "--steps", "50", "--ratios", "0.5"]
+    )
     return [
         ("env", ["-c", env_probe], 60, None),
         ("engine_tests", ["-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], 200, None),
-        ("probmask_step", ["bench/engine_gpu.py", "--device", device, *probmask, "--json", str(out / "probmask.json")],
-         60, out / "probmask.json"),
-        ("side_by_side", ["bench/side_by_side.py", "--device", device, "--size", size, "--paths", "bare", "prune",
-                          "--cases", "mnist1d", "resnet18", "--json", str(out / "side_by_side.json")],
-         180, out / "side_by_side.json"),
-        ("parity", ["bench/gpu_parity.py", "--device", device, "--json", str(out / "parity.json")], 30,
-         out / "parity.json"),
-    ]  # fmt: skip
+        (
+            "probmask_step",
+            ["bench/engine_gpu.py", "--device", device, *probmask, "--json", str(out / "probmask.json")],
+            60,
+            out / "probmask.json",
+        ),
+        (
+            "side_by_side",
+            [
+                "bench/side_by_side.py",
+                "--device",
+                device,
+                "--size",
+                size,
+                "--paths",
+                "bare",
+                "prune",
+                "--cases",
+                "mnist1d",
+                "resnet18",
+                "--json",
+                str(out / "side_by_side.json"),
+            ],
+            180,
+            out / "side_by_side.json",
+        ),
+        (
+            "parity",
+            ["bench/gpu_parity.py", "--device", device, "--json", str(out / "parity.json")],
+            30,
+            out / "parity.json",
+        ),
+    ]
 
 
 def _text(data: bytes | str | None) -> str:
@@ -93,8 +138,9 @@ def run_step(python: Path, argv: list[str], limit_s: float, result_path: Path | 
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     try:
-        done = subprocess.run([str(python), *argv], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=limit_s, env=env)  # fmt: skip
+        done = subprocess.run(
+            [str(python), *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=limit_s, env=env
+        )
         rc, stdout, output = done.returncode, done.stdout, done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:
         rc, stdout = "timeout", ""
@@ -114,8 +160,14 @@ def gpu_check(device: str = "cuda", size: str = "full", bootstrap_mode: str = "a
     may be loaded)."""
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"shears-gpu-check-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"device": device, "size": size, "budget_s": BUDGET_S * scale, "host": platform.node(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bootstrap": bootstrap(bootstrap_mode)}  # fmt: skip
+    report: dict = {
+        "device": device,
+        "size": size,
+        "budget_s": BUDGET_S * scale,
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "bootstrap": bootstrap(bootstrap_mode),
+    }
     if report["bootstrap"].get("rc", 0) != 0:
         report["ok"] = False
         return report

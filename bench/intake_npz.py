@@ -45,8 +45,10 @@ def main() -> None:
             verdict = f"refused {error.code}"
         seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        print(f"bomb: {path.stat().st_size} bytes on disk, {declared} declared; {verdict} in {seconds:.3f} s, "
-              f"traced peak {peak} bytes, process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB")  # fmt: skip
+        print(
+            f"bomb: {path.stat().st_size} bytes on disk, {declared} declared; {verdict} in {seconds:.3f} s, "
+            f"traced peak {peak} bytes, process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB"
+        )
 
         from worker.io.datasets import load_dataset_file
 

@@ -36,8 +36,13 @@ def measure(model: torch.nn.Module, path: Path, repeats: int) -> dict:
     macs, params = count_macs_params(model, example)
     export_onnx(model, example, path)
     latency = onnxruntime_latency(path, (3, 32, 32), batch_sizes=(1, 32), repeats=repeats)["batch_sizes"]
-    return {"macs": macs, "params": params, "file_bytes": path.stat().st_size,
-            "b1_ms": round(latency["1"]["median_ms"], 3), "b32_ms": round(latency["32"]["median_ms"], 3)}  # fmt: skip
+    return {
+        "macs": macs,
+        "params": params,
+        "file_bytes": path.stat().st_size,
+        "b1_ms": round(latency["1"]["median_ms"], 3),
+        "b32_ms": round(latency["32"]["median_ms"], 3),
+    }
 
 
 def main() -> None:
@@ -66,8 +71,16 @@ def main() -> None:
             for ratio in args.ratios:
                 torch.manual_seed(0)
                 model = zoo.build(arch)
-                prune_channels(model, data, criterion=args.criterion, ratio=ratio, scope=args.scope,
-                               round_to=args.round_to, probes_n=128, compensate=False)  # fmt: skip
+                prune_channels(
+                    model,
+                    data,
+                    criterion=args.criterion,
+                    ratio=ratio,
+                    scope=args.scope,
+                    round_to=args.round_to,
+                    probes_n=128,
+                    compensate=False,
+                )
                 row = {"arch": arch, "ratio": ratio, **measure(model, Path(tmp) / f"{arch}-{ratio}.onnx", args.repeats)}
                 row["mac_reduction"] = round(dense["macs"] / row["macs"], 2)
                 row["size_reduction"] = round(dense["file_bytes"] / row["file_bytes"], 2)

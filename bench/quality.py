@@ -70,10 +70,16 @@ class DigitsCNN(nn.Module):
         super().__init__()
         c1, c2 = width, 2 * width
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
-            nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, c1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1, stride=2, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+        )
         self.linear = nn.Linear(c2 * 16, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,17 +99,49 @@ BUDGETS = {
     # epochs: dense training, ProbMask mask training (``pm``) within the unstructured total,
     # structured finetune; SGD lr of dense training and of every finetune
     # (the first three pinned the paper's score lr 6e-3; ``None`` = the engine's default, scaled to the steps)
-    "quick": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 3, "unstructured": 4, "finetune": 3, "ft_lr": 0.01,
-              "score_lr": 6e-3},
-    "long-unstructured": {"dense": 6, "lr": 0.05, "batch": 64, "pm": 12, "unstructured": 16, "finetune": 3,
-                          "ft_lr": 0.01, "score_lr": 6e-3},
-    "full": {"dense": 20, "lr": 0.05, "batch": 64, "pm": 8, "unstructured": 12, "finetune": 10, "ft_lr": 0.01,
-             "score_lr": 6e-3},
+    "quick": {
+        "dense": 6,
+        "lr": 0.05,
+        "batch": 64,
+        "pm": 3,
+        "unstructured": 4,
+        "finetune": 3,
+        "ft_lr": 0.01,
+        "score_lr": 6e-3,
+    },
+    "long-unstructured": {
+        "dense": 6,
+        "lr": 0.05,
+        "batch": 64,
+        "pm": 12,
+        "unstructured": 16,
+        "finetune": 3,
+        "ft_lr": 0.01,
+        "score_lr": 6e-3,
+    },
+    "full": {
+        "dense": 20,
+        "lr": 0.05,
+        "batch": 64,
+        "pm": 8,
+        "unstructured": 12,
+        "finetune": 10,
+        "ft_lr": 0.01,
+        "score_lr": 6e-3,
+    },
     # the service's default ProbMask spec (30 epochs, lr 0.01, batch 128, scaled score lr) + a 5-epoch
     # finetune with the mask fixed, vs magnitude pruning finetuned the same 35 epochs
-    "pm-default": {"dense": 20, "lr": 0.05, "batch": 128, "pm": 30, "unstructured": 35, "finetune": 10,
-                   "ft_lr": 0.01, "score_lr": None},
-}  # fmt: skip
+    "pm-default": {
+        "dense": 20,
+        "lr": 0.05,
+        "batch": 128,
+        "pm": 30,
+        "unstructured": 35,
+        "finetune": 10,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
+}
 
 
 def budgets(name: str) -> dict:
@@ -162,17 +200,22 @@ def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5, regim
         start = time.perf_counter()
         train(model, data, config(b, seed, b["dense"], b["lr"]), [watcher])
         snapshot = watcher.snapshot
-        out[regime] = {"model": model, "ticket": snapshot.get("model"), "epoch": detector.found_epoch,
-                       "distances": [round(d, 4) for d in detector.distances],
-                       "seconds": time.perf_counter() - start}  # fmt: skip
+        out[regime] = {
+            "model": model,
+            "ticket": snapshot.get("model"),
+            "epoch": detector.found_epoch,
+            "distances": [round(d, 4) for d in detector.distances],
+            "seconds": time.perf_counter() - start,
+        }
     return out
 
 
 # ----------------------------------------------------------------------------- experiments
 
 
-def unstructured(dense: nn.Module, data, b: dict, seed: int, baselines=("magnitude", "random"),
-                 sparsities=SPARSITIES) -> dict:  # fmt: skip
+def unstructured(
+    dense: nn.Module, data, b: dict, seed: int, baselines=("magnitude", "random"), sparsities=SPARSITIES
+) -> dict:
     rows = {}
     total = b["unstructured"]
     for sparsity in sparsities:
@@ -209,20 +252,25 @@ def structured(dense: nn.Module, data, b: dict, seed: int) -> dict:
     rows = {}
     for ratio in RATIOS:
         for criterion in CRITERIA:
-            acc, pruned, macs = prune_and_finetune(copy.deepcopy(dense), data, b, seed, criterion=criterion,
-                                                   ratio=ratio, scope="layerwise")  # fmt: skip
+            acc, pruned, macs = prune_and_finetune(
+                copy.deepcopy(dense), data, b, seed, criterion=criterion, ratio=ratio, scope="layerwise"
+            )
             rows[f"{criterion} {int(ratio * 100)}%"] = acc
             rows[f"{criterion} {int(ratio * 100)}% (before finetune)"] = pruned
             rows[f"{criterion} {int(ratio * 100)}% MACs"] = 100 * macs
     variants = {
         "spline global greedy": {"criterion": "spline", "scope": "global", "redundancy": "greedy"},
-        "spline global pairwise": {"criterion": "spline", "scope": "global", "redundancy": "pairwise",
-                                   "min_keep_fraction": 0.0},
+        "spline global pairwise": {
+            "criterion": "spline",
+            "scope": "global",
+            "redundancy": "pairwise",
+            "min_keep_fraction": 0.0,
+        },
         "spline global mean-normalized": {"criterion": "spline", "scope": "global", "normalize": "mean"},
         "spline layerwise no mean replacement": {"criterion": "spline", "scope": "layerwise", "compensate": False},
         "l1 layerwise no mean replacement": {"criterion": "l1", "scope": "layerwise", "compensate": False},
         "l1 global (mean-normalized)": {"criterion": "l1", "scope": "global"},
-    }  # fmt: skip
+    }
     for name, kwargs in variants.items():
         acc, pruned, macs = prune_and_finetune(copy.deepcopy(dense), data, b, seed, ratio=0.5, **kwargs)
         rows[f"{name} 50%"] = acc
@@ -241,8 +289,9 @@ def early_bird(runs: dict, data, b: dict, seed: int, ratio: float = 0.5) -> dict
             variants.insert(0, ("EB", run["ticket"], run["epoch"]))
         for kind, source, epochs in variants:
             model = copy.deepcopy(source)
-            acc, _pruned, _macs = prune_and_finetune(model, data, b, seed, criterion=criterion, ratio=ratio,
-                                                     scope="layerwise")  # fmt: skip
+            acc, _pruned, _macs = prune_and_finetune(
+                model, data, b, seed, criterion=criterion, ratio=ratio, scope="layerwise"
+            )
             flops = epochs * dense_flops + b["finetune"] * flops_per_epoch(model, data)
             rows[f"{label} {kind}"] = acc
             rows[f"{label} {kind} epoch"] = epochs
@@ -261,8 +310,12 @@ def summarize(per_seed: list[dict]) -> dict:
         values = [r[k] for r in per_seed if r.get(k) is not None]
         if not values:
             continue
-        out[k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                  "n": len(values), "values": values}  # fmt: skip
+        out[k] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values),
+            "values": values,
+        }
     return out
 
 
@@ -270,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits"])
-    parser.add_argument("--parts", nargs="+", default=["unstructured", "structured", "early_bird"],
-                        choices=["unstructured", "structured", "early_bird"])  # fmt: skip
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["unstructured", "structured", "early_bird"],
+        choices=["unstructured", "structured", "early_bird"],
+    )
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
     parser.add_argument("--threads", type=int, default=2)
@@ -284,8 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     name = args.budget or ("quick" if args.quick else "full")
     b = budgets(name)
     started = time.perf_counter()
-    machine = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-               "python": platform.python_version()}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "python": platform.python_version(),
+    }
     report = {"budget": name, "budgets": b, "seeds": seeds, "machine": machine, "datasets": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -298,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
             regimes = ("plain", "bn_l1") if "early_bird" in args.parts else ("plain",)
             runs = dense_runs(dataset, data, b, seed, regimes=regimes)
             dense = runs["plain"]["model"]
-            info = {"seed": seed, "dense_test": test_acc(dense, data),
-                    "dense_params": count_macs_params(dense, data.x_train[:1])[1], "eb_epochs": {k: v["epoch"] for k, v in runs.items()},
-                    "eb_distances": {k: v["distances"] for k, v in runs.items()}}  # fmt: skip
+            info = {
+                "seed": seed,
+                "dense_test": test_acc(dense, data),
+                "dense_params": count_macs_params(dense, data.x_train[:1])[1],
+                "eb_epochs": {k: v["epoch"] for k, v in runs.items()},
+                "eb_distances": {k: v["distances"] for k, v in runs.items()},
+            }
             elapsed = time.perf_counter() - t0
             print(f"[{dataset} seed {seed}] dense test {info['dense_test']:.2f} ({elapsed:.0f}s)", flush=True)
             for part in args.parts:

@@ -32,8 +32,17 @@ def main() -> None:
     for name, spec in [("acceptance", SPEC), *extra.items()]:
         report, seconds = run_shears_prune(root / "model.onnx", root / f"out-{name}", spec)
         result = check(report, seconds, root / f"out-{name}")
-        print(threads, seed, name, round(dense, 2), result["test_accuracy_final"], result["test_drop"],
-              result["macs_ratio"], result["seconds"], flush=True)  # fmt: skip
+        print(
+            threads,
+            seed,
+            name,
+            round(dense, 2),
+            result["test_accuracy_final"],
+            result["test_drop"],
+            result["macs_ratio"],
+            result["seconds"],
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def tables(data: dict) -> str:
     for dataset, parts in data.items():
         seeds = parts["seeds"]
         dense = [s["dense_test"] for s in seeds]
-        lines.append(f"#### {dataset} (n = {len(seeds)} seeds; dense test accuracy {fmt(dense)}, "
-                     f"{seeds[0]['dense_params']:,} parameters)\n")  # fmt: skip
+        lines.append(
+            f"#### {dataset} (n = {len(seeds)} seeds; dense test accuracy {fmt(dense)}, "
+            f"{seeds[0]['dense_params']:,} parameters)\n"
+        )
         un = parts.get("unstructured")
         if un:
             lines.append("Unstructured (test accuracy %, same total epochs):\n")
@@ -56,8 +58,10 @@ def tables(data: dict) -> str:
             lines.append("|---|---|---|---|")
             for s in SPARSITIES:
                 key = f"{int(round(s * 100))}%"
-                lines.append(f"| {key} | {fmt(un.get(f'probmask {key}'))} | {fmt(un.get(f'magnitude {key}'))} | "
-                             f"{fmt(un.get(f'random {key}'))} |")  # fmt: skip
+                lines.append(
+                    f"| {key} | {fmt(un.get(f'probmask {key}'))} | {fmt(un.get(f'magnitude {key}'))} | "
+                    f"{fmt(un.get(f'random {key}'))} |"
+                )
             lines.append("")
         st = parts.get("structured")
         if st:
@@ -73,25 +77,38 @@ def tables(data: dict) -> str:
             lines.append("| variant | before finetune | after finetune | MACs |")
             lines.append("|---|---|---|---|")
             names = sorted({k[: -len(" 50%")] for k in st if k.endswith(" 50%")} - set(CRITERIA))
-            for c, note in (("spline layerwise", "greedy redundancy, mean replacement"), ("l1 layerwise", "mean replacement")):  # noqa: E501
+            for c, note in (
+                ("spline layerwise", "greedy redundancy, mean replacement"),
+                ("l1 layerwise", "mean replacement"),
+            ):  # noqa: E501
                 base = c.split()[0]
-                lines.append(f"| {c} ({note}) | {fmt(st.get(f'{base} 50% (before finetune)'))} "
-                             f"| {fmt(st.get(f'{base} 50%'))} | {fmt(st.get(f'{base} 50% MACs'), 0)} |")  # fmt: skip
+                lines.append(
+                    f"| {c} ({note}) | {fmt(st.get(f'{base} 50% (before finetune)'))} "
+                    f"| {fmt(st.get(f'{base} 50%'))} | {fmt(st.get(f'{base} 50% MACs'), 0)} |"
+                )
             for name in names:
-                lines.append(f"| {name} | {fmt(st.get(f'{name} 50% (before finetune)'))} | {fmt(st.get(f'{name} 50%'))} "
-                             f"| {fmt(st.get(f'{name} 50% MACs'), 0)} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {fmt(st.get(f'{name} 50% (before finetune)'))} | {fmt(st.get(f'{name} 50%'))} "
+                    f"| {fmt(st.get(f'{name} 50% MACs'), 0)} |"
+                )
             lines.append("")
         eb = parts.get("early_bird")
         if eb:
-            lines.append("Early-bird at 50 % channels (test accuracy %, epoch the ticket was drawn, training GFLOPs):\n")
-            lines.append("| criterion | EB: accuracy | EB: epoch | EB: GFLOPs | full: accuracy | full: epochs | full: GFLOPs | EB found |")
+            lines.append(
+                "Early-bird at 50 % channels (test accuracy %, epoch the ticket was drawn, training GFLOPs):\n"
+            )
+            lines.append(
+                "| criterion | EB: accuracy | EB: epoch | EB: GFLOPs | full: accuracy | full: epochs | full: GFLOPs | EB found |"
+            )
             lines.append("|---|---|---|---|---|---|---|---|")
             for label in ("spline", "bn"):
                 found = sum(1 for s in seeds if s["eb_epochs"]["plain" if label == "spline" else "bn_l1"] is not None)
-                lines.append(f"| {label} | {fmt(eb.get(f'{label} EB'))} | {fmt(eb.get(f'{label} EB epoch'))} | "
-                             f"{fmt(eb.get(f'{label} EB training GFLOPs'))} | {fmt(eb.get(f'{label} full'))} | "
-                             f"{fmt(eb.get(f'{label} full epoch'), 0)} | {fmt(eb.get(f'{label} full training GFLOPs'))} | "
-                             f"{found}/{len(seeds)} |")  # fmt: skip
+                lines.append(
+                    f"| {label} | {fmt(eb.get(f'{label} EB'))} | {fmt(eb.get(f'{label} EB epoch'))} | "
+                    f"{fmt(eb.get(f'{label} EB training GFLOPs'))} | {fmt(eb.get(f'{label} full'))} | "
+                    f"{fmt(eb.get(f'{label} full epoch'), 0)} | {fmt(eb.get(f'{label} full training GFLOPs'))} | "
+                    f"{found}/{len(seeds)} |"
+                )
             lines.append("")
     return "\n".join(lines)
 

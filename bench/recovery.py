@@ -128,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict = {"seed": args.seed, "threads": args.threads, "recipes": {k: RECIPES[k] for k in args.recipes},
-                    "models": {}}  # fmt: skip
+    report: dict = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "recipes": {k: RECIPES[k] for k in args.recipes},
+        "models": {},
+    }
     spec = JobSpec(seed=args.seed, training=TrainingParams())
     for name in args.models:
         ds_name, make, epochs, lr = MODELS[name]
@@ -138,16 +142,28 @@ def main(argv: list[str] | None = None) -> int:
         dense = make()
         t0 = time.perf_counter()
         train(dense, data, TrainConfig(epochs=epochs, lr=lr, batch_size=128, seed=args.seed))
-        row = {"dataset": ds_name, "dense_epochs": epochs, "dense_val": 100 * evaluate(dense, data.x_val, data.y_val),
-               "dense_test": 100 * evaluate(dense, data.x_test, data.y_test),
-               "dense_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-        print(f"[{name}] dense val {row['dense_val']:.2f} test {row['dense_test']:.2f} ({row['dense_seconds']}s)",
-              flush=True)  # fmt: skip
+        row = {
+            "dataset": ds_name,
+            "dense_epochs": epochs,
+            "dense_val": 100 * evaluate(dense, data.x_val, data.y_val),
+            "dense_test": 100 * evaluate(dense, data.x_test, data.y_test),
+            "dense_seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(
+            f"[{name}] dense val {row['dense_val']:.2f} test {row['dense_test']:.2f} ({row['dense_seconds']}s)",
+            flush=True,
+        )
         macs_dense, _ = count_macs_params(dense, data.x_val[:1])
         for recipe in args.recipes:
             model = copy.deepcopy(dense)
-            context = StageContext(data=data, spec=spec, device=torch.device("cpu"), hooks=TrainHooks(), teacher=dense,
-                                   stage_id=f"ft-{recipe}")  # fmt: skip
+            context = StageContext(
+                data=data,
+                spec=spec,
+                device=torch.device("cpu"),
+                hooks=TrainHooks(),
+                teacher=dense,
+                stage_id=f"ft-{recipe}",
+            )
             state = EngineState(model=model)
             runner_for(PruneChannelsParams()).run(PruneChannelsParams(), context, state)  # the default structured stage
             model = state.model
@@ -157,12 +173,21 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             runner_for(params).run(params, context, state)  # exactly a job's finetune stage
             val, test = 100 * evaluate(model, data.x_val, data.y_val), 100 * evaluate(model, data.x_test, data.y_test)
-            row[recipe] = {"params": params.model_dump(), "macs_ratio": macs / macs_dense, "pruned_val": pruned_val,
-                           "val": val, "test": test, "val_drop": row["dense_val"] - val,
-                           "test_drop": row["dense_test"] - test, "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
-            print(f"[{name}] {recipe}: val drop {row[recipe]['val_drop']:.2f}, test drop "
-                  f"{row[recipe]['test_drop']:.2f}, MACs {100 * macs / macs_dense:.1f}% ({row[recipe]['seconds']}s)",
-                  flush=True)  # fmt: skip
+            row[recipe] = {
+                "params": params.model_dump(),
+                "macs_ratio": macs / macs_dense,
+                "pruned_val": pruned_val,
+                "val": val,
+                "test": test,
+                "val_drop": row["dense_val"] - val,
+                "test_drop": row["dense_test"] - test,
+                "seconds": round(time.perf_counter() - t1, 1),
+            }
+            print(
+                f"[{name}] {recipe}: val drop {row[recipe]['val_drop']:.2f}, test drop "
+                f"{row[recipe]['test_drop']:.2f}, MACs {100 * macs / macs_dense:.1f}% ({row[recipe]['seconds']}s)",
+                flush=True,
+            )
         report["models"][name] = row
         out.write_text(json.dumps(report, indent=1))
     return 0

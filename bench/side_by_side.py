@@ -68,8 +68,12 @@ def resnet18(num_classes: int = 10, width: int = 64):
             return (out + (x if self.down is None else self.down(x))).relu()
 
     widths = [width, 2 * width, 4 * width, 8 * width]
-    layers: list[nn.Module] = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                               nn.MaxPool2d(3, 2, 1)]  # fmt: skip
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     cin = width
     for i, cout in enumerate(widths):
         layers += [Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)]
@@ -83,16 +87,30 @@ def _export(model, example, path: Path) -> Path:
     that plain onnx2torch converts it: opset 17, initializers listed as graph inputs."""
     import torch
 
-    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17, keep_initializers_as_inputs=True, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        model.eval(),
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        keep_initializers_as_inputs=True,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
     return path
 
 
 def _save_npz(path: Path, x_train, y_train, x_val, y_val) -> Path:
     import numpy as np
 
-    np.savez(path, x_train=np.asarray(x_train, np.float32), y_train=np.asarray(y_train, np.int64),
-             x_val=np.asarray(x_val, np.float32), y_val=np.asarray(y_val, np.int64))  # fmt: skip
+    np.savez(
+        path,
+        x_train=np.asarray(x_train, np.float32),
+        y_train=np.asarray(y_train, np.int64),
+        x_val=np.asarray(x_val, np.float32),
+        y_val=np.asarray(y_val, np.int64),
+    )
     return path
 
 
@@ -118,8 +136,12 @@ def prepare_case(case: str, work: Path, size: str) -> dict:
 
         data = builtin_dataset("mnist1d", seed=0)
         n = 256 if tiny else len(data.x_train)
-        arrays = (data.x_train[:n], data.y_train[:n], data.x_val[: n // 4 if tiny else None],
-                  data.y_val[: n // 4 if tiny else None])  # fmt: skip
+        arrays = (
+            data.x_train[:n],
+            data.y_train[:n],
+            data.x_val[: n // 4 if tiny else None],
+            data.y_val[: n // 4 if tiny else None],
+        )
         model = zoo.build("mnist1d_cnn", num_classes=10)
         epochs = 1 if tiny else EPOCHS["mnist1d"]
         shape: tuple[int, ...] = tuple(data.x_train.shape[1:])
@@ -142,28 +164,44 @@ def prepare_case(case: str, work: Path, size: str) -> dict:
         arrays = _random_data(shape, 16 if tiny else 128, 8 if tiny else 32)
         (work / "model.onnx").write_bytes(source.read_bytes())
         _save_npz(work / "data.npz", *arrays)
-        return {"case": case, "input_shape": list(shape), "train": len(arrays[0]), "val": len(arrays[2]),
-                "epochs": 1, "onnx_bytes": source.stat().st_size, "model": str(work / "model.onnx"),
-                "data": str(work / "data.npz")}  # fmt: skip
+        return {
+            "case": case,
+            "input_shape": list(shape),
+            "train": len(arrays[0]),
+            "val": len(arrays[2]),
+            "epochs": 1,
+            "onnx_bytes": source.stat().st_size,
+            "model": str(work / "model.onnx"),
+            "data": str(work / "data.npz"),
+        }
     else:
         raise SystemExit(f"unknown case {case!r}: mnist1d, resnet18 or onnx:PATH")
     _export(model, torch.zeros(2, *shape), work / "model.onnx")
     _save_npz(work / "data.npz", *arrays)
-    return {"case": case, "input_shape": list(shape), "train": len(arrays[0]), "val": len(arrays[2]),
-            "epochs": epochs, "params": sum(p.numel() for p in model.parameters()),
-            "onnx_bytes": (work / "model.onnx").stat().st_size, "model": str(work / "model.onnx"),
-            "data": str(work / "data.npz")}  # fmt: skip
+    return {
+        "case": case,
+        "input_shape": list(shape),
+        "train": len(arrays[0]),
+        "val": len(arrays[2]),
+        "epochs": epochs,
+        "params": sum(p.numel() for p in model.parameters()),
+        "onnx_bytes": (work / "model.onnx").stat().st_size,
+        "model": str(work / "model.onnx"),
+        "data": str(work / "data.npz"),
+    }
 
 
 def job_spec(epochs: int) -> dict:
     """The Shears spec equal to the bare script's recipe."""
     return {
-        "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.5, "scope": "layerwise"}},
-                     {"finetune": {"epochs": epochs, "lr": 0.01}}],
+        "pipeline": [
+            {"prune_channels": {"criterion": "l1", "ratio": 0.5, "scope": "layerwise"}},
+            {"finetune": {"epochs": epochs, "lr": 0.01}},
+        ],
         "training": {"batch_size": 128, "weight_decay": 5e-4},
         "export": {"formats": ["onnx"]},
         "acceptance": {"max_accuracy_drop": 100.0},
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- runs
@@ -173,8 +211,9 @@ def run_child(argv: list[str], log: Path, env: dict | None = None) -> dict:
     """Run ``argv``; wall seconds and peak RSS (MiB) from ``os.wait4``."""
     with log.open("wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                env={**os.environ, **(env or {})})  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, **(env or {})}
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -184,8 +223,20 @@ def run_child(argv: list[str], log: Path, env: dict | None = None) -> dict:
 
 
 def run_bare(info: dict, out: Path, device: str) -> dict:
-    argv = [sys.executable, str(REPO_ROOT / "bench" / "bare_prune.py"), info["model"], info["data"], "--out", str(out),
-            "--epochs", str(info["epochs"]), "--ratio", "0.5", "--device", device]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(REPO_ROOT / "bench" / "bare_prune.py"),
+        info["model"],
+        info["data"],
+        "--out",
+        str(out),
+        "--epochs",
+        str(info["epochs"]),
+        "--ratio",
+        "0.5",
+        "--device",
+        device,
+    ]
     result = run_child(argv, out.with_suffix(".log"))
     last = out.with_suffix(".log").read_text().strip().splitlines()[-1]
     result["val_accuracy"] = 100.0 * json.loads(last)["val_accuracy"]  # percent, as in the report
@@ -195,8 +246,22 @@ def run_bare(info: dict, out: Path, device: str) -> dict:
 def run_prune(info: dict, out: Path, device: str) -> dict:
     spec = out.with_suffix(".spec.json")
     spec.write_text(json.dumps(job_spec(info["epochs"])))
-    argv = [sys.executable, "-m", "service.cli", "prune", info["model"], "--dataset", info["data"], "--spec", str(spec),
-            "--out", str(out), "--device", device, "--json"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "prune",
+        info["model"],
+        "--dataset",
+        info["data"],
+        "--spec",
+        str(spec),
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--json",
+    ]
     result = run_child(argv, out.with_suffix(".log"), env={"PYTHONPATH": str(REPO_ROOT)})
     report = json.loads((out / "report.json").read_text())
     result["val_accuracy"] = (report.get("accuracy") or {}).get("finetuned")
@@ -263,9 +328,15 @@ def run_api(info: dict, out: Path, device: str) -> dict:
             wall = time.perf_counter() - start
             report = client.get(f"/v1/jobs/{job_id}/report").json()
         peak = max(_hwm_mib(p) for p in _tree(worker.pid))
-    return {"wall_s": round(wall, 3), "upload_s": round(uploaded - start, 3), "job_s": round(finished - uploaded, 3),
-            "peak_rss_mib": round(peak, 1), "load": loadavg(),
-            "val_accuracy": (report.get("accuracy") or {}).get("finetuned"), "stage_seconds": report.get("timings")}  # fmt: skip
+    return {
+        "wall_s": round(wall, 3),
+        "upload_s": round(uploaded - start, 3),
+        "job_s": round(finished - uploaded, 3),
+        "peak_rss_mib": round(peak, 1),
+        "load": loadavg(),
+        "val_accuracy": (report.get("accuracy") or {}).get("finetuned"),
+        "stage_seconds": report.get("timings"),
+    }
 
 
 RUNNERS = {"bare": run_bare, "prune": run_prune, "api": run_api}
@@ -282,12 +353,24 @@ def _ratios(runs: dict[str, list[dict]], key: str) -> dict[str, float]:
     return out
 
 
-def side_by_side(cases: list[str], paths: list[str], repeats: int = 1, device: str = "cpu", size: str = "full",
-                 work: Path | None = None) -> dict:  # fmt: skip
+def side_by_side(
+    cases: list[str],
+    paths: list[str],
+    repeats: int = 1,
+    device: str = "cpu",
+    size: str = "full",
+    work: Path | None = None,
+) -> dict:
     """Run every case on every path ``repeats`` times, interleaved; return the results."""
     work = Path(work or tempfile.mkdtemp(prefix="shears-sbs-"))
-    results: dict = {"machine": machine(), "load_start": loadavg(), "device": device, "size": size,
-                     "repeats": repeats, "cases": {}}  # fmt: skip
+    results: dict = {
+        "machine": machine(),
+        "load_start": loadavg(),
+        "device": device,
+        "size": size,
+        "repeats": repeats,
+        "cases": {},
+    }
     for case in cases:
         info = prepare_case(case, work / case.replace(":", "_").replace("/", "_"), size)
         runs: dict[str, list[dict]] = {p: [] for p in paths}
@@ -300,11 +383,18 @@ def side_by_side(cases: list[str], paths: list[str], repeats: int = 1, device: s
                 runs[path].append(result)
                 print(f"# {case} {path} #{repeat}: {json.dumps(result)}", flush=True)
         results["cases"][case] = {
-            "setup": {k: v for k, v in info.items() if k not in ("model", "data")}, "runs": runs,
-            "median": {p: {"wall_s": statistics.median(r["wall_s"] for r in rs),
-                           "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs)} for p, rs in runs.items()},
-            "wall_ratio_vs_bare": _ratios(runs, "wall_s"), "rss_ratio_vs_bare": _ratios(runs, "peak_rss_mib"),
-        }  # fmt: skip
+            "setup": {k: v for k, v in info.items() if k not in ("model", "data")},
+            "runs": runs,
+            "median": {
+                p: {
+                    "wall_s": statistics.median(r["wall_s"] for r in rs),
+                    "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+                }
+                for p, rs in runs.items()
+            },
+            "wall_ratio_vs_bare": _ratios(runs, "wall_s"),
+            "rss_ratio_vs_bare": _ratios(runs, "peak_rss_mib"),
+        }
     results["load_end"] = loadavg()
     return results
 

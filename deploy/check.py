@@ -60,8 +60,9 @@ def say(message: str) -> None:
 
 def run(argv: list[str], *, env: dict | None = None, timeout: float = 3600, quiet: bool = False) -> str:
     """Run a command; raise with its output when it fails."""
-    result = subprocess.run(argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -101,8 +102,11 @@ def apt_install(*packages: str) -> None:
 
 def ensure_dockerd(log_dir: Path) -> subprocess.Popen | None:
     """A docker engine that answers; returns the dockerd this check started (None: one ran)."""
-    missing = [pkg for binary, pkg in (("dockerd", "docker.io"), ("docker-compose", "docker-compose"))
-               if not shutil.which(binary)]  # fmt: skip
+    missing = [
+        pkg
+        for binary, pkg in (("dockerd", "docker.io"), ("docker-compose", "docker-compose"))
+        if not shutil.which(binary)
+    ]
     if missing:
         with timed("apt-get install " + " ".join(missing)):
             apt_install(*missing)
@@ -152,8 +156,25 @@ def build_images(ca: Path | None) -> None:
     secret = ["--secret", f"id=extra_ca,src={ca}"] if ca else []
     for target, image in (("api", IMAGES["SHEARS_API_IMAGE"]), ("worker-cpu", IMAGES["SHEARS_WORKER_CPU_IMAGE"])):
         with timed(f"docker build --target {target}"):
-            run(["nice", "-n", "10", docker_cli(), "build", "-q", *secret, "--target", target, "-t", image,
-                 "--build-arg", f"PYTHON_IMAGE={IMAGES['SHEARS_PYTHON_IMAGE']}", "."], env=env)  # fmt: skip
+            run(
+                [
+                    "nice",
+                    "-n",
+                    "10",
+                    docker_cli(),
+                    "build",
+                    "-q",
+                    *secret,
+                    "--target",
+                    target,
+                    "-t",
+                    image,
+                    "--build-arg",
+                    f"PYTHON_IMAGE={IMAGES['SHEARS_PYTHON_IMAGE']}",
+                    ".",
+                ],
+                env=env,
+            )
     sizes = run([docker_cli(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"], quiet=True)
     say("images:\n" + "\n".join(line for line in sizes.splitlines() if ":check" in line or "shears-local" in line))
 
@@ -182,12 +203,25 @@ class Stack:
     """The compose project; API replicas publish ports from ``api_ports`` on 127.0.0.1 only."""
 
     def __init__(self, api_ports: range, s3_port: int) -> None:
-        self.env = {**IMAGES, "SHEARS_API_PORT": f"127.0.0.1:{api_ports[0]}-{api_ports[-1]}",
-                    "SHEARS_S3_PORT": f"127.0.0.1:{s3_port}", "SHEARS_S3_PUBLIC_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-                    "SHEARS_API_KEYS": json.dumps({hash_key(API_KEY): "deploy-check"})}  # fmt: skip
+        self.env = {
+            **IMAGES,
+            "SHEARS_API_PORT": f"127.0.0.1:{api_ports[0]}-{api_ports[-1]}",
+            "SHEARS_S3_PORT": f"127.0.0.1:{s3_port}",
+            "SHEARS_S3_PUBLIC_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "SHEARS_API_KEYS": json.dumps({hash_key(API_KEY): "deploy-check"}),
+        }
         compose = ["docker-compose"] if shutil.which("docker-compose") else [docker_cli(), "compose"]
-        self.compose = [*compose, "-p", PROJECT, "-f", "docker-compose.yml", "-f", "deploy/compose.local.yml",
-                        "--profile", "cpu"]  # fmt: skip
+        self.compose = [
+            *compose,
+            "-p",
+            PROJECT,
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "deploy/compose.local.yml",
+            "--profile",
+            "cpu",
+        ]
 
     def __call__(self, *args: str, timeout: float = 600, quiet: bool = True) -> str:
         return run([*self.compose, *args], env=self.env, timeout=timeout, quiet=quiet)
@@ -240,8 +274,12 @@ def upload(client: httpx.Client, resource: str, name: str, content: bytes) -> st
     response = client.post(f"/v1/{resource}", files={"file": (name, content)})
     assert response.status_code == 202, response.text
     item_id = response.json()["id"]
-    wait_until(lambda: client.get(f"/v1/{resource}/{item_id}").json()["status"] != "validating", 300,
-               f"{resource} inspection", interval=0.5)  # fmt: skip
+    wait_until(
+        lambda: client.get(f"/v1/{resource}/{item_id}").json()["status"] != "validating",
+        300,
+        f"{resource} inspection",
+        interval=0.5,
+    )
     checked = client.get(f"/v1/{resource}/{item_id}").json()
     assert checked["status"] == "ready", checked
     return item_id
@@ -271,10 +309,16 @@ def check_a_job(client: httpx.Client, model_id: str, dataset_id: str, x_val: np.
     """upload → job → artifacts → the accuracy the report states, measured on the ONNX model."""
     import onnxruntime
 
-    spec = {"model_id": model_id, "dataset_id": dataset_id,
-            "pipeline": [{"prune_channels": {"criterion": "spline", "ratio": 0.5, "probes": 128}},
-                         {"finetune": {"epochs": 3, "lr": 0.01}}],
-            "export": {"formats": ["onnx", "torchscript"]}, "acceptance": {"max_accuracy_drop": 50.0}}  # fmt: skip
+    spec = {
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "pipeline": [
+            {"prune_channels": {"criterion": "spline", "ratio": 0.5, "probes": 128}},
+            {"finetune": {"epochs": 3, "lr": 0.01}},
+        ],
+        "export": {"formats": ["onnx", "torchscript"]},
+        "acceptance": {"max_accuracy_drop": 50.0},
+    }
     created = client.post("/v1/jobs", json=spec)
     assert created.status_code == 202, created.text
     job = wait_job(client, created.json()["id"], finished, 900, "a terminal status")
@@ -289,17 +333,24 @@ def check_a_job(client: httpx.Client, model_id: str, dataset_id: str, x_val: np.
     stated = report["accuracy"]["final"]
     assert abs(measured - stated) < 1e-6, f"the report states {stated}% but the ONNX model scores {measured}%"
     assert job["result"]["accuracy"]["final"] == stated
-    say(f"job {job['id']} succeeded: accuracy dense {report['accuracy']['dense']:.2f}% → final {stated:.2f}% "
+    say(
+        f"job {job['id']} succeeded: accuracy dense {report['accuracy']['dense']:.2f}% → final {stated:.2f}% "
         f"(ONNX model measured {measured:.2f}%), parameters {report['parameters']['before']} → "
-        f"{report['parameters']['after']}")  # fmt: skip
+        f"{report['parameters']['after']}"
+    )
 
 
 def check_a_killed_worker(stack: Stack, client: httpx.Client, model_id: str, dataset_id: str) -> None:
     """docker kill the worker container running a job: the other replica resumes it from S3."""
     epochs = 40
-    spec = {"model_id": model_id, "dataset_id": dataset_id,
-            "pipeline": [{"finetune": {"epochs": epochs, "lr": 0.01}}], "training": {"batch_size": 1},
-            "export": {"formats": ["onnx"]}, "acceptance": {"max_accuracy_drop": 100.0}}  # fmt: skip
+    spec = {
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "pipeline": [{"finetune": {"epochs": epochs, "lr": 0.01}}],
+        "training": {"batch_size": 1},
+        "export": {"formats": ["onnx"]},
+        "acceptance": {"max_accuracy_drop": 100.0},
+    }
     created = client.post("/v1/jobs", json=spec)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
@@ -321,8 +372,10 @@ def check_a_killed_worker(stack: Stack, client: httpx.Client, model_id: str, dat
     assert trained == list(range(resumed["epoch"] + 1, epochs + 1)), trained
     survivors = [c for c in stack.containers("worker-cpu") if f"job {job_id} attempt 2 started" in stack.logs(c)]
     assert len(survivors) == 1 and survivors[0] != holders[0], survivors
-    say(f"job {job_id} resumed at epoch {resumed['epoch']} on {survivors[0][:12]} and succeeded (attempt 2); "
-        f"epochs {trained[0]}..{trained[-1]} ran after the resume")  # fmt: skip
+    say(
+        f"job {job_id} resumed at epoch {resumed['epoch']} on {survivors[0][:12]} and succeeded (attempt 2); "
+        f"epochs {trained[0]}..{trained[-1]} ran after the resume"
+    )
 
 
 def main() -> int:

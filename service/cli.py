@@ -29,10 +29,21 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_GATE_FAILED, EXIT_REQUEST_FAILED = 0, 1, 2, 3
 
 def _worker_command(settings: Settings) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--concurrency", str(settings.worker_concurrency), "--queues", settings.task_queue,
-        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency",
+        str(settings.worker_concurrency),
+        "--queues",
+        settings.task_queue,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def _embedded_api_key(settings: Settings) -> str | None:
@@ -66,9 +77,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     log_path = settings.data_dir / "worker.log"
     with open(log_path, "ab") as worker_log:
         env = {**os.environ, **settings.as_env()}
-        worker = Supervisor("worker", _worker_command(settings), env, worker_log,
-                            max_backoff_s=settings.worker_restart_max_backoff_s,
-                            say=lambda line: print(line, flush=True))  # fmt: skip
+        worker = Supervisor(
+            "worker",
+            _worker_command(settings),
+            env,
+            worker_log,
+            max_backoff_s=settings.worker_restart_max_backoff_s,
+            say=lambda line: print(line, flush=True),
+        )
         worker.start()
         base = f"http://{settings.host}:{settings.port}"
         print(f"Shears listening on {base} (data in {settings.data_dir})", flush=True)
@@ -78,8 +94,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             print('  then: curl -H "Authorization: Bearer $SHEARS_API_KEY" $SHEARS_URL/v1/jobs', flush=True)
         print(f"  worker pid {worker.process.pid}, log {log_path} (restarted if it dies)", flush=True)
         try:
-            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                        **uvicorn_options(settings))  # fmt: skip
+            uvicorn.run(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                log_level="info",
+                **uvicorn_options(settings),
+            )
         finally:
             worker.stop()
     return 0
@@ -195,7 +216,9 @@ def _exit_code(job: dict) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     spec = _load_spec(args.spec)
-    model = client.upload("models", Path(args.model), **({"architecture": args.architecture} if args.architecture else {}))
+    model = client.upload(
+        "models", Path(args.model), **({"architecture": args.architecture} if args.architecture else {})
+    )
     spec["model_id"] = _wait_ready(client, "models", model)["id"]
     if args.dataset in {"mnist1d", "digits"}:
         spec["dataset"] = {"builtin": args.dataset}
@@ -257,8 +280,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not builtin:
         raw["dataset_id"] = "ds_" + "0" * 24  # a local file stands in for an uploaded dataset
     spec = JobSpec.model_validate(raw)
-    summary = prune_locally(Path(args.model), None if builtin else Path(args.dataset), spec, Path(args.out),
-                            architecture=args.architecture, device=args.device)  # fmt: skip
+    summary = prune_locally(
+        Path(args.model),
+        None if builtin else Path(args.dataset),
+        spec,
+        Path(args.out),
+        architecture=args.architecture,
+        device=args.device,
+    )
     print(json.dumps(summary, indent=2) if args.json else f"artifacts in {args.out}: {', '.join(summary['files'])}")
     acceptance = summary.get("acceptance") or {}
     return EXIT_OK if acceptance.get("passed", True) else EXIT_GATE_FAILED
@@ -280,7 +309,9 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shears", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="shears", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def remote(name: str, help_: str) -> argparse.ArgumentParser:
@@ -298,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = remote("submit", "upload a model (+ dataset), create a job, optionally wait and download")
     submit.add_argument("model")
-    submit.add_argument("--dataset", required=True, help="a .npz/.safetensors file, or mnist1d / digits")
+    submit.add_argument(
+        "--dataset", required=True, help="a .npz/.safetensors file, a .zip/.tar of images, or mnist1d / digits"
+    )
     submit.add_argument("--spec", help="job spec YAML/JSON (model and dataset ids are filled in)")
     submit.add_argument("--architecture", help="zoo architecture of a safetensors model")
     submit.add_argument("--wait", action="store_true")
@@ -317,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="run the pruning pipeline locally, no server")
     prune.add_argument("model")
-    prune.add_argument("--dataset", required=True, help="a .npz/.safetensors file, or mnist1d / digits")
+    prune.add_argument(
+        "--dataset", required=True, help="a .npz/.safetensors file, a .zip/.tar of images, or mnist1d / digits"
+    )
     prune.add_argument("--spec")
     prune.add_argument("--out", required=True)
     prune.add_argument("--architecture")

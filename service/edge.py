@@ -81,15 +81,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _header_timeout(self) -> None:
         self._header_timer = None
         if self._awaiting_headers and not self.transport.is_closing():
-            self._refuse(408, "request-timeout",
-                         f"The request headers did not arrive within {self._limits().header_timeout_s:g} s.")  # fmt: skip
+            self._refuse(
+                408,
+                "request-timeout",
+                f"The request headers did not arrive within {self._limits().header_timeout_s:g} s.",
+            )
 
     def _refuse(self, status: int, slug: str, detail: str) -> None:
         """Answer a problem and close, when no response of this connection is under way."""
         if self.cycle is None or self.cycle.response_complete:
             body = _problem_body(status, slug, detail)
-            head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/problem+json\r\n"
-                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/problem+json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
             if status == 503:
                 head = head[:-2] + "retry-after: 1\r\n\r\n"
             self.transport.write(head.encode("latin-1") + body)
@@ -172,16 +177,26 @@ class EdgeLimits:
         if key:
             wait = self.buckets.take(hashlib.sha256(key).hexdigest())
             if wait:
-                await _send_problem(send, 429, "rate-limited", "Too many requests with this API key; retry after "
-                                    "the Retry-After delay.", math.ceil(wait))  # fmt: skip
+                await _send_problem(
+                    send,
+                    429,
+                    "rate-limited",
+                    "Too many requests with this API key; retry after the Retry-After delay.",
+                    math.ceil(wait),
+                )
                 return
         is_upload = scope["method"] == "POST" and headers.get(b"content-type", b"").startswith(b"multipart/form-data")
         tenant = self.settings.api_keys.get(hashlib.sha256(key).hexdigest()) if key and is_upload else None
         if tenant is not None:
             if self.uploads.get(tenant, 0) >= self.settings.max_uploads_per_tenant:
-                await _send_problem(send, 429, "too-many-uploads", f"Your key already has "
-                                    f"{self.settings.max_uploads_per_tenant} uploads in progress; retry when one ends.",
-                                    5)  # fmt: skip
+                await _send_problem(
+                    send,
+                    429,
+                    "too-many-uploads",
+                    f"Your key already has "
+                    f"{self.settings.max_uploads_per_tenant} uploads in progress; retry when one ends.",
+                    5,
+                )
                 return
             declared = headers.get(b"content-length", b"")
             if declared.isdigit() and self.upload_bytes + int(declared) > self.settings.max_temp_bytes:
@@ -211,8 +226,12 @@ class EdgeLimits:
             try:
                 message = await asyncio.wait_for(receive(), self.settings.body_timeout_s)
             except TimeoutError:
-                abort = _Abort(408, "request-timeout", f"The request body stopped arriving for "
-                               f"{self.settings.body_timeout_s:g} s (or is shorter than its Content-Length).")  # fmt: skip
+                abort = _Abort(
+                    408,
+                    "request-timeout",
+                    f"The request body stopped arriving for "
+                    f"{self.settings.body_timeout_s:g} s (or is shorter than its Content-Length).",
+                )
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 body_done = not message.get("more_body", False)
@@ -244,8 +263,10 @@ class EdgeLimits:
             self.upload_bytes -= counted
 
 
-_DISK_FULL = ("The server's temporary upload space (SHEARS_MAX_TEMP_BYTES) is full with other uploads; "
-              "retry after the Retry-After delay.")  # fmt: skip
+_DISK_FULL = (
+    "The server's temporary upload space (SHEARS_MAX_TEMP_BYTES) is full with other uploads; "
+    "retry after the Retry-After delay."
+)
 
 
 async def _send_problem(send, status: int, slug: str, detail: str, retry_after: int | None = None) -> None:

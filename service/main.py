@@ -89,8 +89,9 @@ def _openapi_with_job_spec(app: FastAPI, authenticated: set[tuple[str, str]]) ->
     """The generated spec, plus the JobSpec schema that POST /v1/jobs references (its body
     is parsed by hand to accept JSON and multipart alike)."""
     if app.openapi_schema is None:
-        spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                           description=app.description, routes=app.routes)  # fmt: skip
+        spec = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
+        )
         _, definitions = models_json_schema([(JobSpec, "validation")], ref_template=REF_TEMPLATE)
         spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
         app.openapi_schema = complete_contract(spec, authenticated)

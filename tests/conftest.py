@@ -10,7 +10,6 @@ import pytest
 from service.core.config import Settings
 from tests import servers
 
-
 SERVER_FIXTURES = {"redis_url", "s3_endpoint", "postgres_url", "celery_worker", "service_settings"}
 
 
@@ -77,7 +76,10 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 @pytest.fixture(scope="session")
 def service_settings(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint: str, s3_bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    s3_endpoint: str,
+    s3_bucket: str,
     postgres_url: str,
 ) -> Settings:
     """Production-shaped settings: Redis broker, S3 storage on moto, PostgreSQL."""
@@ -90,7 +92,7 @@ def service_settings(
         s3_endpoint_url=s3_endpoint,
         s3_access_key_id="test",
         s3_secret_access_key="test",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import numpy as np
 
 def tiny_onnx_bytes() -> bytes:
     """A valid ONNX model: y = relu(x @ W) with x of shape (N, 4)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "W")
@@ -31,9 +30,11 @@ def npz_bytes(n: int = 40, features: int = 4, classes: int = 3) -> bytes:
     buffer = io.BytesIO()
     np.savez(
         buffer,
-        x_train=rng.normal(size=(n, features)).astype(np.float32), y_train=rng.integers(0, classes, n),
-        x_val=rng.normal(size=(n // 2, features)).astype(np.float32), y_val=rng.integers(0, classes, n // 2),
-    )  # fmt: skip
+        x_train=rng.normal(size=(n, features)).astype(np.float32),
+        y_train=rng.integers(0, classes, n),
+        x_val=rng.normal(size=(n // 2, features)).astype(np.float32),
+        y_val=rng.integers(0, classes, n // 2),
+    )
     return buffer.getvalue()
 
 
@@ -56,7 +57,6 @@ def digits_mlp_onnx(hidden: int = 16, tile: int = 0) -> bytes:
     without torch. ``tile`` > 0 first repeats the input ``tile`` times along the channels
     (then averages them away): the model stays tiny on disk but needs ``tile`` × 256 bytes
     of memory per sample, which is how the out-of-memory tests ask for too much."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -69,8 +69,10 @@ def digits_mlp_onnx(hidden: int = 16, tile: int = 0) -> bytes:
     nodes, source = [], "x"
     if tile:
         initializers.append(numpy_helper.from_array(np.array([1, tile, 1, 1], np.int64), "repeats"))
-        nodes += [helper.make_node("Tile", ["x", "repeats"], ["tiled"]),
-                  helper.make_node("ReduceMean", ["tiled"], ["mean"], axes=[1], keepdims=1)]  # fmt: skip
+        nodes += [
+            helper.make_node("Tile", ["x", "repeats"], ["tiled"]),
+            helper.make_node("ReduceMean", ["tiled"], ["mean"], axes=[1], keepdims=1),
+        ]
         source = "mean"
     nodes += [
         helper.make_node("Flatten", [source], ["flat"], axis=1),
@@ -79,7 +81,10 @@ def digits_mlp_onnx(hidden: int = 16, tile: int = 0) -> bytes:
         helper.make_node("Gemm", ["relu", "W2", "B2"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "digits_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializers,
-    )  # fmt: skip
+        nodes,
+        "digits_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()

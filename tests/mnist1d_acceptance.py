@@ -62,8 +62,20 @@ def run_shears_prune(model: Path, out: Path, spec: dict = SPEC) -> tuple[dict, f
     spec_path = out.parent / f"{out.name}-spec.json"
     spec_path.write_text(json.dumps(spec))  # JSON is YAML
     shears = Path(sys.executable).parent / "shears"
-    command = [str(shears), "prune", str(model), "--dataset", "mnist1d", "--spec", str(spec_path), "--out", str(out),
-               "--device", "cpu", "--json"]  # fmt: skip
+    command = [
+        str(shears),
+        "prune",
+        str(model),
+        "--dataset",
+        "mnist1d",
+        "--spec",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--json",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     seconds = time.perf_counter() - start
@@ -78,8 +90,15 @@ def check(report: dict, out: Path) -> dict:
     macs = report["macs"]["after"] / report["macs"]["before"]
     drop = test["dense"] - test["final"]
     return {
-        "test_accuracy_dense": round(test["dense"], 2), "test_accuracy_final": round(test["final"], 2),
-        "test_drop": round(drop, 2), "macs_ratio": round(macs, 4), "files": sorted(p.name for p in out.iterdir()),
-        "ok": {"dense>=90": test["dense"] >= MIN_DENSE_ACCURACY, "macs<=35%": macs <= MAX_MACS_RATIO,
-               "drop<=2.5": drop <= MAX_TEST_DROP, "artifacts": all((out / f).exists() for f in ARTIFACTS)},
-    }  # fmt: skip
+        "test_accuracy_dense": round(test["dense"], 2),
+        "test_accuracy_final": round(test["final"], 2),
+        "test_drop": round(drop, 2),
+        "macs_ratio": round(macs, 4),
+        "files": sorted(p.name for p in out.iterdir()),
+        "ok": {
+            "dense>=90": test["dense"] >= MIN_DENSE_ACCURACY,
+            "macs<=35%": macs <= MAX_MACS_RATIO,
+            "drop<=2.5": drop <= MAX_TEST_DROP,
+            "artifacts": all((out / f).exists() for f in ARTIFACTS),
+        },
+    }

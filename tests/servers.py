@@ -57,9 +57,14 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
     @property
     def pid(self) -> int:
@@ -113,10 +118,23 @@ def start_redis(log_dir: Path, port: int | None = None, host: str = "127.0.0.1")
     binary = ensure_binary("redis-server", "redis-server")
     proc = Process(
         "redis-server",
-        [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
-         "--dir", str(log_dir), "--protected-mode", "yes" if host == "127.0.0.1" else "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(log_dir),
+            "--protected-mode",
+            "yes" if host == "127.0.0.1" else "no",
+        ],
         log_dir,
-    )  # fmt: skip
+    )
     url = f"redis://{host}:{port}/0"
     client = redis.Redis.from_url(url, socket_timeout=1)
     wait_until(lambda: proc.ensure_alive() and client.ping(), 20, "redis-server")
@@ -159,8 +177,9 @@ def ensure_postgres() -> None:
     for version in versions:
         started = subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
         if started.returncode not in (0, 2):  # 2: already running
             raise RuntimeError(f"pg_ctlcluster {version} main start failed: {started.stderr.strip()}")
     wait_until(answers, 60, f"PostgreSQL at {POSTGRES_ADMIN_URL} (trust authentication for user postgres)")
@@ -185,13 +204,20 @@ def create_bucket(endpoint: str, bucket: str) -> None:
     import boto3
 
     boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="test", aws_secret_access_key="test",
-    ).create_bucket(Bucket=bucket)  # fmt: skip
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
 
 
 def start_celery_worker(
-    log_dir: Path, settings: Settings, name: str = "celery-worker", concurrency: int = 1, wait: bool = True,
+    log_dir: Path,
+    settings: Settings,
+    name: str = "celery-worker",
+    concurrency: int = 1,
+    wait: bool = True,
     prefix: tuple[str, ...] = (),
 ) -> Process:
     """A real ``celery worker`` process; returns once it answers a remote-control ping
@@ -200,12 +226,26 @@ def start_celery_worker(
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
     proc = Process(
         name,
-        [*prefix, sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-         "--concurrency", str(concurrency), "--hostname", hostname, "--without-gossip",
-         "--without-mingle"],
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            hostname,
+            "--without-gossip",
+            "--without-mingle",
+        ],
         log_dir,
         {"OMP_NUM_THREADS": "1", **settings.as_env()},
-    )  # fmt: skip
+    )
     proc.hostname = hostname.split("@")[0]
     if wait:
         wait_for_worker(proc, settings)
@@ -240,10 +280,22 @@ def start_api(log_dir: Path, settings: Settings, name: str = "api") -> tuple[Pro
     port = free_port()
     proc = Process(
         name,
-        [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--http", "service.edge:GuardedHttpToolsProtocol"],
-        log_dir, settings.as_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            "service.edge:GuardedHttpToolsProtocol",
+        ],
+        log_dir,
+        settings.as_env(),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: proc.ensure_alive() and httpx.get(f"{base}/healthz", timeout=2).is_success, 180, name)

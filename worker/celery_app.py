@@ -73,6 +73,7 @@ def _import_engine() -> None:
         import worker.pipeline  # noqa: F401  (torch)
         import worker.pruning.channels  # noqa: F401  (torch-pruning)
         import worker.report  # noqa: F401
+
         log.info("engine imports warm")
     except Exception:  # noqa: BLE001 - the task imports them again and reports the error on the job
         log.warning("warming the engine imports failed", exc_info=True)

@@ -41,8 +41,14 @@ class CheckpointMirror:
     not overwrite the checkpoints of the one that now holds it.
     """
 
-    def __init__(self, store: ArtifactStore, job_id: str, local_dir: Path, attempt: int,
-                 may_write: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: ArtifactStore,
+        job_id: str,
+        local_dir: Path,
+        attempt: int,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store, self.local_dir, self.attempt, self.may_write = store, Path(local_dir), attempt, may_write
         self.prefix = checkpoint_prefix(job_id)
         self.resumed_from: dict | None = None
@@ -61,8 +67,13 @@ class CheckpointMirror:
             self.store.get_file(self.prefix + name, self.local_dir / name)
             self._uploaded[name] = _signature(self.local_dir / name)
         self.resumed_from = {"stage": manifest["stage"], "epoch": manifest["epoch"], "attempt": manifest["attempt"]}
-        log.info("checkpoints restored from %s: stage %s, epoch %s (attempt %s)", self.prefix,
-                 manifest["stage"], manifest["epoch"], manifest["attempt"])  # fmt: skip
+        log.info(
+            "checkpoints restored from %s: stage %s, epoch %s (attempt %s)",
+            self.prefix,
+            manifest["stage"],
+            manifest["epoch"],
+            manifest["attempt"],
+        )
         return self.resumed_from
 
     def after_epoch(self, event: dict) -> None:

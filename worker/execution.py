@@ -53,8 +53,9 @@ class ProgressReporter:
         if now - self._last >= self.settings.progress_interval_s or final:
             self._last = now
             try:
-                self.cancelled = jobs.report_progress(self.sessions, self.job_id, self.stage, event,
-                                                      self.settings.lease_s, self.attempt)  # fmt: skip
+                self.cancelled = jobs.report_progress(
+                    self.sessions, self.job_id, self.stage, event, self.settings.lease_s, self.attempt
+                )
             except Exception:  # noqa: BLE001 - a database blip must not end a training run
                 log.warning("progress of job %s not recorded", self.job_id, exc_info=True)
 
@@ -137,9 +138,16 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
 
 
 def _missing_inputs(job: JobRecord, model_row, dataset_row) -> str:
-    gone = [f"{kind} {item_id}" for kind, item_id, row in (("model", job.model_id, model_row),
-            ("dataset", job.dataset_id, dataset_row)) if item_id and row is None]  # fmt: skip
-    return f"the {' and '.join(gone)} this job uses was deleted before it ran; upload it again and submit a new job" if gone else ""
+    gone = [
+        f"{kind} {item_id}"
+        for kind, item_id, row in (("model", job.model_id, model_row), ("dataset", job.dataset_id, dataset_row))
+        if item_id and row is None
+    ]
+    return (
+        f"the {' and '.join(gone)} this job uses was deleted before it ran; upload it again and submit a new job"
+        if gone
+        else ""
+    )
 
 
 def _fetch(store: ArtifactStore, row, kind: str, path: Path) -> None:
@@ -147,8 +155,10 @@ def _fetch(store: ArtifactStore, row, kind: str, path: Path) -> None:
     try:
         store.get_file(row.storage_key, path)
     except ArtifactNotFound as error:
-        raise JobFailure("input-deleted", f"the {kind} {row.id} this job uses was deleted before it ran; "
-                         "upload it again and submit a new job") from error  # fmt: skip
+        raise JobFailure(
+            "input-deleted",
+            f"the {kind} {row.id} this job uses was deleted before it ran; upload it again and submit a new job",
+        ) from error
 
 
 def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat) -> str:
@@ -171,17 +181,28 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         from worker.training import Cancelled
 
         inputs = PipelineInputs(
-            model_path=model_path, architecture=spec.architecture or model_row.architecture,
-            dataset_path=dataset_path, builtin_dataset=spec.dataset.builtin if spec.dataset else None,
-            allow_torchscript=settings.allow_torchscript_upload, device=settings.device, job_id=job_id,
-        )  # fmt: skip
+            model_path=model_path,
+            architecture=spec.architecture or model_row.architecture,
+            dataset_path=dataset_path,
+            builtin_dataset=spec.dataset.builtin if spec.dataset else None,
+            allow_torchscript=settings.allow_torchscript_upload,
+            device=settings.device,
+            job_id=job_id,
+        )
+
         def should_cancel() -> bool:
             clock.check()
             return reporter.should_cancel() or heartbeat.lost
 
         try:
-            outcome = run_pipeline(inputs, spec, workdir / "out", on_progress=_mirrored(mirror, reporter),
-                                   should_cancel=should_cancel, checkpoint_dir=checkpoints)  # fmt: skip
+            outcome = run_pipeline(
+                inputs,
+                spec,
+                workdir / "out",
+                on_progress=_mirrored(mirror, reporter),
+                should_cancel=should_cancel,
+                checkpoint_dir=checkpoints,
+            )
         except Cancelled:
             status = "cancelled" if jobs.acknowledge_cancel(sessions, job_id, attempt) else "lost"
             return status
@@ -259,8 +280,14 @@ def _storage_unreachable(error: BaseException) -> bool:
 
 
 # How libraries word an allocation that failed (torch's CPU allocator, CUDA, onnxruntime, C++)
-_OUT_OF_MEMORY_WORDS = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
-                        "bad_alloc", "bad allocation")  # fmt: skip
+_OUT_OF_MEMORY_WORDS = (
+    "can't allocate memory",
+    "cannot allocate memory",
+    "out of memory",
+    "failed to allocate",
+    "bad_alloc",
+    "bad allocation",
+)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -289,13 +316,17 @@ def classify_failure(error: BaseException, settings: Settings, time_limit_s: int
         return "timeout", f"the job ran past time_limit_s={time_limit_s}; raise it in the spec or use fewer epochs"
     if _out_of_memory(error):
         limit = f"{settings.worker_memory_limit_mb} MiB" if settings.worker_memory_limit_mb else "its memory"
-        return "out-of-memory", (f"the job needed more memory than the worker allows ({limit}); lower "
-                                 "training.batch_size or use a smaller model, or ask the operator for "
-                                 "larger workers (SHEARS_WORKER_MEMORY_LIMIT_MB)")  # fmt: skip
+        return "out-of-memory", (
+            f"the job needed more memory than the worker allows ({limit}); lower "
+            "training.batch_size or use a smaller model, or ask the operator for "
+            "larger workers (SHEARS_WORKER_MEMORY_LIMIT_MB)"
+        )
     if _storage_unreachable(error):
-        return "storage-unavailable", (f"the artifact store could not be reached ({type(error).__name__}) after "
-                                       f"{settings.s3_max_attempts} attempts with backoff; nothing was kept. "
-                                       "Submit the job again (with a new Idempotency-Key) once storage is back")  # fmt: skip
+        return "storage-unavailable", (
+            f"the artifact store could not be reached ({type(error).__name__}) after "
+            f"{settings.s3_max_attempts} attempts with backoff; nothing was kept. "
+            "Submit the job again (with a new Idempotency-Key) once storage is back"
+        )
     code = getattr(error, "code", None) or "internal-error"
     return code, f"{error}"[:2000] or type(error).__name__
 
@@ -306,8 +337,14 @@ def _upload_artifacts(store: ArtifactStore, job_id: str, files: dict[str, Path])
     for name in sorted(files, key=artifacts_spec.order):
         path = files[name]
         store.put_file(artifacts_spec.artifact_key(job_id, name), path)
-        artifacts.append({"name": name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path),
-                          "media_type": artifacts_spec.media_type(name)})  # fmt: skip
+        artifacts.append(
+            {
+                "name": name,
+                "size_bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "media_type": artifacts_spec.media_type(name),
+            }
+        )
     return artifacts
 
 
@@ -318,8 +355,12 @@ def _notify(settings: Settings, sessions, job_id: str, spec: JobSpec) -> None:
         job = session.get(JobRecord, job_id)
         if job.status not in jobs.TERMINAL:
             return
-        payload = {"id": job.id, "status": job.status, "error": job.error,
-                   "acceptance": (job.result or {}).get("acceptance")}  # fmt: skip
+        payload = {
+            "id": job.id,
+            "status": job.status,
+            "error": job.error,
+            "acceptance": (job.result or {}).get("acceptance"),
+        }
     try:
         deliver(spec.callback_url, payload, settings.webhook_secret, settings.allow_private_callbacks)
     except Exception:  # noqa: BLE001 - a webhook never changes the job's outcome

@@ -20,8 +20,11 @@ log = logging.getLogger("shears.worker")
 
 def _finish(sessions, record: type, item_id: str, status: str, info=None, error=None) -> None:
     with sessions.begin() as session:
-        session.execute(update(record).where(record.id == item_id, record.status == "validating")
-                        .values(status=status, info=info, error=error))  # fmt: skip
+        session.execute(
+            update(record)
+            .where(record.id == item_id, record.status == "validating")
+            .values(status=status, info=info, error=error)
+        )
 
 
 def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine, time_limit_s: int) -> str:
@@ -38,9 +41,12 @@ def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine
         except Exception as error:  # noqa: BLE001 - any failure to read the upload makes it invalid
             code, message = getattr(error, "code", None) or "unreadable", str(error)
             if isinstance(error, SoftTimeLimitExceeded):
-                code, message = "inspection-timeout", (
-                    f"Checking this file took longer than {time_limit_s} s (SHEARS_INSPECT_TIME_LIMIT_S); "
-                    "upload a smaller model (fewer nodes) or ask the operator to raise the limit."
+                code, message = (
+                    "inspection-timeout",
+                    (
+                        f"Checking this file took longer than {time_limit_s} s (SHEARS_INSPECT_TIME_LIMIT_S); "
+                        "upload a smaller model (fewer nodes) or ask the operator to raise the limit."
+                    ),
                 )
             log.info("%s %s invalid: %s", record.__tablename__, item_id, message)
             _finish(sessions, record, item_id, "invalid", error={"code": code, "message": message[:2000]})
@@ -49,8 +55,9 @@ def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine
     return "ready"
 
 
-def inspect_model_upload(model_id: str, settings: Settings, sessions, store: ArtifactStore,
-                         ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
+def inspect_model_upload(
+    model_id: str, settings: Settings, sessions, store: ArtifactStore, ready: Callable[[], None] = lambda: None
+) -> str:
     """``ready`` returns once the worker may import the engine (its warm-up is done)."""
 
     def examine(path: Path, row: ModelRecord) -> dict:
@@ -63,14 +70,30 @@ def inspect_model_upload(model_id: str, settings: Settings, sessions, store: Art
     return _inspect(ModelRecord, model_id, sessions, store, examine, settings.inspect_time_limit_s)
 
 
-def inspect_dataset_upload(dataset_id: str, settings: Settings, sessions, store: ArtifactStore,
-                           ready: Callable[[], None] = lambda: None) -> str:  # fmt: skip
+def inspect_dataset_upload(
+    dataset_id: str, settings: Settings, sessions, store: ArtifactStore, ready: Callable[[], None] = lambda: None
+) -> str:
     def examine(path: Path, row: DatasetRecord) -> dict:
         ready()
-        from worker.io.datasets import load_dataset_file
+        from service.core.intake.archives import check_image_archive
+        from worker.io.datasets import is_image_archive, load_dataset_file
 
-        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes)
-        return {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                "train_samples": len(data.x_train), "val_samples": len(data.x_val)}  # fmt: skip
+        limits = settings.archive_limits()
+        index = check_image_archive(path, limits) if is_image_archive(path) else None
+        data = load_dataset_file(path, max_bytes=settings.max_dataset_bytes, limits=limits)
+        info = {
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "labelled": data.labelled,
+            "train_samples": len(data.x_train),
+            "val_samples": len(data.x_val),
+        }
+        if index is not None:
+            info.update(
+                format=f"image-{index.kind}",
+                images=index.summary(),
+                note="input_shape is for the default preprocessing; jobs declare theirs in spec.preprocessing",
+            )
+        return info
 
     return _inspect(DatasetRecord, dataset_id, sessions, store, examine, settings.inspect_time_limit_s)

@@ -8,14 +8,27 @@ from service.core.spec import JobSpec
 from worker.pipeline import PipelineInputs, run_pipeline
 
 
-def prune_locally(model: Path, dataset: Path | None, spec: JobSpec, out: Path, *, architecture: str | None = None,
-                  device: str = "auto", allow_torchscript: bool = False) -> dict:  # fmt: skip
+def prune_locally(
+    model: Path,
+    dataset: Path | None,
+    spec: JobSpec,
+    out: Path,
+    *,
+    architecture: str | None = None,
+    device: str = "auto",
+    allow_torchscript: bool = False,
+) -> dict:
     """Run ``spec`` on local files; artifacts land in ``out``. Returns the job summary."""
     from tqdm import tqdm
 
-    inputs = PipelineInputs(model_path=model, architecture=architecture, dataset_path=dataset,
-                            builtin_dataset=spec.dataset.builtin if spec.dataset else None,
-                            allow_torchscript=allow_torchscript, device=device)  # fmt: skip
+    inputs = PipelineInputs(
+        model_path=model,
+        architecture=architecture,
+        dataset_path=dataset,
+        builtin_dataset=spec.dataset.builtin if spec.dataset else None,
+        allow_torchscript=allow_torchscript,
+        device=device,
+    )
     with tqdm(total=100.0, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}") as bar:
 
         def on_progress(event: dict) -> None:

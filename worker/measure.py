@@ -13,10 +13,15 @@ from worker.pruning.training import count_macs_params, evaluate
 
 
 def measure(
-    model: nn.Module, data: DataSplits, example: torch.Tensor, device: torch.device, onnx_path: Path,
-    export: ExportParams, source_onnx: Path | None = None,
-) -> dict:  # fmt: skip
-    """Validation/test accuracy, MACs, parameters, file sizes and onnxruntime latency of
+    model: nn.Module,
+    data: DataSplits,
+    example: torch.Tensor,
+    device: torch.device,
+    onnx_path: Path,
+    export: ExportParams,
+    source_onnx: Path | None = None,
+) -> dict:
+    """Validation/test accuracy (None without labels), MACs, parameters, file sizes and onnxruntime latency of
     ``model``, exported to ``onnx_path`` on the way (the model ends on the CPU).
 
     With ``source_onnx`` (the uploaded ONNX file of this same model, single file, dynamic
@@ -25,27 +30,36 @@ def measure(
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
     model = model.to(device).eval()
-    accuracy = evaluate(model, data.x_val, data.y_val, device=device)
-    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.x_test is not None else None
+    accuracy = evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None
+    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.y_test is not None else None
+    example = example.float() if example.dtype == torch.uint8 else example
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
     batch_sizes = (1, 32) if export.dynamic_batch else (1,)
     latency = None
     if _usable_source(source_onnx, export.dynamic_batch):
         try:
-            latency = {**onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
-                       "source": "uploaded"}  # fmt: skip
+            latency = {
+                **onnxruntime_latency(source_onnx, tuple(data.input_shape), batch_sizes=batch_sizes),
+                "source": "uploaded",
+            }
             onnx_path = source_onnx
         except Exception:  # noqa: BLE001 - onnxruntime cannot run the upload: time our export instead
             latency = None
     if latency is None:
         export_onnx(cpu_model, example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
-        latency = {**onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
-                   "source": "exported"}  # fmt: skip
+        latency = {
+            **onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
+            "source": "exported",
+        }
     return {
-        "accuracy": accuracy, "test_accuracy": test_accuracy, "macs": macs, "params": params,
-        "file": file_sizes(onnx_path), "latency_ms": latency,
-    }  # fmt: skip
+        "accuracy": accuracy,
+        "test_accuracy": test_accuracy,
+        "macs": macs,
+        "params": params,
+        "file": file_sizes(onnx_path),
+        "latency_ms": latency,
+    }
 
 
 def _usable_source(path: Path | None, dynamic_batch: bool) -> bool:

@@ -4,6 +4,12 @@ Pure torch and files: no job rows, Celery or object storage (worker.execution ad
 jobs; worker.local runs it from the command line). Stages run in the order of the spec, each
 through the runner registered for its params type (:mod:`worker.pruning.stages`:
 ``early_bird``, ``prune_channels``, ``probmask``, ``finetune``).
+
+Label-free datasets (inputs only): the dense model's outputs are the targets. ProbMask and
+finetuning minimise a distillation loss over every output (worker.pruning.distill, through
+worker.pruning.teacher), and the report measures fidelity to the dense model
+(worker.pruning.fidelity) right after pruning and at the end; the acceptance gate can bound
+it. Labelled classification works as before and reports fidelity too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from service.core.spec import JobSpec
 from worker.io.data import DataSplits
 from worker.measure import measure
 from worker.pruning.stages import EngineState, StageContext, runner_for
+from worker.pruning.teacher import Teacher
 from worker.pruning.training import TrainHooks, resolve_device, seed_everything
 
 
@@ -94,21 +101,79 @@ def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module,
     if inputs.builtin_dataset:
         data = builtin_dataset(inputs.builtin_dataset, seed=spec.seed)
     else:
-        data = load_dataset_file(inputs.dataset_path, seed=spec.seed)
-    loaded = load_model(inputs.model_path, architecture=inputs.architecture,
-                        allow_torchscript=inputs.allow_torchscript, num_classes=data.num_classes,
-                        input_shape=tuple(data.input_shape))  # symbolic ONNX dims take the dataset's sample shape  # fmt: skip
+        data = load_dataset_file(
+            inputs.dataset_path,
+            seed=spec.seed,
+            val_fraction=spec.training.val_fraction,
+            preprocessing=spec.preprocessing,
+        )
+    loaded = load_model(
+        inputs.model_path,
+        architecture=inputs.architecture,
+        allow_torchscript=inputs.allow_torchscript,
+        num_classes=data.num_classes or None,
+        input_shape=tuple(data.input_shape),
+    )  # symbolic ONNX dims take the dataset's sample shape
     model = loaded.module.float()
     try:
         with torch.no_grad():
-            logits = model.eval()(data.x_val[:2])
+            logits = model.eval()(data.x_val[:2].float())
     except Exception as error:  # noqa: BLE001 - any failure here means the shapes do not fit
-        raise EngineError("input-shape-mismatch", f"the model does not accept the dataset's inputs of shape "
-                          f"{list(data.input_shape)}: {error}") from error  # fmt: skip
-    if logits.ndim != 2 or logits.shape[1] < data.num_classes:
-        raise EngineError("output-shape-mismatch", f"the model outputs {list(logits.shape)} but the dataset has "
-                          f"{data.num_classes} classes; the model must output (batch, classes) logits")  # fmt: skip
+        raise EngineError(
+            "input-shape-mismatch",
+            f"the model does not accept the dataset's inputs of shape {list(data.input_shape)}: {error}",
+        ) from error
+    if not data.labelled:
+        return model, data, loaded.format
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < data.num_classes:
+        logits = logits if isinstance(logits, torch.Tensor) else torch.empty(0)
+        raise EngineError(
+            "output-shape-mismatch",
+            f"the model outputs {list(logits.shape)} but the dataset has "
+            f"{data.num_classes} classes; a labelled dataset needs (batch, classes) logits: "
+            "upload the inputs without labels to prune by distillation",
+        )
     return model, data, loaded.format
+
+
+def _needs_dense_model(spec: JobSpec, data: DataSplits) -> bool:
+    """Whether the run needs a copy of the dense model: a stage distils from it (``distill`` > 0
+    with a training budget), the dataset has no labels (its outputs are the targets and fidelity
+    is the only measure) or the acceptance gate bounds fidelity to it."""
+    if not data.labelled:
+        return True
+    if spec.acceptance.min_agreement is not None or spec.acceptance.max_relative_error is not None:
+        return True
+    n_train, batch = len(data.x_train), spec.training.batch_size
+    return any(
+        getattr(stage.params, "distill", 0) > 0
+        and runner_for(stage.params).planned_epochs(stage.params, n_train, batch) > 0
+        for stage in spec.pipeline
+    )
+
+
+def _teacher(dense: torch.nn.Module, data: DataSplits, spec: JobSpec, model_path: Path) -> Teacher:
+    """Names (ONNX output names when the model is ONNX) and kinds (spec, else detected)."""
+    from worker.pruning.outputs import output_list, output_names, resolve_kinds
+
+    with torch.no_grad():
+        outputs = output_list(dense.eval()(data.x_val[:2].float()))
+    names = output_names(outputs, _onnx_output_names(model_path))
+    try:
+        kinds = resolve_kinds(outputs, names, spec.distillation.kinds)
+    except ValueError as error:
+        raise EngineError("bad-output-kinds", f"distillation.kinds: {error}") from error
+    return Teacher(dense, names, list(kinds), spec.distillation.temperature, spec.distillation.regression_loss)
+
+
+def _onnx_output_names(path: Path) -> list[str] | None:
+    try:
+        import onnx
+
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX (zoo safetensors, TorchScript): numbered names
+        return None
+    return [output.name for output in proto.graph.output]
 
 
 def run_pipeline(
@@ -139,29 +204,43 @@ def run_pipeline(
         dense = measure(model, data, example, device, out_dir / "dense.onnx", spec.export, source_onnx=source)
 
     dense_channels = channel_counts(model)
-    # the dense model is kept only as a distillation teacher
-    distills = any(getattr(s.params, "distill", 0) > 0 and getattr(s.params, "epochs", 0) > 0 for s in spec.pipeline)
-    dense_model = copy.deepcopy(model).cpu() if distills else None
+    # the dense model is copied only where it is needed: a distillation teacher, the target of a
+    # label-free job, the reference of fidelity bounds
+    dense_model = copy.deepcopy(model).cpu() if _needs_dense_model(spec, data) else None
+    teacher = _teacher(dense_model, data, spec, inputs.model_path) if dense_model is not None else None
     state = EngineState(model=model.to(device))
     stages = spec.pipeline
     for index, stage in enumerate(stages):
         context = StageContext(
-            data=data, spec=spec, device=device, hooks=hooks, teacher=dense_model, stage_id=f"{index}-{stage.name}",
+            data=data,
+            spec=spec,
+            device=device,
+            hooks=hooks,
+            teacher=dense_model,
+            stage_id=f"{index}-{stage.name}",
             next_params=stages[index + 1].params if index + 1 < len(stages) else None,
-        )  # fmt: skip
+            outputs=teacher,
+        )
         with run.stage(stage.name):
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
     finetuned, pruned_accuracy, channels_removed = state.finetuned, state.pruned_accuracy, state.channels_removed
-    probmask_info = state.extras.get("probmask")
+    fidelity, probmask_info = state.fidelity, state.extras.get("probmask")
 
+    if teacher is not None:
+        with run.stage("fidelity"):
+            fidelity["final"] = teacher.fidelity(model, data, spec.training.batch_size, device)
     model = model.cpu().eval()
     files: dict[str, Path] = {}
     with run.stage("export"):
         final = measure(model, data, example, torch.device("cpu"), out_dir / "model.onnx", spec.export)
         files["model.onnx"] = out_dir / "model.onnx"
-        exports = {"onnx": {**check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val)),
-                            **onnx_export_info(files["model.onnx"])}}  # fmt: skip
+        exports = {
+            "onnx": {
+                **check_onnx_parity(model, files["model.onnx"], _parity_sample(data.x_val).float()),
+                **onnx_export_info(files["model.onnx"]),
+            }
+        }
         if "torchscript" in spec.export.formats:
             files["model.torchscript.pt"] = out_dir / "model.torchscript.pt"
             exports["torchscript"] = export_torchscript(model, example, files["model.torchscript.pt"])
@@ -171,34 +250,64 @@ def run_pipeline(
     if "onnx" not in spec.export.formats:
         files.pop("model.onnx")
 
+    from worker.pruning.fidelity import check_bounds
+
     report = build_report(
-        accuracy_dense=_percent(dense["accuracy"]), accuracy_pruned=_percent(pruned_accuracy),
+        fidelity=fidelity,
+        fidelity_checks=check_bounds(
+            fidelity["final"] or {},
+            min_agreement=spec.acceptance.min_agreement,
+            max_relative_error=spec.acceptance.max_relative_error,
+        ),
+        accuracy_dense=_percent(dense["accuracy"]),
+        accuracy_pruned=_percent(pruned_accuracy),
         accuracy_finetuned=_percent(final["accuracy"]) if finetuned else None,
-        params_before=dense["params"], params_after=final["params"],
-        macs_before=dense["macs"], macs_after=final["macs"],
-        file_size_before=dense["file"], file_size_after=final["file"],
-        latency_before=dense["latency_ms"], latency_after=final["latency_ms"],
-        layers=layer_stats(dense_channels, model, masks), channels_removed=channels_removed,
-        early_bird=early_bird, probmask=probmask_info, training_curves=_curves(run.history), timings=run.stage_seconds,
-        max_accuracy_drop=spec.acceptance.max_accuracy_drop, exports=exports,
+        params_before=dense["params"],
+        params_after=final["params"],
+        macs_before=dense["macs"],
+        macs_after=final["macs"],
+        file_size_before=dense["file"],
+        file_size_after=final["file"],
+        latency_before=dense["latency_ms"],
+        latency_after=final["latency_ms"],
+        layers=layer_stats(dense_channels, model, masks),
+        channels_removed=channels_removed,
+        early_bird=early_bird,
+        probmask=probmask_info,
+        training_curves=_curves(run.history),
+        timings=run.stage_seconds,
+        max_accuracy_drop=spec.acceptance.max_accuracy_drop,
+        exports=exports,
         test_accuracy={"dense": _percent(dense["test_accuracy"]), "final": _percent(final["test_accuracy"])}
-        if data.x_test is not None else None,
+        if data.y_test is not None
+        else None,
         model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
-        dataset={"name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
-                 "num_classes": data.num_classes, "train": len(data.x_train), "val": len(data.x_val),
-                 "test": None if data.x_test is None else len(data.x_test)},
-        spec=spec.model_dump(mode="json"), job_id=inputs.job_id,
-    )  # fmt: skip
+        dataset={
+            "name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
+            "num_classes": data.num_classes,
+            "labelled": data.labelled,
+            "train": len(data.x_train),
+            "val": len(data.x_val),
+            "test": None if data.x_test is None else len(data.x_test),
+        },
+        spec=spec.model_dump(mode="json"),
+        job_id=inputs.job_id,
+    )
     report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {
-        "accuracy": report["accuracy"], "test_accuracy": report["test_accuracy"],
-        "parameters": report["parameters"], "macs": report["macs"], "acceptance": report["acceptance"],
-        "stage_seconds": run.stage_seconds, "early_bird_epoch": (early_bird or {}).get("epoch"),
+        "accuracy": report["accuracy"],
+        "test_accuracy": report["test_accuracy"],
+        "parameters": report["parameters"],
+        "macs": report["macs"],
+        "acceptance": report["acceptance"],
+        "stage_seconds": run.stage_seconds,
+        "early_bird_epoch": (early_bird or {}).get("epoch"),
         "channels_removed": channels_removed,
         "unstructured_sparsity": report["structure"]["unstructured_sparsity"],
-    }  # fmt: skip
+        "fidelity": {k: (v or {}).get("fidelity") for k, v in fidelity.items()},
+    }
     return PipelineOutcome(files=files, summary=summary, report=report)
 
 
@@ -209,10 +318,13 @@ def _percent(fraction: float | None) -> float | None:
 def _curves(history: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """Per-stage training curves for the report."""
     return {
-        stage: {"epoch": [e.get("epoch") for e in events], "train_loss": [e.get("loss") for e in events],
-                "val_accuracy": [_percent(e.get("val_accuracy")) for e in events]}
+        stage: {
+            "epoch": [e.get("epoch") for e in events],
+            "train_loss": [e.get("loss") for e in events],
+            "val_accuracy": [_percent(e.get("val_accuracy")) for e in events],
+        }
         for stage, events in history.items()
-    }  # fmt: skip
+    }
 
 
 def _parity_sample(x: torch.Tensor, max_elements: int = 1 << 20) -> torch.Tensor:

@@ -44,8 +44,9 @@ class ExtraParams:
 class _Legacy(BaseCallback):
     """The old function-style callbacks as one callback."""
 
-    def __init__(self, after_backward, on_epoch_start, on_epoch_end, extra: ExtraParams | None, epochs: int,
-                 stateful: list) -> None:  # fmt: skip
+    def __init__(
+        self, after_backward, on_epoch_start, on_epoch_end, extra: ExtraParams | None, epochs: int, stateful: list
+    ) -> None:
         self._after_backward, self._on_epoch_start, self._on_epoch_end = after_backward, on_epoch_start, on_epoch_end
         self.extra, self.stateful = extra, stateful
         self.optimizer = self.scheduler = None
@@ -90,17 +91,48 @@ class _Legacy(BaseCallback):
 
 
 def train(
-    model: nn.Module, data: DataSplits, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-    batch_size: int = 128, seed: int = 0, device: str | torch.device = "cpu", stage: str = "train",
-    hooks: TrainHooks | None = None, after_backward=None, on_epoch_end=None, extra_params: ExtraParams | None = None,
-    on_epoch_start=None, grad_clip: float | None = None, forward_passes: int = 1, teacher: nn.Module | None = None,
-    distill_weight: float = 0.0, distill_temperature: float = 4.0, stateful: Any | Sequence[Any] | None = None,
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    stage: str = "train",
+    hooks: TrainHooks | None = None,
+    after_backward=None,
+    on_epoch_end=None,
+    extra_params: ExtraParams | None = None,
+    on_epoch_start=None,
+    grad_clip: float | None = None,
+    forward_passes: int = 1,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 4.0,
+    stateful: Any | Sequence[Any] | None = None,
+    distill_loss: Any | None = None,
     lr_schedule: str = "cosine",
-) -> list[dict]:  # fmt: skip
-    """The old keyword interface of the loop (see the module docstring)."""
-    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
-                         seed=seed, device=device, stage=stage, grad_clip=grad_clip, forward_passes=forward_passes,
-                         lr_schedule=lr_schedule)  # fmt: skip
+) -> list[dict]:
+    """The old keyword interface of the loop (see the module docstring).
+
+    ``distill_loss`` (a worker.pruning.distill.DistillationLoss) distils every output of
+    ``teacher``; a dataset without labels trains on it alone (weight 1)."""
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        stage=stage,
+        grad_clip=grad_clip,
+        forward_passes=forward_passes,
+        lr_schedule=lr_schedule,
+    )
     states = [] if stateful is None else [stateful] if hasattr(stateful, "state_dict") else list(stateful)
     legacy = _Legacy(after_backward, on_epoch_start, on_epoch_end, extra_params, epochs, states)
     loss = (
@@ -108,6 +140,10 @@ def train(
         if teacher is not None and distill_weight > 0
         else None
     )
+    if teacher is not None and distill_loss is not None:
+        from worker.pruning.distill import OutputDistillation
+
+        loss = OutputDistillation(teacher, distill_loss, 1.0 if data.y_train is None else distill_weight)
     return _train(model, data, config, [legacy, *(hooks or TrainHooks()).callbacks(stage)], loss=loss)
 
 

@@ -37,11 +37,15 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
 # status -> (when, headers); added to operations that can send them.
 _COMMON_V1 = {
     "401": ("Missing or unknown API key (`WWW-Authenticate: Bearer`).", {}),
-    "429": ("Over the request rate of this API key, or too many uploads at once; retry after `Retry-After`.",
-            RETRY_AFTER),
-    "503": ("The database (or, for uploads and jobs, the queue or temporary disk) is unavailable for a moment.",
-            RETRY_AFTER),
-}  # fmt: skip
+    "429": (
+        "Over the request rate of this API key, or too many uploads at once; retry after `Retry-After`.",
+        RETRY_AFTER,
+    ),
+    "503": (
+        "The database (or, for uploads and jobs, the queue or temporary disk) is unavailable for a moment.",
+        RETRY_AFTER,
+    ),
+}
 _WITH_BODY = {
     "400": ("The body could not be read: malformed multipart, or the client stopped sending.", {}),
     "408": ("The body stopped arriving for `SHEARS_BODY_TIMEOUT_S` (or was shorter than its Content-Length).", {}),

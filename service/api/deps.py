@@ -15,7 +15,6 @@ from service.api.errors import Problem
 from service.core.config import Settings
 from service.core.storage import ArtifactStore
 
-
 # Dependencies are ``async def`` where they do no blocking I/O: FastAPI runs a plain ``def``
 # dependency in the threadpool, and every such hop costs a thread hand-off under the GIL
 # (bench/api_load.py: these hops, not the database, capped polling throughput).
@@ -50,8 +49,7 @@ async def get_tenant(request: Request) -> str:
     settings: Settings = request.app.state.settings
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        problem = Problem(401, "unauthenticated",
-                          "Send `Authorization: Bearer <api key>`; ask the operator for a key.")  # fmt: skip
+        problem = Problem(401, "unauthenticated", "Send `Authorization: Bearer <api key>`; ask the operator for a key.")
     else:
         digest = hash_key(key.strip())
         for known, tenant in settings.api_keys.items():

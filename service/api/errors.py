@@ -51,8 +51,11 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     table = getattr(app.state, "allowed_methods", None)
     if table is None:
         table = [
-            (template, re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
-             {m.upper() for m in ops})
+            (
+                template,
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+                {m.upper() for m in ops},
+            )
             for template, ops in app.openapi().get("paths", {}).items()
         ]
         app.state.allowed_methods = table
@@ -71,10 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
-            for err in exc.errors()
-        ]
+        errors = [{"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in exc.errors()]
         fields = ", ".join(e["field"] for e in errors)
         return problem_response(
             422,
@@ -89,11 +89,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
             raise exc  # a bug (bad SQL, constraint), not an outage: a 500 with a traceback in the log
         return problem_response(
-            503, "database-unavailable",
+            503,
+            "database-unavailable",
             "The job database is unreachable for a moment; nothing was changed. Retry after the "
             "Retry-After delay (with the same Idempotency-Key for POST /v1/jobs).",
             {"Retry-After": "5"},
-        )  # fmt: skip
+        )
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect) -> Response:
@@ -109,7 +110,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = allow
             if request.method == "OPTIONS":  # RFC 9110 §9.3.7: say what the resource supports
                 return Response(status_code=204, headers=headers)
-            return problem_response(405, "method-not-allowed", f"{request.method} is not supported here; use one "
-                                    f"of {allow}.", headers)  # fmt: skip
+            return problem_response(
+                405, "method-not-allowed", f"{request.method} is not supported here; use one of {allow}.", headers
+            )
         slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
         return problem_response(exc.status_code, slug, str(exc.detail), headers)

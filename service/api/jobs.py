@@ -40,8 +40,12 @@ def _dispatch(request: Request, job_id: str) -> None:
 def _problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
     errors = [{"field": prefix + ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
     fields = ", ".join(e["field"].rstrip(".") or "body" for e in errors)
-    return Problem(422, "invalid-spec", f"The job spec is invalid at {fields}; fix those fields "
-                   "(GET /v1/jobs/spec-schema lists every field).", errors=errors)  # fmt: skip
+    return Problem(
+        422,
+        "invalid-spec",
+        f"The job spec is invalid at {fields}; fix those fields (GET /v1/jobs/spec-schema lists every field).",
+        errors=errors,
+    )
 
 
 def _check_idempotency_key(key: str | None) -> None:
@@ -54,7 +58,9 @@ def _check_callback(spec: JobSpec, settings) -> None:
         try:
             check_callback_url(spec.callback_url, settings.allow_private_callbacks)
         except CallbackRefused as error:
-            raise Problem(422, "callback-refused", str(error), errors=[{"field": "callback_url", "message": str(error)}]) from error
+            raise Problem(
+                422, "callback-refused", str(error), errors=[{"field": "callback_url", "message": str(error)}]
+            ) from error
 
 
 def _earlier_job(request: Request, tenant: str, idempotency_key: str | None, request_hash: str) -> JobRecord | None:
@@ -66,8 +72,14 @@ def _earlier_job(request: Request, tenant: str, idempotency_key: str | None, req
     return None if existing is None else _replay(existing, request_hash)
 
 
-def _create_job(request: Request, tenant: str, spec: JobSpec, idempotency_key: str | None, request_hash: str,
-                check_inputs: bool = True) -> tuple[JobRecord, bool]:  # fmt: skip
+def _create_job(
+    request: Request,
+    tenant: str,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    request_hash: str,
+    check_inputs: bool = True,
+) -> tuple[JobRecord, bool]:
     """Insert the job row (or find the one this Idempotency-Key already made), then send it
     to the queue. Returns (job, created)."""
     settings = request.app.state.settings
@@ -80,10 +92,19 @@ def _create_job(request: Request, tenant: str, spec: JobSpec, idempotency_key: s
             _check_usable(session, "model", spec.model_id, tenant)
             if spec.dataset_id:
                 _check_usable(session, "dataset", spec.dataset_id, tenant)
-    job = JobRecord(id=new_id("job"), tenant=tenant, model_id=spec.model_id, dataset_id=spec.dataset_id,
-                    spec=spec.model_dump(mode="json"), status="queued", progress={},
-                    max_attempts=settings.max_attempts, idempotency_key=idempotency_key,
-                    request_hash=request_hash, artifacts=[])  # fmt: skip
+    job = JobRecord(
+        id=new_id("job"),
+        tenant=tenant,
+        model_id=spec.model_id,
+        dataset_id=spec.dataset_id,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+        progress={},
+        max_attempts=settings.max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        artifacts=[],
+    )
     job, created = crud.insert_job(request.app.state.sessions, job)
     if not created:
         return _replay(job, request_hash), False
@@ -96,17 +117,28 @@ def _check_usable(session, kind: str, item_id: str, tenant: str) -> None:
     row = crud.owned_upload(session, kind, item_id, tenant)
     field = f"{kind}_id"
     if row is None:
-        raise Problem(422, f"{kind}-not-found", f"{field} {item_id!r} does not exist; upload it with POST /v1/{kind}s.",
-                      errors=[{"field": field, "message": f"unknown {kind}"}])  # fmt: skip
+        raise Problem(
+            422,
+            f"{kind}-not-found",
+            f"{field} {item_id!r} does not exist; upload it with POST /v1/{kind}s.",
+            errors=[{"field": field, "message": f"unknown {kind}"}],
+        )
     if row.status == "invalid":
-        raise Problem(422, f"{kind}-invalid", f"{kind} {item_id} was rejected: {(row.error or {}).get('message')}",
-                      errors=[{"field": field, "message": f"invalid {kind}"}])  # fmt: skip
+        raise Problem(
+            422,
+            f"{kind}-invalid",
+            f"{kind} {item_id} was rejected: {(row.error or {}).get('message')}",
+            errors=[{"field": field, "message": f"invalid {kind}"}],
+        )
 
 
 def _replay(existing: JobRecord, request_hash: str) -> JobRecord:
     if existing.request_hash != request_hash:
-        raise Problem(422, "idempotency-key-reused", "This Idempotency-Key was used with a different request "
-                      "body; use a new key for a new job.")  # fmt: skip
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "This Idempotency-Key was used with a different request body; use a new key for a new job.",
+        )
     return existing
 
 
@@ -127,33 +159,42 @@ _JSON_BODY = {
             "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}, "example": JOB_SPEC_EXAMPLE},
         },
     }
-}  # fmt: skip
+}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "required": ["model", "spec"], "properties": {
-                    "model": {"type": "string", "format": "binary", "description": "The model file."},
-                    "dataset": {"type": "string", "format": "binary", "description": "Optional dataset file."},
-                    "spec": {"type": "string", "description": "The job spec as JSON (model_id not needed)."},
-                }},
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "spec"],
+                    "properties": {
+                        "model": {"type": "string", "format": "binary", "description": "The model file."},
+                        "dataset": {"type": "string", "format": "binary", "description": "Optional dataset file."},
+                        "spec": {"type": "string", "description": "The job spec as JSON (model_id not needed)."},
+                    },
+                },
                 "example": {"model": "model.onnx", "spec": json.dumps({"dataset": {"builtin": "digits"}})},
             },
         },
     }
-}  # fmt: skip
+}
 
 
 @router.post(
-    "", status_code=202, response_model=JobOut, summary="Create a pruning job from uploaded files",
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Create a pruning job from uploaded files",
     responses={**_CREATED, 400: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
     openapi_extra=_JSON_BODY,
-)  # fmt: skip
+)
 async def create_job(
-    request: Request, tenant: TenantDep, settings: SettingsDep,
+    request: Request,
+    tenant: TenantDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=1024)] = None,
-):  # fmt: skip
+):
     """A JobSpec naming an uploaded model (`model_id`) and dataset (`dataset_id` or
     `dataset.builtin`). To send the files and the spec in one request use
     `POST /v1/jobs/upload` (a multipart body sent here is served the same way)."""
@@ -162,8 +203,11 @@ async def create_job(
     if content_type.startswith("multipart/form-data"):
         return await create_job_with_files(request, tenant, settings, idempotency_key)
     if not content_type.startswith("application/json"):
-        raise Problem(415, "unsupported-media-type", "Send the job spec as application/json, or model + spec as "
-                      "multipart/form-data to POST /v1/jobs/upload.")  # fmt: skip
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Send the job spec as application/json, or model + spec as multipart/form-data to POST /v1/jobs/upload.",
+        )
     raw = await request.body()
     if len(raw) > 1 << 20:
         raise Problem(413, "spec-too-large", "The job spec is over 1 MiB; send a smaller spec.")
@@ -172,25 +216,39 @@ async def create_job(
     except ValidationError as error:
         raise _problem_from_validation(error) from error
     if spec.model_id is None:
-        raise Problem(422, "invalid-spec", "model_id is required (or send the model file to POST /v1/jobs/upload).",
-                      errors=[{"field": "model_id", "message": "Field required"}])  # fmt: skip
+        raise Problem(
+            422,
+            "invalid-spec",
+            "model_id is required (or send the model file to POST /v1/jobs/upload).",
+            errors=[{"field": "model_id", "message": "Field required"}],
+        )
     if spec.dataset_id is None and spec.dataset is None:
-        raise Problem(422, "invalid-spec", "Name the data: dataset_id (POST /v1/datasets) or dataset.builtin.",
-                      errors=[{"field": "dataset_id", "message": "Field required"}])  # fmt: skip
-    job, created = await run_in_threadpool(_create_job, request, tenant, spec, idempotency_key,
-                                           _hash(spec.model_dump(mode="json")))  # fmt: skip
+        raise Problem(
+            422,
+            "invalid-spec",
+            "Name the data: dataset_id (POST /v1/datasets) or dataset.builtin.",
+            errors=[{"field": "dataset_id", "message": "Field required"}],
+        )
+    job, created = await run_in_threadpool(
+        _create_job, request, tenant, spec, idempotency_key, _hash(spec.model_dump(mode="json"))
+    )
     return _accepted(job, created)
 
 
 @router.post(
-    "/upload", status_code=202, response_model=JobOut, summary="Create a pruning job with its files in one request",
+    "/upload",
+    status_code=202,
+    response_model=JobOut,
+    summary="Create a pruning job with its files in one request",
     responses={**_CREATED, 400: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
     openapi_extra=_UPLOAD_BODY,
-)  # fmt: skip
+)
 async def create_job_with_files(
-    request: Request, tenant: TenantDep, settings: SettingsDep,
+    request: Request,
+    tenant: TenantDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=1024)] = None,
-):  # fmt: skip
+):
     """multipart/form-data: `model` (file), `spec` (JSON text) and optionally `dataset`
     (file) — one request for a CI step. Everything (spec, callback, files, Idempotency-Key)
     is checked before anything is stored; the files then take the path of POST /v1/models
@@ -216,8 +274,15 @@ async def create_job_with_files(
         existing = await run_in_threadpool(_earlier_job, request, tenant, idempotency_key, request_hash)
         if existing is not None:
             return _accepted(existing, False)  # the files it stored the first time are reused
-        model = crud.new_upload("model", tenant, model_file.filename, model_file.sha256, model_file.size,
-                                format=model_format, architecture=spec.architecture)  # fmt: skip
+        model = crud.new_upload(
+            "model",
+            tenant,
+            model_file.filename,
+            model_file.sha256,
+            model_file.size,
+            format=model_format,
+            architecture=spec.architecture,
+        )
         uploads = [(model, model_file)]
         update = {"model_id": model.id}
         if dataset_file is not None:
@@ -229,8 +294,9 @@ async def create_job_with_files(
         form.cleanup()
     rows = [row for row, _ in uploads]
     try:
-        job, created = await run_in_threadpool(_create_job, request, tenant, spec.model_copy(update=update),
-                                               idempotency_key, request_hash, False)  # fmt: skip
+        job, created = await run_in_threadpool(
+            _create_job, request, tenant, spec.model_copy(update=update), idempotency_key, request_hash, False
+        )
     except BaseException:
         await run_in_threadpool(discard_uploads, request.app.state.sessions, request.app.state.store, rows)
         raise
@@ -254,16 +320,19 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError) as error:
-        raise Problem(400, "invalid-cursor", "The cursor is not one this API returned; start again without it.") from error
+        raise Problem(
+            400, "invalid-cursor", "The cursor is not one this API returned; start again without it."
+        ) from error
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses={400: _PROBLEM})
 def list_jobs(
-    tenant: TenantDep, session: SessionDep,
+    tenant: TenantDep,
+    session: SessionDep,
     status: Annotated[str | None, Query(pattern="^(queued|running|cancelling|succeeded|failed|cancelled)$")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> JobList:  # fmt: skip
+) -> JobList:
     rows = crud.page_jobs(session, tenant, status, limit, _decode_cursor(cursor) if cursor else None)
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return JobList(items=[JobOut.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor)
@@ -276,10 +345,15 @@ def _job(session, job_id: str, tenant: str) -> JobRecord:
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Get a job (ETag / If-None-Match → 304)",
-            responses={304: {"description": "Not modified"}, 404: _PROBLEM})  # fmt: skip
-async def get_job(request: Request, job_id: str, tenant: TenantDep,
-                  if_none_match: Annotated[str | None, Header()] = None):  # fmt: skip
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="Get a job (ETag / If-None-Match → 304)",
+    responses={304: {"description": "Not modified"}, 404: _PROBLEM},
+)
+async def get_job(
+    request: Request, job_id: str, tenant: TenantDep, if_none_match: Annotated[str | None, Header()] = None
+):
     # The hot path of every CI poll loop: one threadpool hop for the read (no session
     # dependency) and no body built for a 304 (bench/api_load.py).
     def read() -> tuple[str, dict | None]:
@@ -296,8 +370,13 @@ async def get_job(request: Request, job_id: str, tenant: TenantDep,
     return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job",
-             responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses={404: _PROBLEM, 409: _PROBLEM},
+)
 def cancel_job(job_id: str, request: Request, tenant: TenantDep, session: SessionDep) -> JobOut:
     job = _job(session, job_id, tenant)
     if not job_states.request_cancel(request.app.state.sessions, job.id):
@@ -306,8 +385,11 @@ def cancel_job(job_id: str, request: Request, tenant: TenantDep, session: Sessio
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/events", summary="Progress as Server-Sent Events until the job ends",
-            responses={200: {"content": {"text/event-stream": {}}}, 404: _PROBLEM})  # fmt: skip
+@router.get(
+    "/{job_id}/events",
+    summary="Progress as Server-Sent Events until the job ends",
+    responses={200: {"content": {"text/event-stream": {}}}, 404: _PROBLEM},
+)
 async def job_events(job_id: str, request: Request, tenant: TenantDep) -> StreamingResponse:
     sessions = request.app.state.sessions
 
@@ -336,8 +418,12 @@ async def job_events(job_id: str, request: Request, tenant: TenantDep) -> Stream
 def _finished_job(session, job_id: str, tenant: str) -> JobRecord:
     job = _job(session, job_id, tenant)
     if job.status != "succeeded":
-        raise Problem(409, "job-not-succeeded", f"Job {job_id} is {job.status}; artifacts exist only once it "
-                      "succeeded. Poll GET /v1/jobs/{id} until then.")  # fmt: skip
+        raise Problem(
+            409,
+            "job-not-succeeded",
+            f"Job {job_id} is {job.status}; artifacts exist only once it "
+            "succeeded. Poll GET /v1/jobs/{id} until then.",
+        )
     return job
 
 
@@ -346,32 +432,54 @@ def list_artifacts(job_id: str, tenant: TenantDep, session: SessionDep) -> list[
     return _finished_job(session, job_id, tenant).artifacts
 
 
-@router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (streamed, or 307 to a presigned URL)",
-            responses={200: {"content": {"application/octet-stream": {}, "application/json": {}, "text/html": {}}},
-                       307: {"description": "Presigned URL"},
-                       404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
-def download_artifact(job_id: str, name: str, tenant: TenantDep, session: SessionDep, store: StoreDep,
-                      settings: SettingsDep):  # fmt: skip
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download an artifact (streamed, or 307 to a presigned URL)",
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/json": {}, "text/html": {}}},
+        307: {"description": "Presigned URL"},
+        404: _PROBLEM,
+        409: _PROBLEM,
+    },
+)
+def download_artifact(
+    job_id: str, name: str, tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+):
     job = _finished_job(session, job_id, tenant)
     if name not in {a["name"] for a in job.artifacts}:
-        raise Problem(404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}; see GET /v1/jobs/{job_id}/artifacts.")
+        raise Problem(
+            404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}; see GET /v1/jobs/{job_id}/artifacts."
+        )
     key = artifacts.artifact_key(job.id, name)
     url = store.presigned_url(key, settings.presign_expires_s)
     if url:
         return RedirectResponse(url, status_code=307)
-    return StreamingResponse(store.iter_bytes(key), media_type=artifacts.media_type(name),
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+    return StreamingResponse(
+        store.iter_bytes(key),
+        media_type=artifacts.media_type(name),
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
-@router.get("/{job_id}/report", response_model=JobReport, summary="The job's report (JSON)",
-            responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
+@router.get(
+    "/{job_id}/report",
+    response_model=JobReport,
+    summary="The job's report (JSON)",
+    responses={404: _PROBLEM, 409: _PROBLEM},
+)
 def get_report(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> JobReport:
     job = _finished_job(session, job_id, tenant)
-    return JobReport.model_validate_json(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_JSON))))
+    return JobReport.model_validate_json(
+        b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_JSON)))
+    )
 
 
-@router.get("/{job_id}/report.html", response_class=HTMLResponse, summary="The job's report with plots",
-            responses={404: _PROBLEM, 409: _PROBLEM})  # fmt: skip
+@router.get(
+    "/{job_id}/report.html",
+    response_class=HTMLResponse,
+    summary="The job's report with plots",
+    responses={404: _PROBLEM, 409: _PROBLEM},
+)
 def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> HTMLResponse:
     job = _finished_job(session, job_id, tenant)
     return HTMLResponse(b"".join(store.iter_bytes(artifacts.artifact_key(job.id, artifacts.REPORT_HTML))))

@@ -24,16 +24,19 @@ class JobCollector:
     def collect(self):
         by_status = GaugeMetricFamily("shears_jobs", "Jobs by status.", labels=["status"])
         stage_seconds = GaugeMetricFamily(
-            "shears_job_stage_seconds_mean", "Mean duration of each stage over the last 1000 finished jobs.",
+            "shears_job_stage_seconds_mean",
+            "Mean duration of each stage over the last 1000 finished jobs.",
             labels=["stage"],
-        )  # fmt: skip
+        )
         depth = GaugeMetricFamily("shears_queue_depth", "Jobs queued and not yet started.")
         with self.app.state.sessions() as session:
             counts = dict(session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
             recent = session.scalars(
-                select(JobRecord.result).where(JobRecord.status == "succeeded")
-                .order_by(JobRecord.finished_at.desc()).limit(1000)
-            ).all()  # fmt: skip
+                select(JobRecord.result)
+                .where(JobRecord.status == "succeeded")
+                .order_by(JobRecord.finished_at.desc())
+                .limit(1000)
+            ).all()
         for status in ("queued", "running", "cancelling", "succeeded", "failed", "cancelled"):
             by_status.add_metric([status], counts.get(status, 0))
         depth.add_metric([], counts.get("queued", 0))
@@ -49,9 +52,12 @@ class JobCollector:
 def install_metrics(app: FastAPI) -> None:
     registry = CollectorRegistry()
     latency = Histogram(
-        "shears_http_request_seconds", "HTTP request latency.", ["method", "route", "status"], registry=registry,
+        "shears_http_request_seconds",
+        "HTTP request latency.",
+        ["method", "route", "status"],
+        registry=registry,
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    )  # fmt: skip
+    )
     registry.register(JobCollector(app))
     app.state.metrics_registry = registry
 
@@ -93,7 +99,8 @@ class LatencyMiddleware:
                 observe(500)
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+@router.get(
+    "/metrics", response_class=Response, summary="Prometheus metrics", responses={200: {"content": {"text/plain": {}}}}
+)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -46,9 +46,12 @@ class ReceivedForm:
 
 
 def _too_large(limit: int) -> Problem:
-    return Problem(413, "upload-too-large",
-                   f"The upload is larger than this server's limit of {limit} bytes; "
-                   "prune a smaller export or ask the operator to raise SHEARS_MAX_UPLOAD_BYTES.")  # fmt: skip
+    return Problem(
+        413,
+        "upload-too-large",
+        f"The upload is larger than this server's limit of {limit} bytes; "
+        "prune a smaller export or ask the operator to raise SHEARS_MAX_UPLOAD_BYTES.",
+    )
 
 
 async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedForm:
@@ -58,8 +61,9 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise Problem(415, "multipart-required",
-                      "Send the file as multipart/form-data, e.g. `curl -F file=@model.onnx`.")  # fmt: skip
+        raise Problem(
+            415, "multipart-required", "Send the file as multipart/form-data, e.g. `curl -F file=@model.onnx`."
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MAX_FIELD_BYTES:
         raise _too_large(limit)
@@ -76,19 +80,28 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         state["header"] = data[start:end].decode("latin-1").lower()
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["headers"][state["header"]] = state["headers"].get(state["header"], "") + data[start:end].decode("latin-1")
+        state["headers"][state["header"]] = state["headers"].get(state["header"], "") + data[start:end].decode(
+            "latin-1"
+        )
 
     def on_headers_finished() -> None:
         _, params = parse_options_header(state["headers"].get("content-disposition", ""))
         state["name"] = params.get(b"name", b"").decode()
         filename = params.get(b"filename")
         if state["name"] in form.files or state["name"] in form.fields:
-            raise Problem(422, "duplicate-part", f"The form repeats the part {state['name'][:40]!r}; send each part once.")
+            raise Problem(
+                422, "duplicate-part", f"The form repeats the part {state['name'][:40]!r}; send each part once."
+            )
         if filename is not None:
             fd, path = tempfile.mkstemp(dir=tmp_dir, prefix=f"upload-{os.getpid()}-")
             form.temporary.append(Path(path))
-            state.update(filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
-                         out=os.fdopen(fd, "wb"), path=Path(path), hash=hashlib.sha256(), size=0)  # fmt: skip
+            state.update(
+                filename=os.path.basename(filename.decode(errors="replace"))[:255] or "upload",
+                out=os.fdopen(fd, "wb"),
+                path=Path(path),
+                hash=hashlib.sha256(),
+                size=0,
+            )
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = memoryview(data)[start:end]  # no copy: written and hashed in place
@@ -110,11 +123,17 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         else:
             form.fields[state["name"]] = state["buffer"].decode("utf-8", errors="replace")
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })  # fmt: skip
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     pending: asyncio.Future | None = None
     try:
         # The socket's small chunks are gathered into large blocks; each block is parsed,
@@ -140,8 +159,11 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
             await asyncio.to_thread(parser.write, b"".join(chunks))
         parser.finalize()
         if parser.state != MultipartState.END:
-            raise Problem(400, "malformed-multipart", "The multipart body ended before its closing boundary "
-                          "(`--<boundary>--`); send the complete body.")  # fmt: skip
+            raise Problem(
+                400,
+                "malformed-multipart",
+                "The multipart body ended before its closing boundary (`--<boundary>--`); send the complete body.",
+            )
     except BaseException as error:  # a Problem, a parse error, a client disconnect, a cancellation
         if pending is not None:  # let the thread finish before its file is closed and removed
             with contextlib.suppress(BaseException):
@@ -152,8 +174,11 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
         if isinstance(error, Problem):
             raise
         if isinstance(error, Exception):
-            raise Problem(400, "malformed-multipart", f"The multipart body could not be parsed ({error}); "
-                          "send it again with a valid boundary.") from error  # fmt: skip
+            raise Problem(
+                400,
+                "malformed-multipart",
+                f"The multipart body could not be parsed ({error}); send it again with a valid boundary.",
+            ) from error
         raise
     for received in form.files.values():
         if received.size > limit:

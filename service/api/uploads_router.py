@@ -26,12 +26,14 @@ def _multipart_body(description: str, extra_fields: dict) -> dict:
     return {
         "requestBody": {
             "required": True,
-            "content": {"multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"], "properties": properties},
-                "example": {"file": "model.onnx"},
-            }},
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": properties},
+                    "example": {"file": "model.onnx"},
+                }
+            },
         }
-    }  # fmt: skip
+    }
 
 
 async def check_received(kind: str, received: ReceivedFile, settings: Settings) -> str:
@@ -40,7 +42,9 @@ async def check_received(kind: str, received: ReceivedFile, settings: Settings) 
     try:
         if kind == "model":
             return await run_in_threadpool(intake.check_model_file, received.path, settings.allow_torchscript_upload)
-        return await run_in_threadpool(intake.check_dataset_file, received.path, settings.max_dataset_bytes)
+        return await run_in_threadpool(
+            intake.check_dataset_file, received.path, settings.max_dataset_bytes, settings.archive_limits()
+        )
     except intake.Rejected as error:
         raise Problem(422, error.code, str(error)) from error
 
@@ -64,7 +68,9 @@ async def store_and_inspect(request: Request, uploads: list[tuple[object, Receiv
             send(state.celery, INSPECT_TASKS[type(row)], row.id)
     except Exception as error:  # noqa: BLE001 - the broker is down: lose nothing, say when to retry
         await run_in_threadpool(discard_uploads, state.sessions, state.store, rows)
-        problem = Problem(503, "broker-unavailable", f"The job queue is unreachable ({type(error).__name__}); retry shortly.")
+        problem = Problem(
+            503, "broker-unavailable", f"The job queue is unreachable ({type(error).__name__}); retry shortly."
+        )
         problem.headers["Retry-After"] = "5"
         raise problem from error
 
@@ -77,16 +83,23 @@ def discard_uploads(sessions, store: ArtifactStore, rows: list) -> None:
 
 
 def build_router(
-    *, kind: str, out: type, listing: type, extra_fields: dict,
+    *,
+    kind: str,
+    out: type,
+    listing: type,
+    extra_fields: dict,
 ) -> APIRouter:
     """The upload resource ``/v1/{kind}s`` (models or datasets)."""
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
 
     @router.post(
-        "", status_code=202, response_model=out, summary=f"Upload a {kind}",
+        "",
+        status_code=202,
+        response_model=out,
+        summary=f"Upload a {kind}",
         responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
         openapi_extra=_multipart_body(f"The {kind} file.", extra_fields),
-    )  # fmt: skip
+    )
     async def upload(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep):
         form = await receive_form(request, settings.max_upload_bytes, settings.data_dir / "tmp")
         try:
@@ -114,15 +127,22 @@ def build_router(
         return _owned(session, item_id, tenant, kind)
 
     @router.delete(
-        "/{item_id}", status_code=204, responses={404: _PROBLEM, 409: _PROBLEM},
+        "/{item_id}",
+        status_code=204,
+        responses={404: _PROBLEM, 409: _PROBLEM},
         summary=f"Delete a {kind} (409 while a queued or running job uses it)",
-    )  # fmt: skip
+    )
     def delete(item_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
         row = _owned(session, item_id, tenant, kind)
         job_id = crud.pending_job_using(session, kind, row.id)
         if job_id is not None:
-            raise Problem(409, f"{kind}-in-use", f"Job {job_id} still uses {kind} {item_id}; wait until it ends or "
-                          f"cancel it (POST /v1/jobs/{job_id}/cancel), then delete the {kind}.", job_id=job_id)  # fmt: skip
+            raise Problem(
+                409,
+                f"{kind}-in-use",
+                f"Job {job_id} still uses {kind} {item_id}; wait until it ends or "
+                f"cancel it (POST /v1/jobs/{job_id}/cancel), then delete the {kind}.",
+                job_id=job_id,
+            )
         session.delete(row)
         session.commit()
         store.delete_prefix(row.storage_key)
@@ -134,12 +154,16 @@ def build_router(
 def _owned(session, item_id: str, tenant: str, kind: str):
     row = crud.owned_upload(session, kind, item_id, tenant)
     if row is None:
-        raise Problem(404, f"{kind}-not-found", f"No {kind} {item_id!r} exists for your key; list them with GET /v1/{kind}s.")
+        raise Problem(
+            404, f"{kind}-not-found", f"No {kind} {item_id!r} exists for your key; list them with GET /v1/{kind}s."
+        )
     return row
 
 
 models_router = build_router(
-    kind="model", out=ModelOut, listing=ModelList,
+    kind="model",
+    out=ModelOut,
+    listing=ModelList,
     extra_fields={"architecture": {"type": "string", "description": "Zoo architecture of a safetensors state dict."}},
-)  # fmt: skip
+)
 datasets_router = build_router(kind="dataset", out=DatasetOut, listing=DatasetList, extra_fields={})

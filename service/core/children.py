@@ -30,9 +30,18 @@ class Supervisor:
     has run for ``stable_s``. Like supervisord's or systemd's ``Restart=always``, in-process
     for ``shears up``."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: IO[bytes], *,
-                 min_backoff_s: float = 1.0, max_backoff_s: float = 60.0, stable_s: float = 60.0,
-                 say: Callable[[str], None] = print) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log: IO[bytes],
+        *,
+        min_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        stable_s: float = 60.0,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
         self.min_backoff_s, self.max_backoff_s, self.stable_s = min_backoff_s, max_backoff_s, stable_s
         self.say = say
@@ -43,8 +52,14 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
 
     def _spawn(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log,
-                                        start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         self._started_at = time.monotonic()
 
     def start(self) -> subprocess.Popen:

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
         300, ge=5, description="An inspection running longer fails the upload `invalid`/`inspection-timeout`."
     )
     dispatch_window: int = Field(
-        2, ge=1,
+        2,
+        ge=1,
         description="Jobs sent to the broker and not yet started, across all tenants. Further jobs wait "
         "in the database; the reaper sends the next one from the tenant with the fewest active jobs "
         "(oldest first), so one tenant's backlog cannot starve another tenant's first job. Set it "
@@ -75,14 +76,17 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest model or dataset upload.")
     max_dataset_bytes: int = Field(
-        4 << 30, ge=1, description="Largest dataset in worker memory (features as float32, labels as int64), "
-        "computed from the file's headers at upload; larger ones get 422 `too-large`."
-    )  # fmt: skip
+        4 << 30,
+        ge=1,
+        description="Largest dataset in worker memory (features as float32, labels as int64), "
+        "computed from the file's headers at upload; larger ones get 422 `too-large`.",
+    )
     database_pool_size: int = Field(
         20, ge=1, description="Database connections each process keeps open (SQLAlchemy pool_size)."
     )
     database_max_overflow: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Extra connections above the pool size, closed after each use. Overflow churn "
         "(a new PostgreSQL backend per request) costs more than waiting for a pooled connection.",
     )
@@ -92,7 +96,8 @@ class Settings(BaseSettings):
     dispatch_retry_s: float = Field(30.0, gt=0, description="Re-send a queued job not started after this.")
     progress_interval_s: float = Field(1.0, ge=0, description="Minimum time between progress writes.")
     broker_visibility_timeout_s: float = Field(
-        12 * 3600.0, gt=0,
+        12 * 3600.0,
+        gt=0,
         description="Redis broker: an unacknowledged task is handed to another worker after this. "
         "Keep it above the longest job (time_limit_s); a second delivery is refused by the job's "
         "compare-and-set claim while the lease is renewed, but it costs a worker slot.",
@@ -106,7 +111,8 @@ class Settings(BaseSettings):
         True, description="Workers import the engine (torch, onnx) when they start, not on the first job."
     )
     worker_memory_limit_mb: int | None = Field(
-        None, ge=64,
+        None,
+        ge=64,
         description="Address-space limit (RLIMIT_AS) of each worker child; a job over it fails "
         "`out-of-memory` and the worker keeps serving. Unset: no limit (the kernel's OOM killer decides).",
     )
@@ -115,6 +121,23 @@ class Settings(BaseSettings):
         False, description="Allow webhooks to loopback, link-local and private addresses."
     )
     presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    archive_max_members: int = Field(50_000, ge=1, description="Most members an image-archive dataset may hold.")
+    archive_max_member_bytes: int = Field(64 << 20, ge=1, description="Largest image inside an archive.")
+    archive_max_total_bytes: int = Field(16 << 30, ge=1, description="Largest expanded size of an image archive.")
+    archive_max_ratio: int = Field(200, ge=1, description="Largest compression ratio of a zip member (zip bombs).")
+    image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) decoded.")
+
+    def archive_limits(self):
+        """The image-archive bounds as the (torch-free) checker takes them."""
+        from service.core.intake.archives import ArchiveLimits
+
+        return ArchiveLimits(
+            max_members=self.archive_max_members,
+            max_member_bytes=self.archive_max_member_bytes,
+            max_total_bytes=self.archive_max_total_bytes,
+            max_ratio=self.archive_max_ratio,
+            max_pixels=self.image_max_pixels,
+        )
 
     # Limits at the edge (service/edge.py; docs/RELIABILITY.md "Limits"). They bound what one
     # client can hold: memory, file descriptors, worker slots and temporary disk.
@@ -125,7 +148,8 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Time to send the request line and headers; slower answers 408 and closes."
     )
     body_timeout_s: float = Field(
-        30.0, gt=0,
+        30.0,
+        gt=0,
         description="Longest pause between two pieces of a request body (also a Content-Length larger "
         "than the body sent); then 408 and the connection closes.",
     )
@@ -139,7 +163,8 @@ class Settings(BaseSettings):
         4, ge=1, description="Uploads one tenant may stream at once per API process; more answer 429."
     )
     max_temp_bytes: int = Field(
-        8 << 30, ge=1 << 20,
+        8 << 30,
+        ge=1 << 20,
         description="Temporary upload files of all requests together per API process; an upload that "
         "would pass it answers 503 with Retry-After.",
     )

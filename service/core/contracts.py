@@ -26,10 +26,13 @@ class JobProgress(_Open):
 
 
 class Accuracy(_Open):
-    dense: float = Field(description="Accuracy of the uploaded model, percent.")
+    """Top-1 accuracy on the validation split, percent; every value is None for a dataset
+    without labels (label-free jobs are judged by fidelity)."""
+
+    dense: float | None = Field(description="Accuracy of the uploaded model, percent (None without labels).")
     pruned: float | None = None
     finetuned: float | None = None
-    final: float = Field(description="finetuned, else pruned, else dense.")
+    final: float | None = Field(description="finetuned, else pruned, else dense.")
     split: str = "val"
 
 
@@ -39,14 +42,48 @@ class CountRatio(_Open):
     ratio: float | None = Field(None, description="after / before")
 
 
+class OutputFidelity(_Open):
+    """Fidelity of one output of the pruned model to the dense model's (worker.pruning.fidelity)."""
+
+    kind: str = Field(description="`logits` or `regression`.")
+    shape: list[int | None] | None = None
+    relative_error: float | None = Field(None, description="‖pruned − dense‖ / ‖dense‖ over the validation split.")
+    cosine: float | None = Field(None, description="Mean per-sample cosine similarity.")
+    agreement: float | None = Field(None, description="Top-1 agreement (logits only; per pixel for (N, C, H, W)).")
+
+
+class Fidelity(_Open):
+    """Per-output fidelity; ``fidelity`` is the worst output's score (agreement, else 1 − relative error)."""
+
+    outputs: dict[str, OutputFidelity] = Field(default_factory=dict)
+    fidelity: float | None = None
+    samples: int | None = None
+
+
+class FidelityReport(_Open):
+    after_pruning: Fidelity | None = Field(None, description="Right after pruning, before the first finetune.")
+    final: Fidelity | None = None
+
+
+class Check(_Open):
+    """One bound of the gate; ``passed`` None: not measurable here (e.g. accuracy without labels)."""
+
+    bound: float
+    measured: float | None = None
+    passed: bool | None = None
+    reason: str | None = None
+
+
 class Acceptance(_Open):
-    """The accuracy gate: ``passed`` is what CI acts on (``shears submit`` exits 2 when False)."""
+    """The gate: ``passed`` is what CI acts on (``shears submit`` exits 2 when False); it holds
+    when no check in ``checks`` (accuracy, min_agreement, max_relative_error) failed."""
 
     max_accuracy_drop: float | None = None
-    measured_drop: float
+    measured_drop: float | None = None
     reference: str = "dense"
     compared: str
     passed: bool
+    checks: dict[str, Check] = Field(default_factory=dict)
 
 
 class JobResult(_Open):
@@ -61,6 +98,9 @@ class JobResult(_Open):
     early_bird_epoch: int | None = None
     channels_removed: bool = False
     unstructured_sparsity: float | None = None
+    fidelity: dict[str, float | None] = Field(
+        default_factory=dict, description="Headline fidelity to the dense model: {after_pruning, final}."
+    )
 
 
 class Structure(_Open):
@@ -75,7 +115,7 @@ class JobReport(_Open):
     job_id: str | None = Field(None, description="The job this report belongs to (None for `shears prune`).")
     created_at: str
     model: dict = Field(default_factory=dict, description="{name, format, input_shape}")
-    dataset: dict = Field(default_factory=dict, description="{name, num_classes, train, val, test}")
+    dataset: dict = Field(default_factory=dict, description="{name, num_classes, labelled, train, val, test}")
     spec: dict = Field(default_factory=dict, description="The resolved job spec.")
     accuracy: Accuracy
     test_accuracy: dict[str, float | None] | None = None
@@ -86,8 +126,11 @@ class JobReport(_Open):
     layers: list[dict] = Field(default_factory=list)
     structure: Structure
     early_bird: dict | None = None
+    probmask: dict | None = Field(None, description="{sparsity, score_lr, steps, undecided, warnings} (ProbMask stage)")
+    warnings: list[str] = Field(default_factory=list, description="Things to look at (undecided ProbMask scores).")
     training_curves: dict = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     exports: dict = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
+    fidelity: FidelityReport = Field(default_factory=FidelityReport)
     acceptance: Acceptance

@@ -22,11 +22,20 @@ PENDING = ("queued", "running", "cancelling")  # jobs that will still read their
 # ----------------------------------------------------------------------------- uploads
 
 
-def new_upload(kind: str, tenant: str, filename: str, sha256: str, size_bytes: int, **columns) -> ModelRecord | DatasetRecord:
+def new_upload(
+    kind: str, tenant: str, filename: str, sha256: str, size_bytes: int, **columns
+) -> ModelRecord | DatasetRecord:
     """An unsaved upload row, ``validating`` until a worker's inspection says ready or invalid."""
     record = UPLOAD_RECORDS[kind]
-    row = record(id=new_id(_ID_PREFIX[kind]), tenant=tenant, filename=filename, sha256=sha256,
-                 size_bytes=size_bytes, status="validating", **columns)  # fmt: skip
+    row = record(
+        id=new_id(_ID_PREFIX[kind]),
+        tenant=tenant,
+        filename=filename,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        status="validating",
+        **columns,
+    )
     row.storage_key = f"uploads/{kind}s/{row.id}"
     return row
 
@@ -84,8 +93,9 @@ def insert_job(sessions: sessionmaker, job: JobRecord, uploads: list | None = No
     return job, True
 
 
-def page_jobs(session: Session, tenant: str, status: str | None, limit: int,
-              after: tuple[datetime, str] | None) -> list[JobRecord]:  # fmt: skip
+def page_jobs(
+    session: Session, tenant: str, status: str | None, limit: int, after: tuple[datetime, str] | None
+) -> list[JobRecord]:
     """Up to ``limit + 1`` jobs, newest first, strictly after the cursor ``(created_at, id)``."""
     query = select(JobRecord).where(JobRecord.tenant == tenant)
     if status:
@@ -94,6 +104,7 @@ def page_jobs(session: Session, tenant: str, status: str | None, limit: int,
         created, job_id = after
         if session.bind.dialect.name == "sqlite":
             created = created.replace(tzinfo=None)
-        query = query.where(or_(JobRecord.created_at < created,
-                                and_(JobRecord.created_at == created, JobRecord.id < job_id)))  # fmt: skip
+        query = query.where(
+            or_(JobRecord.created_at < created, and_(JobRecord.created_at == created, JobRecord.id < job_id))
+        )
     return list(session.scalars(query.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit + 1)))

@@ -18,8 +18,11 @@ def make_engine(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         in_memory = make_url(url).database in (None, "", ":memory:")  # a single-connection pool
-        pool = {} if in_memory else {"pool_size": settings.database_pool_size,
-                                     "max_overflow": settings.database_max_overflow}  # fmt: skip
+        pool = (
+            {}
+            if in_memory
+            else {"pool_size": settings.database_pool_size, "max_overflow": settings.database_max_overflow}
+        )
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
@@ -30,8 +33,9 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=settings.database_pool_size,
-                         max_overflow=settings.database_max_overflow)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

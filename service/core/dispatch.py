@@ -41,8 +41,14 @@ def _send(sessions: sessionmaker, celery: Celery, settings: Settings, job_id: st
     try:
         # the worker enforces time_limit_s itself from the job's start (worker.execution.JobClock);
         # Celery's limits count from the delivery (warm-up included) and only back it up
-        send(celery, RUN_JOB_TASK, job_id, queue=settings.task_queue,
-             soft_time_limit=time_limit + TIME_LIMIT_GRACE_S, time_limit=time_limit + 2 * TIME_LIMIT_GRACE_S)  # fmt: skip
+        send(
+            celery,
+            RUN_JOB_TASK,
+            job_id,
+            queue=settings.task_queue,
+            soft_time_limit=time_limit + TIME_LIMIT_GRACE_S,
+            time_limit=time_limit + 2 * TIME_LIMIT_GRACE_S,
+        )
     except Exception:  # noqa: BLE001 - broker down: the reaper tries again
         return False
     with sessions.begin() as session:
@@ -105,11 +111,13 @@ def reap(sessions: sessionmaker, celery: Celery, settings: Settings) -> dict[str
     stale = utcnow() - timedelta(seconds=settings.dispatch_retry_s)
     with sessions() as session:
         resend = session.scalars(
-            select(JobRecord.id).where(
+            select(JobRecord.id)
+            .where(
                 JobRecord.status == "queued",
                 or_(JobRecord.dispatched_at < stale, JobRecord.id.in_(requeued)),
-            ).limit(500)
-        ).all()  # fmt: skip
+            )
+            .limit(500)
+        ).all()
     sent = [job_id for job_id in resend if _send(sessions, celery, settings, job_id)]
     sent += fill_window(sessions, celery, settings)
     return {"requeued": requeued, "failed": failed, "sent": sent}

@@ -26,9 +26,7 @@ def _cas(sessions: sessionmaker, job_id: str, condition, **values) -> bool:
     """Apply ``values`` to the job when ``condition`` holds; True when a row changed."""
     values.setdefault("updated_at", utcnow())
     statement = (
-        update(JobRecord)
-        .where(JobRecord.id == job_id, condition)
-        .values(version=JobRecord.version + 1, **values)
+        update(JobRecord).where(JobRecord.id == job_id, condition).values(version=JobRecord.version + 1, **values)
     )
     with sessions.begin() as session:
         return session.execute(statement).rowcount == 1
@@ -42,10 +40,15 @@ def start(sessions: sessionmaker, job_id: str, lease_s: float) -> bool:
         and_(JobRecord.status == "running", JobRecord.lease_expires_at < now),
     )
     return _cas(
-        sessions, job_id, and_(claimable, JobRecord.attempt < JobRecord.max_attempts),
-        status="running", attempt=JobRecord.attempt + 1, started_at=now,
-        lease_expires_at=now + timedelta(seconds=lease_s), error=None,
-    )  # fmt: skip
+        sessions,
+        job_id,
+        and_(claimable, JobRecord.attempt < JobRecord.max_attempts),
+        status="running",
+        attempt=JobRecord.attempt + 1,
+        started_at=now,
+        lease_expires_at=now + timedelta(seconds=lease_s),
+        error=None,
+    )
 
 
 def _mine(attempt: int | None, condition):
@@ -60,9 +63,13 @@ def report_progress(
     """Record progress and extend the lease. Returns True when cancellation was requested,
     or (with ``attempt``) when this execution no longer owns the job and must stop."""
     owned = _cas(
-        sessions, job_id, _mine(attempt, JobRecord.status.in_(ACTIVE)),
-        stage=stage, progress=progress, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
-    )  # fmt: skip
+        sessions,
+        job_id,
+        _mine(attempt, JobRecord.status.in_(ACTIVE)),
+        stage=stage,
+        progress=progress,
+        lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+    )
     if attempt is not None and not owned:
         return True
     return cancel_requested(sessions, job_id)
@@ -85,39 +92,56 @@ def cancel_requested(sessions: sessionmaker, job_id: str) -> bool:
     return bool(flag)
 
 
-def succeed(sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict], attempt: int | None = None) -> bool:
+def succeed(
+    sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict], attempt: int | None = None
+) -> bool:
     return _cas(
-        sessions, job_id, _mine(attempt, JobRecord.status == "running"),
-        status="succeeded", result=result, artifacts=artifacts, finished_at=utcnow(),
-        lease_expires_at=None, progress={"percent": 100.0},
-    )  # fmt: skip
+        sessions,
+        job_id,
+        _mine(attempt, JobRecord.status == "running"),
+        status="succeeded",
+        result=result,
+        artifacts=artifacts,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+        progress={"percent": 100.0},
+    )
 
 
-def fail(sessions: sessionmaker, job_id: str, code: str, message: str, stage: str | None,
-         attempt: int | None = None) -> bool:  # fmt: skip
+def fail(
+    sessions: sessionmaker, job_id: str, code: str, message: str, stage: str | None, attempt: int | None = None
+) -> bool:
     error = {"code": code, "message": message, "stage": stage}
     return _cas(
-        sessions, job_id, _mine(attempt, JobRecord.status.in_({"queued", *ACTIVE})),
-        status="failed", error=error, finished_at=utcnow(), lease_expires_at=None,
-    )  # fmt: skip
+        sessions,
+        job_id,
+        _mine(attempt, JobRecord.status.in_({"queued", *ACTIVE})),
+        status="failed",
+        error=error,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
 
 
 def acknowledge_cancel(sessions: sessionmaker, job_id: str, attempt: int | None = None) -> bool:
     """The worker stopped a job whose cancellation was requested."""
     return _cas(
-        sessions, job_id, _mine(attempt, and_(JobRecord.status.in_(ACTIVE), JobRecord.cancel_requested.is_(True))),
-        status="cancelled", finished_at=utcnow(), lease_expires_at=None,
-    )  # fmt: skip
+        sessions,
+        job_id,
+        _mine(attempt, and_(JobRecord.status.in_(ACTIVE), JobRecord.cancel_requested.is_(True))),
+        status="cancelled",
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
 
 
 def request_cancel(sessions: sessionmaker, job_id: str) -> bool:
     """Cancel now when queued; ask the worker to stop when running. False when finished."""
-    if _cas(sessions, job_id, JobRecord.status == "queued", status="cancelled",
-            cancel_requested=True, finished_at=utcnow()):  # fmt: skip
+    if _cas(
+        sessions, job_id, JobRecord.status == "queued", status="cancelled", cancel_requested=True, finished_at=utcnow()
+    ):
         return True
-    return _cas(
-        sessions, job_id, JobRecord.status.in_(ACTIVE), status="cancelling", cancel_requested=True
-    )
+    return _cas(sessions, job_id, JobRecord.status.in_(ACTIVE), status="cancelling", cancel_requested=True)
 
 
 def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tuple[list[str], list[str]]:
@@ -139,10 +163,18 @@ def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tupl
             if _cas(sessions, job_id, stale, status="queued", lease_expires_at=None):
                 requeued.append(job_id)
         elif _cas(
-            sessions, job_id, stale, status="failed", finished_at=now, lease_expires_at=None,
-            error={"code": "worker-lost", "stage": None,
-                   "message": f"the worker running this job was lost {attempt} times; retry the job"},
-        ):  # fmt: skip
+            sessions,
+            job_id,
+            stale,
+            status="failed",
+            finished_at=now,
+            lease_expires_at=None,
+            error={
+                "code": "worker-lost",
+                "stage": None,
+                "message": f"the worker running this job was lost {attempt} times; retry the job",
+            },
+        ):
             failed.append(job_id)
     return requeued, failed
 

@@ -37,7 +37,9 @@ def make_celery(settings: Settings) -> Celery:
             # Sweep for such tasks every min(visibility/2, ~100 s) (kombu scans every
             # interval * throttle seconds).
             "unacked_restore_interval": restore_interval,
-            "unacked_restore_throttle": max(1, int(min(settings.broker_visibility_timeout_s / 2, 100) / restore_interval)),
+            "unacked_restore_throttle": max(
+                1, int(min(settings.broker_visibility_timeout_s / 2, 100) / restore_interval)
+            ),
             # Fail fast instead of hanging a request on a dead or frozen broker.
             "socket_connect_timeout": settings.broker_timeout_s,
             "socket_timeout": max(settings.broker_timeout_s, 2.0),

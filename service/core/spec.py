@@ -44,13 +44,15 @@ class EarlyBirdParams(Strict):
         None, description="Distance under which masks count as equal. Default: 0.1 for bn ([EB]), 0.16 for spline."
     )
     window: Annotated[int, Field(ge=1, le=20)] | None = Field(
-        None, description="Number of earlier epochs the newest one is compared with (both detectors). "
-        "Default: 4 for bn ([EB] keeps the last 5 masks), 3 for spline."
+        None,
+        description="Number of earlier epochs the newest one is compared with (both detectors). "
+        "Default: 4 for bn ([EB] keeps the last 5 masks), 3 for spline.",
     )
     relative_threshold: OpenFraction | None = Field(
-        None, description="spline only: a ticket also needs the distance below this fraction of the largest of "
+        None,
+        description="spline only: a ticket also needs the distance below this fraction of the largest of "
         "the first `window` distances (the distance scale of the first epochs). Default 0.5 for spline; not "
-        "used by bn."
+        "used by bn.",
     )
     lr: Positive = Field(0.1, description="Constant learning rate of the dense training before the ticket ([EB]).")
 
@@ -73,8 +75,9 @@ class PruneChannelsParams(Strict):
 
     criterion: Literal[CRITERION_NAMES] = "spline"  # type: ignore[valid-type]  (the registered criteria)
     scope: Literal["global", "layerwise"] = Field(
-        "layerwise", description="layerwise: the same ratio in every layer (measured best, BENCHMARKS.md); "
-        "global: one pool of all channels."
+        "layerwise",
+        description="layerwise: the same ratio in every layer (measured best, BENCHMARKS.md); "
+        "global: one pool of all channels.",
     )
     ratio: OpenFraction = 0.5
     round_to: Annotated[int, Field(ge=1, le=256)] = 1
@@ -90,10 +93,11 @@ class ProbMaskParams(Strict):
     epochs: Annotated[int, Field(ge=1, le=1000)] = 30
     lr: Positive = 0.01
     score_lr: Positive | None = Field(
-        None, description="Initial Adam lr of the keep-probabilities (cosine-annealed). Default (null): scaled to "
+        None,
+        description="Initial Adam lr of the keep-probabilities (cosine-annealed). Default (null): scaled to "
         "the job's steps so that the sum of the per-step score lr over the stage is 20 (initial lr = 20 / "
         "(steps per epoch × (epochs + 1) / 2), at most 1.0). The paper's 6e-3 assumes ~59k steps; with a few "
-        "hundred steps it leaves the scores undecided."
+        "hundred steps it leaves the scores undecided.",
     )
     exclude: list[LayerName] = Field(default_factory=list, max_length=1000)
     final_mask: Literal["topk", "sample"] = "topk"
@@ -104,34 +108,40 @@ class FinetuneParams(Strict):
     """Training of the pruned network (masks, if any, stay fixed), with optional recovery aids."""
 
     epochs: Epochs | None = Field(
-        None, description="Epochs of finetuning (0: none). Default (null): the epochs that hold `steps` optimizer "
-        "steps on the dataset, so the budget scales with the dataset instead of being a fixed number of epochs."
+        None,
+        description="Epochs of finetuning (0: none). Default (null): the epochs that hold `steps` optimizer "
+        "steps on the dataset, so the budget scales with the dataset instead of being a fixed number of epochs.",
     )
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
-        None, description="Budget in optimizer steps, rounded up to whole epochs of the dataset; give it or "
-        "`epochs`, not both. Default (null, with `epochs` null): 1000 steps, at least 10 and at most 100 epochs."
+        None,
+        description="Budget in optimizer steps, rounded up to whole epochs of the dataset; give it or "
+        "`epochs`, not both. Default (null, with `epochs` null): 1000 steps, at least 10 and at most 100 epochs.",
     )
     lr: Positive = 0.01
     distill: Fraction = Field(
-        0.9, description="Weight of knowledge distillation from the dense model (Hinton et al. 2015; "
+        0.9,
+        description="Weight of knowledge distillation from the dense model (Hinton et al. 2015; "
         "`distill_temperature`); 0 for plain cross-entropy. On by default: over six variants of the acceptance "
-        "model it cut the worst drop from 6.0 to 1.9 points (README)."
+        "model it cut the worst drop from 6.0 to 1.9 points (README).",
     )
     distill_temperature: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 4.0
     warmup: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = Field(
         0.0, description="Fraction of the finetune's steps with a linear learning-rate warm-up (0: none)."
     )
     patience: Annotated[int, Field(ge=1, le=1000)] | None = Field(
-        None, description="Early stopping: stop after this many epochs without a better validation "
-        "accuracy (epochs/steps stay the cap). None: train the whole budget."
+        None,
+        description="Early stopping: stop after this many epochs without a better validation "
+        "accuracy (epochs/steps stay the cap). None: train the whole budget.",
     )
     restore_best: bool = Field(
-        False, description="End with the weights of the epoch with the best validation accuracy "
-        "(the starting weights included)."
+        False,
+        description="End with the weights of the epoch with the best validation accuracy "
+        "(the starting weights included).",
     )
     recalibrate_bn: bool = Field(
-        False, description="Re-estimate BatchNorm running statistics on training batches before "
-        "finetuning (stale after channel surgery); no effect without BatchNorm."
+        False,
+        description="Re-estimate BatchNorm running statistics on training batches before "
+        "finetuning (stale after channel surgery); no effect without BatchNorm.",
     )
 
     @model_validator(mode="after")
@@ -198,14 +208,93 @@ class ExportParams(Strict):
 
 
 class AcceptanceParams(Strict):
-    """The gate a CI pipeline fails on: accuracy points lost versus the dense model."""
+    """The gate a CI pipeline fails on: accuracy points lost versus the dense model, and/or how
+    closely the final model's outputs follow the dense model's (fidelity, label-free)."""
 
-    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = 1.0
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = Field(
+        1.0,
+        description="Accuracy points the build may lose (checked only when the dataset has labels; "
+        "null: no accuracy bound).",
+    )
+    min_agreement: Fraction | None = Field(
+        None,
+        description="Lowest top-1 agreement with the dense model allowed on any logit-like output "
+        "(fraction of samples, or pixels, with the same arg-max class).",
+    )
+    max_relative_error: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] | None = Field(
+        None, description="Largest relative L2 error ‖pruned − dense‖ / ‖dense‖ allowed on any output."
+    )
+
+
+OutputName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class DistillationParams(Strict):
+    """How the dense model's outputs teach the pruned one (all outputs; Hinton et al. 2015 for
+    logits). Label-free datasets always distil; labelled ones when ``finetune.distill`` > 0."""
+
+    kinds: dict[OutputName, Literal["logits", "regression"]] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Kind of an output by ONNX output name or index; undeclared outputs are detected "
+        "((N, C) is logits, anything else regression).",
+    )
+    temperature: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 4.0
+    regression_loss: Literal["l2", "smooth_l1"] = Field(
+        "l2", description="l2: ‖s − t‖² / ‖t‖²; smooth_l1: on outputs divided by the teacher's std."
+    )
+
+
+Size = Annotated[int, Field(ge=1, le=8192)]
+
+
+class PreprocessingParams(Strict):
+    """How images of an image-archive dataset become the model's input tensor.
+
+    Order: decode (Pillow) → colour → resize → centre crop → scale to [0, 1] (float dtypes)
+    → (x − mean) / std → channel order → layout → dtype.
+    """
+
+    color: Literal["rgb", "grayscale"] = "rgb"
+    resize: Size | tuple[Size, Size] | None = Field(
+        None, description="An int resizes the shorter side (keeping the aspect ratio); [height, width] resizes exactly."
+    )
+    center_crop: Size | tuple[Size, Size] | None = Field(None, description="An int crops a square; or [height, width].")
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description="Per channel, in the [0, 1] scale (ImageNet: [0.485, 0.456, 0.406]).",
+    )
+    std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    dtype: Literal["float32", "uint8"] = Field(
+        "float32",
+        description="uint8: raw 0..255 pixel values, no scaling or mean/std (the engine and the "
+        "exported model take them as float32).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreprocessingParams:
+        channels = 1 if self.color == "grayscale" else 3
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, channels):
+                raise ValueError(f"{name} has {len(values)} values; give 1 or {channels} for {self.color} images")
+        if self.dtype == "uint8" and (self.mean is not None or self.std is not None):
+            raise ValueError("mean/std need a float dtype; with dtype uint8 the model gets raw 0..255 pixels")
+        if self.resize is None and self.center_crop is None:
+            pass  # images must then all have one size; checked when the data are read
+        return self
 
 
 class TrainingParams(Strict):
     batch_size: Annotated[int, Field(ge=1, le=8192)] = 128
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 5e-4
+    val_fraction: OpenFraction = Field(
+        0.2, description="Share held out for validation when a dataset has no split of its own."
+    )
 
 
 class BuiltinDataset(Strict):
@@ -232,6 +321,10 @@ class JobSpec(Strict):
     training: TrainingParams = Field(default_factory=TrainingParams)
     export: ExportParams = Field(default_factory=ExportParams)
     acceptance: AcceptanceParams = Field(default_factory=AcceptanceParams)
+    distillation: DistillationParams = Field(default_factory=DistillationParams)
+    preprocessing: PreprocessingParams | None = Field(
+        None, description="Required for image-archive datasets: how images become the model's input."
+    )
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     time_limit_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 6 * 3600
     callback_url: Annotated[str, StringConstraints(max_length=2048)] | None = None

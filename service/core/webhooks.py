@@ -59,8 +59,15 @@ def verify(secret: str, webhook_id: str, header: str, body: bytes, tolerance_s: 
     return hmac.compare_digest(parts.get("v1", ""), sign(secret, webhook_id, timestamp, body))
 
 
-def deliver(url: str, payload: dict, secret: str, allow_private: bool, attempts: int = 5,
-            backoff_s: float = 1.0, timeout_s: float = 10.0) -> bool:  # fmt: skip
+def deliver(
+    url: str,
+    payload: dict,
+    secret: str,
+    allow_private: bool,
+    attempts: int = 5,
+    backoff_s: float = 1.0,
+    timeout_s: float = 10.0,
+) -> bool:
     """POST ``payload`` with bounded retries and exponential backoff; redirects are not
     followed (a redirect could lead to an internal address). True when a 2xx came back."""
     import httpx

@@ -17,10 +17,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json_file(tmp_path):
     out = tmp_path / "gpu_check.json"
     done = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--bootstrap", "never", "--time-scale", "6",
-         "--json", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1700,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--device",
+            "cpu",
+            "--bootstrap",
+            "never",
+            "--time-scale",
+            "6",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1700,
+    )
     report = json.loads(out.read_text())
     failed = {name: step for name, step in report["steps"].items() if step.get("rc") != 0}
     assert done.returncode == 0 and report["ok"] and not failed, json.dumps(failed)[:4000]

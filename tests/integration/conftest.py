@@ -42,14 +42,20 @@ def _with_port(command: list[str], port: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def deployment_compose(service_settings: Settings, server_logs: Path, announce):
-    settings = service_settings.model_copy(update={
-        "api_keys": {hash_key(API_KEY): "ci"}, "lease_s": 60.0, "progress_interval_s": 0.2,
-        "webhook_secret": WEBHOOK_SECRET, "allow_private_callbacks": True,  # receivers run on loopback here
-        # its own Redis database: the session's other worker must not take these jobs
-        "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/1",
-    })  # fmt: skip
-    worker = servers.Process("compose-worker", [sys.executable, "-m", *_compose_command("worker")],
-                             server_logs, settings.as_env())  # fmt: skip
+    settings = service_settings.model_copy(
+        update={
+            "api_keys": {hash_key(API_KEY): "ci"},
+            "lease_s": 60.0,
+            "progress_interval_s": 0.2,
+            "webhook_secret": WEBHOOK_SECRET,
+            "allow_private_callbacks": True,  # receivers run on loopback here
+            # its own Redis database: the session's other worker must not take these jobs
+            "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/1",
+        }
+    )
+    worker = servers.Process(
+        "compose-worker", [sys.executable, "-m", *_compose_command("worker")], server_logs, settings.as_env()
+    )
     port = servers.free_port()
     api = servers.Process("compose-api", _with_port(_dockerfile_api_command(), port), server_logs, settings.as_env())
     base = f"http://127.0.0.1:{port}"
@@ -66,8 +72,11 @@ def deployment_compose(service_settings: Settings, server_logs: Path, announce):
 def deployment_embedded(tmp_path_factory, server_logs: Path, announce):
     data_dir = tmp_path_factory.mktemp("embedded")
     port = servers.free_port()
-    up = servers.Process("embedded-up", [sys.executable, "-m", "service.cli", "up", "--port", str(port),
-                                         "--data-dir", str(data_dir)], server_logs)  # fmt: skip
+    up = servers.Process(
+        "embedded-up",
+        [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        server_logs,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         servers.wait_until(lambda: up.ensure_alive() and httpx.get(f"{base}/readyz").is_success, 90, "shears up")
@@ -77,16 +86,19 @@ def deployment_embedded(tmp_path_factory, server_logs: Path, announce):
         up.stop()
 
 
-
-
 class TinyCNN(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        )  # fmt: skip
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.BatchNorm2d(32),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
         self.classifier = torch.nn.Linear(32, 10)
 
     def forward(self, x):
@@ -115,7 +127,14 @@ def model_and_data(tmp_path_factory) -> tuple[Path, Path, dict]:
             optimizer.step()
     folder = tmp_path_factory.mktemp("e2e-inputs")
     model.eval()
-    torch.onnx.export(model, (xt[:1],), folder / "model.onnx", dynamo=False, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        model,
+        (xt[:1],),
+        folder / "model.onnx",
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     np.savez(folder / "data.npz", **split)
     return folder / "model.onnx", folder / "data.npz", split

@@ -23,11 +23,21 @@ def test_the_ci_example_prunes_a_model_and_downloads_the_artifacts(
     shutil.copy(model_path, tmp_path / "model.onnx")
     shutil.copy(data_path, tmp_path / "data.npz")
     shutil.copy(REPO_ROOT / "examples" / "shears-job.yaml", tmp_path / "shears-job.yaml")
-    env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SHEARS_URL": base,
+        "SHEARS_API_KEY": key,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
-    run = subprocess.run(["bash", str(REPO_ROOT / "examples" / script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        ["bash", str(REPO_ROOT / "examples" / script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert run.returncode == 0, run.stdout + run.stderr
     for name in ("model.onnx", "model.torchscript.pt", "report.json", "report.html"):
@@ -45,10 +55,24 @@ def test_the_cli_exits_2_when_the_acceptance_gate_fails(deployment_embedded, mod
     )
     env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key}
     run = subprocess.run(
-        [sys.executable, "-m", "service.cli", "submit", str(model_path), "--dataset", str(data_path),
-         "--spec", str(tmp_path / "strict.yaml"), "--wait", "--json"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "submit",
+            str(model_path),
+            "--dataset",
+            str(data_path),
+            "--spec",
+            str(tmp_path / "strict.yaml"),
+            "--wait",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     job = json.loads(run.stdout)
     assert job["status"] == "succeeded"
@@ -57,15 +81,18 @@ def test_the_cli_exits_2_when_the_acceptance_gate_fails(deployment_embedded, mod
 
 def _cli(base: str, key: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SHEARS_URL": base, "SHEARS_API_KEY": key}
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_status_cancel_and_download_commands_follow_a_job(deployment_embedded, model_and_data, tmp_path: Path) -> None:
     base, key = deployment_embedded
     model_path, data_path, _ = model_and_data
     (tmp_path / "long.yaml").write_text("pipeline: [{finetune: {epochs: 500}}]\n")
-    submitted = _cli(base, key, "submit", str(model_path), "--dataset", "digits", "--spec", str(tmp_path / "long.yaml"), "--json")
+    submitted = _cli(
+        base, key, "submit", str(model_path), "--dataset", "digits", "--spec", str(tmp_path / "long.yaml"), "--json"
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]
 
@@ -85,3 +112,44 @@ def test_a_request_error_is_reported_with_exit_code_3(deployment_embedded) -> No
     run = _cli(base, "wrong-key", "status", "job_000000000000000000000000")
     assert run.returncode == 3
     assert "401" in run.stderr
+
+
+def test_the_label_free_example_gates_on_fidelity_with_exit_codes_0_and_2(deployment_embedded, tmp_path: Path) -> None:
+    from tests.images import flat_folder, zip_bytes
+    from tests.worker.test_labelfree import tiny_detector_onnx
+
+    base, key = deployment_embedded
+    model = tiny_detector_onnx(tmp_path / "detector.onnx")
+    (tmp_path / "images.zip").write_bytes(zip_bytes(flat_folder(48, size=16)))
+    example = REPO_ROOT / "examples" / "shears-job-labelfree.yaml"
+    passed = _cli(
+        base,
+        key,
+        "submit",
+        str(model),
+        "--dataset",
+        str(tmp_path / "images.zip"),
+        "--spec",
+        str(example),
+        "--wait",
+        "--json",
+    )
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    checks = json.loads(passed.stdout)["result"]["acceptance"]["checks"]
+    assert checks["max_relative_error"]["passed"] is True and "accuracy" not in checks
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(example.read_text().replace("max_relative_error: 0.9", "max_relative_error: 0.0"))
+    failed = _cli(
+        base,
+        key,
+        "submit",
+        str(model),
+        "--dataset",
+        str(tmp_path / "images.zip"),
+        "--spec",
+        str(strict),
+        "--wait",
+        "--json",
+    )
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert json.loads(failed.stdout)["result"]["acceptance"]["checks"]["max_relative_error"]["passed"] is False

@@ -83,8 +83,10 @@ def test_headers_that_never_complete_get_408_and_the_connection_is_closed(start)
 
 def _post_partial_json(port: int, declared: int, sent: bytes) -> socket.socket:
     sock = _connect(port)
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    )
     sock.sendall(head.encode() + sent)
     return sock
 
@@ -148,16 +150,19 @@ def test_the_request_rate_per_key_is_limited_with_429_and_retry_after(start) -> 
 
 def _open_slow_upload(port: int, tenant: str) -> socket.socket:
     sock = _connect(port)
-    head = (f"POST /v1/datasets HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {KEYS[tenant]}\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /v1/datasets HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {KEYS[tenant]}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\nPK'
     sock.sendall(head.encode() + f"{len(part):x}\r\n".encode() + part + b"\r\n")
     return sock
 
 
 def _upload(base: str, tenant: str) -> httpx.Response:
-    return httpx.post(f"{base}/v1/datasets", headers=_auth(tenant), files={"file": ("d.npz", npz_bytes())},
-                      timeout=LONG)  # fmt: skip
+    return httpx.post(
+        f"{base}/v1/datasets", headers=_auth(tenant), files={"file": ("d.npz", npz_bytes())}, timeout=LONG
+    )
 
 
 def test_concurrent_uploads_per_tenant_are_capped_with_429(start) -> None:

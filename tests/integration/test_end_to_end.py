@@ -22,9 +22,14 @@ from tests import servers
 
 ARTIFACT_NAMES = ("model.onnx", "model.torchscript.pt", "report.json", "report.html")
 
+
 def _wait_job(client: httpx.Client, job_id: str) -> dict:
-    servers.wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
-                       900, f"job {job_id}", interval=0.5)  # fmt: skip
+    servers.wait_until(
+        lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
+        900,
+        f"job {job_id}",
+        interval=0.5,
+    )
     return client.get(f"/v1/jobs/{job_id}").json()
 
 

@@ -68,8 +68,9 @@ class Stack:
 
 
 def _s3(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +81,40 @@ def stack(tmp_path_factory, server_logs: Path, announce):
     servers.create_bucket(endpoint, BUCKET)
     with servers.postgres_database() as database_url:
         settings = Settings(
-            data_dir=tmp_path_factory.mktemp("faults-data"), database_url=database_url,
-            broker_url=redis_url, result_backend=redis_url, storage_uri=f"s3://{BUCKET}/artifacts",
-            s3_endpoint_url=endpoint, s3_access_key_id="test", s3_secret_access_key="test",
+            data_dir=tmp_path_factory.mktemp("faults-data"),
+            database_url=database_url,
+            broker_url=redis_url,
+            result_backend=redis_url,
+            storage_uri=f"s3://{BUCKET}/artifacts",
+            s3_endpoint_url=endpoint,
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
             api_keys={hash_key(API_KEY): "ci"},
-            lease_s=3.0, reaper_interval_s=0.5, progress_interval_s=0.2, max_attempts=2, dispatch_retry_s=3.0,
-            broker_visibility_timeout_s=2.0, s3_timeout_s=1.0, s3_max_attempts=2, worker_memory_limit_mb=3000,
-        )  # fmt: skip
+            lease_s=3.0,
+            reaper_interval_s=0.5,
+            progress_interval_s=0.2,
+            max_attempts=2,
+            dispatch_retry_s=3.0,
+            broker_visibility_timeout_s=2.0,
+            s3_timeout_s=1.0,
+            s3_max_attempts=2,
+            worker_memory_limit_mb=3000,
+        )
         api, base = servers.start_api(server_logs, settings, "faults-api")
         announce(f"faults stack: redis {redis_url}, moto {endpoint}, api {base} (pid {api.pid})")
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
-        s = Stack(settings, server_logs, redis_proc, int(redis_url.rsplit(":", 1)[1].split("/")[0]), moto_proc,
-                  endpoint, database_url.rsplit("/", 1)[1], api, base, client)  # fmt: skip
+        s = Stack(
+            settings,
+            server_logs,
+            redis_proc,
+            int(redis_url.rsplit(":", 1)[1].split("/")[0]),
+            moto_proc,
+            endpoint,
+            database_url.rsplit("/", 1)[1],
+            api,
+            base,
+            client,
+        )
         for name, content in (("mlp", digits_mlp_onnx()), ("greedy", digits_mlp_onnx(tile=65536))):
             response = client.post("/v1/models", files={"file": (f"{name}.onnx", content)})
             assert response.status_code == 202, response.text
@@ -110,10 +133,15 @@ def stack(tmp_path_factory, server_logs: Path, announce):
 
 
 def _spec(stack: Stack, epochs: int, model: str = "mlp", **extra) -> dict:
-    return {"model_id": stack.models[model], "dataset": {"builtin": "digits"},
-            "pipeline": [{"finetune": {"epochs": epochs, "lr": 0.01}}],
-            "training": {"batch_size": 1}, "export": {"formats": ["onnx"]},
-            "acceptance": {"max_accuracy_drop": 100.0}, **extra}  # fmt: skip
+    return {
+        "model_id": stack.models[model],
+        "dataset": {"builtin": "digits"},
+        "pipeline": [{"finetune": {"epochs": epochs, "lr": 0.01}}],
+        "training": {"batch_size": 1},
+        "export": {"formats": ["onnx"]},
+        "acceptance": {"max_accuracy_drop": 100.0},
+        **extra,
+    }
 
 
 def _post(stack: Stack, spec: dict) -> str:
@@ -152,9 +180,13 @@ def _holder(stack: Stack, job_id: str) -> servers.Process:
 
     def ask() -> bool:
         active = control.inspect(timeout=1.0).active() or {}
-        found[:] = [proc for proc in stack.workers if proc.alive()
-                    for host, tasks in active.items() if host.startswith(proc.hostname + "@")
-                    and any(task.get("args") == [job_id] for task in tasks)]  # fmt: skip
+        found[:] = [
+            proc
+            for proc in stack.workers
+            if proc.alive()
+            for host, tasks in active.items()
+            if host.startswith(proc.hostname + "@") and any(task.get("args") == [job_id] for task in tasks)
+        ]
         return len(found) == 1
 
     servers.wait_until(ask, SHORT, f"the worker running {job_id}", interval=0.2)
@@ -185,8 +217,11 @@ def _assert_cleaned(stack: Stack, job: dict) -> None:
 def _wait_local_cleanup(stack: Stack, job_id: str) -> None:
     """The worker removes its work directory and checkpoints right after it flips the row."""
     data = stack.settings.data_dir
-    servers.wait_until(lambda: not (data / "work" / job_id).exists() and not (data / "checkpoints" / job_id).exists(),
-                       SHORT, f"the temporary files of {job_id} to be removed")  # fmt: skip
+    servers.wait_until(
+        lambda: not (data / "work" / job_id).exists() and not (data / "checkpoints" / job_id).exists(),
+        SHORT,
+        f"the temporary files of {job_id} to be removed",
+    )
 
 
 def _task_ids(log: str, task: str) -> set[str]:
@@ -210,18 +245,25 @@ def test_a_job_outliving_the_visibility_timeout_runs_once(stack: Stack, pair) ->
     assert job["attempt"] == 1
 
     def both_logged() -> bool:  # Celery logs a task's return value just after the row flips
-        return bool(_holder_log_lines(stack, "succeeded in", "'succeeded'") and _holder_log_lines(stack, "succeeded in", "'skipped'"))
+        return bool(
+            _holder_log_lines(stack, "succeeded in", "'succeeded'")
+            and _holder_log_lines(stack, "succeeded in", "'skipped'")
+        )
 
     servers.wait_until(both_logged, SHORT, "the running and the refused delivery in the worker logs")
     running = _holder_log_lines(stack, "succeeded in", "'succeeded'")
     skipped = _holder_log_lines(stack, "succeeded in", "'skipped'")
-    assert _task_ids(running, "shears.run_job") & _task_ids(skipped, "shears.run_job"), "the refused task was another one"
+    assert _task_ids(running, "shears.run_job") & _task_ids(skipped, "shears.run_job"), (
+        "the refused task was another one"
+    )
 
 
 def _holder_log_lines(stack: Stack, *needles: str) -> str:
     lines = []
     for proc in stack.workers:
-        lines += [line for line in proc.log_path.read_text(errors="replace").splitlines() if all(n in line for n in needles)]
+        lines += [
+            line for line in proc.log_path.read_text(errors="replace").splitlines() if all(n in line for n in needles)
+        ]
     return "\n".join(lines)
 
 
@@ -234,12 +276,19 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_from_its_checkp
     stale = _job(stack, job_id)["progress"]  # the last progress the dead worker wrote
     killed_at = _epoch({"progress": stale})
 
-    second = _wait(stack, job_id, lambda j: j["attempt"] == 2 and _epoch(j) > 0 and j["progress"] != stale, LONG,
-                   "the second attempt's first epoch")  # fmt: skip
+    second = _wait(
+        stack,
+        job_id,
+        lambda j: j["attempt"] == 2 and _epoch(j) > 0 and j["progress"] != stale,
+        LONG,
+        "the second attempt's first epoch",
+    )
     job = _finished(stack, job_id)
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 2
-    assert _epoch(second) > max(killed_at, before["progress"]["epoch"]), "attempt 2 started over, not from the checkpoint"
+    assert _epoch(second) > max(killed_at, before["progress"]["epoch"]), (
+        "attempt 2 started over, not from the checkpoint"
+    )
     _wait_local_cleanup(stack, job_id)  # checkpoints go once the job succeeded
     assert {a["name"] for a in job["artifacts"]} >= {"model.onnx", "report.json"}
 
@@ -249,8 +298,13 @@ def test_a_job_whose_workers_keep_dying_fails_worker_lost_after_max_attempts(sta
     job_id = _post(stack, _spec(stack, epochs=500))
     stale = None
     for attempt in (1, 2):
-        _wait(stack, job_id, lambda j, a=attempt, s=stale: j["attempt"] == a and _epoch(j) > 0 and j["progress"] != s,
-              LONG, f"attempt {attempt}")  # fmt: skip
+        _wait(
+            stack,
+            job_id,
+            lambda j, a=attempt, s=stale: j["attempt"] == a and _epoch(j) > 0 and j["progress"] != s,
+            LONG,
+            f"attempt {attempt}",
+        )
         _kill(_holder(stack, job_id))
         stale = _job(stack, job_id)["progress"]
     job = _finished(stack, job_id)
@@ -333,8 +387,9 @@ def test_redis_down_a_posted_job_is_kept_and_dispatched_when_redis_is_back(stack
     # Not a wall-clock assertion: the answer must come at all (a send retrying the dead broker
     # would hang the request for minutes); a loaded machine may make it slow, hence the margin.
     try:
-        response = stack.client.post("/v1/jobs", json=_spec(stack, epochs=1, training={"batch_size": 64}),
-                                     timeout=httpx.Timeout(30, read=180))  # fmt: skip
+        response = stack.client.post(
+            "/v1/jobs", json=_spec(stack, epochs=1, training={"batch_size": 64}), timeout=httpx.Timeout(30, read=180)
+        )
     except httpx.ReadTimeout:
         pytest.fail("POST /v1/jobs hung on the dead broker")
     assert response.status_code == 202, response.text
@@ -360,8 +415,10 @@ def test_a_database_outage_answers_503_problems_and_loses_nothing(stack: Stack) 
     try:
         admin.execute(f'ALTER DATABASE "{stack.database}" ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (stack.database,))
-        for response in (stack.client.get(f"/v1/jobs/{job_id}"),
-                         stack.client.post("/v1/jobs", json=_spec(stack, epochs=1), headers={"Idempotency-Key": "db-down"})):  # fmt: skip
+        for response in (
+            stack.client.get(f"/v1/jobs/{job_id}"),
+            stack.client.post("/v1/jobs", json=_spec(stack, epochs=1), headers={"Idempotency-Key": "db-down"}),
+        ):
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
             assert response.json()["type"].endswith("/database-unavailable")
@@ -381,13 +438,19 @@ def _partial_upload(base: str, sent: int = 2 * BLOCK_BYTES + 256 * 1024) -> sock
     the API gathers before it writes a block to disk, less than the whole body)."""
     host, port = base.removeprefix("http://").split(":")
     boundary = "shearsboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.onnx\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     total = len(head) + (10 << 20)
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(f"POST /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-                 f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n".encode()
-                 + head + b"\x08\x07" + b"\x00" * (sent - 2))  # fmt: skip
+    sock.sendall(
+        f"POST /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n".encode()
+        + head
+        + b"\x08\x07"
+        + b"\x00" * (sent - 2)
+    )
     return sock
 
 

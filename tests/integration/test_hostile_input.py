@@ -2,6 +2,7 @@
 temporary files of requests that end badly, and the worker's deep inspection (redis, moto,
 PostgreSQL and a celery worker started by the tests). The same rules checked in-process live
 in tests/service/api/test_hostile_requests.py, without duplicates here."""
+
 from __future__ import annotations
 
 import select
@@ -66,8 +67,11 @@ def _nothing_stored(client, settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def uvicorn_api(tmp_path_factory, server_logs: Path) -> Iterator[tuple[str, Settings]]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("hostile-api"), max_upload_bytes=LIMIT,
-                        api_keys={hash_key(k): t for t, k in KEYS.items()})  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("hostile-api"),
+        max_upload_bytes=LIMIT,
+        api_keys={hash_key(k): t for t, k in KEYS.items()},
+    )
     proc, base = servers.start_api(server_logs, settings, "hostile-api")
     try:
         yield base, settings
@@ -80,11 +84,13 @@ def _raw_upload(base: str, *, chunked: bool, total: int) -> tuple[bytes, int]:
     answers. Returns (the answer, body bytes sent before it came)."""
     host, port = base.removeprefix("http://").split(":")
     boundary = "hostileboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.onnx\"\r\n\r\n").encode()
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.onnx"\r\n\r\n').encode()
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"POST /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
-                 f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n\r\n".encode())  # fmt: skip
+    sock.sendall(
+        f"POST /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n\r\n".encode()
+    )
     sent, payload = 0, head + b"\x08\x07" + b"\x00" * (total - len(head) - 2)
     try:
         while sent < total and not select.select([sock], [], [], 0.01)[0]:
@@ -130,8 +136,12 @@ def worker_client(service_settings: Settings, celery_worker) -> Iterator[TestCli
 
 
 def _inspected(client, kind: str, item_id: str) -> dict:
-    servers.wait_until(lambda: client.get(f"/v1/{kind}/{item_id}").json()["status"] != "validating", 90,
-                       f"{kind} inspection", interval=0.1)  # fmt: skip
+    servers.wait_until(
+        lambda: client.get(f"/v1/{kind}/{item_id}").json()["status"] != "validating",
+        90,
+        f"{kind} inspection",
+        interval=0.1,
+    )
     return client.get(f"/v1/{kind}/{item_id}").json()
 
 
@@ -139,11 +149,14 @@ def _unsupported_operator_onnx() -> bytes:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["h"], name="relu_1"),
-         helper.make_node("FancyUnknownOp", ["h"], ["y"], name="mystery_node", domain="com.example")],
-        "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_node("Relu", ["x"], ["h"], name="relu_1"),
+            helper.make_node("FancyUnknownOp", ["h"], ["y"], name="mystery_node", domain="com.example"),
+        ],
+        "odd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     return model.SerializeToString()
 
@@ -156,25 +169,28 @@ def test_a_model_with_an_unsupported_operator_is_marked_invalid_naming_op_and_no
     assert model["status"] == "invalid"
     assert model["error"]["code"] == "unsupported-operator"
     assert "FancyUnknownOp" in model["error"]["message"] and "mystery_node" in model["error"]["message"]
-    body = problem(client.post("/v1/jobs", json={"model_id": model["id"], "dataset": {"builtin": "digits"}}), 422,
-                   "model-invalid")  # fmt: skip
+    body = problem(
+        client.post("/v1/jobs", json={"model_id": model["id"], "dataset": {"builtin": "digits"}}), 422, "model-invalid"
+    )
     assert "FancyUnknownOp" in body["detail"]
-
-
 
 
 # ----------------------------------------------------------------------------- temporary files (real uvicorn)
 
 
-def _send_raw(base: str, body: bytes, *, declared: int | None = None, close_early: bool = False,
-              path: str = "/v1/models") -> bytes:  # fmt: skip
+def _send_raw(
+    base: str, body: bytes, *, declared: int | None = None, close_early: bool = False, path: str = "/v1/models"
+) -> bytes:
     """POST a hand-made multipart body over a socket; with ``close_early`` the client hangs
     up after sending it (its Content-Length promised more). Returns what the server answered."""
     host, port = base.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
-                 f"Content-Type: multipart/form-data; boundary=b0undary\r\n"
-                 f"Content-Length: {declared or len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alpha']}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b0undary\r\n"
+        f"Content-Length: {declared or len(body)}\r\n\r\n".encode()
+        + body
+    )
     answer = b""
     if not close_early:
         with __import__("contextlib").suppress(OSError):
@@ -188,7 +204,11 @@ def _send_raw(base: str, body: bytes, *, declared: int | None = None, close_earl
 
 
 def _file_part(name: str, content: bytes) -> bytes:
-    return (f'--b0undary\r\nContent-Disposition: form-data; name="{name}"; filename="m.onnx"\r\n\r\n').encode() + content + b"\r\n"
+    return (
+        (f'--b0undary\r\nContent-Disposition: form-data; name="{name}"; filename="m.onnx"\r\n\r\n').encode()
+        + content
+        + b"\r\n"
+    )
 
 
 def _no_temporary_files(settings: Settings) -> None:

@@ -22,18 +22,22 @@ def _long_onnx(nodes: int) -> bytes:
     """A valid ONNX chain of ``nodes`` Relu nodes: small on disk, slow to convert."""
     chain = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(nodes)]
     graph = helper.make_graph(
-        chain, "long",
+        chain,
+        "long",
         [helper.make_tensor_value_info("t0", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, ["N", 4])],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def test_inspections_are_queued_apart_from_jobs(service_settings: Settings) -> None:
     # Its own Redis database, which no worker consumes: the messages stay where they were sent.
-    settings = service_settings.model_copy(update={
-        "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/3", "api_keys": {hash_key(KEY): "q"},
-    })  # fmt: skip
+    settings = service_settings.model_copy(
+        update={
+            "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/3",
+            "api_keys": {hash_key(KEY): "q"},
+        }
+    )
     broker = redis.Redis.from_url(settings.broker_url)
     broker.flushdb()
     with TestClient(create_app(settings, reaper=False), headers=AUTH) as client:

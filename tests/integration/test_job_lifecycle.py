@@ -30,16 +30,24 @@ def model_id(api, model_and_data) -> str:
 
 
 def _terminal(api, job_id: str) -> dict:
-    servers.wait_until(lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
-                       180, f"job {job_id} to end", interval=0.2)  # fmt: skip
+    servers.wait_until(
+        lambda: api.get(f"/v1/jobs/{job_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
+        180,
+        f"job {job_id} to end",
+        interval=0.2,
+    )
     return api.get(f"/v1/jobs/{job_id}").json()
 
 
 def test_a_running_job_is_cancelled_inside_its_training_loop(api, model_id) -> None:
     spec = {"model_id": model_id, "dataset": {"builtin": "digits"}, "pipeline": [{"finetune": {"epochs": 500}}]}
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
-    servers.wait_until(lambda: (api.get(f"/v1/jobs/{job_id}").json().get("progress") or {}).get("epoch", 0) >= 1,
-                       120, "the job to train an epoch", interval=0.1)  # fmt: skip
+    servers.wait_until(
+        lambda: (api.get(f"/v1/jobs/{job_id}").json().get("progress") or {}).get("epoch", 0) >= 1,
+        120,
+        "the job to train an epoch",
+        interval=0.1,
+    )
 
     cancelling = api.post(f"/v1/jobs/{job_id}/cancel")
 
@@ -86,8 +94,12 @@ def test_a_finished_job_calls_its_webhook_with_a_valid_signature(api, model_id) 
     _Receiver.received.clear()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
-        spec = {"model_id": model_id, "dataset": {"builtin": "digits"}, "pipeline": [{"finetune": {"epochs": 1}}],
-                "callback_url": url}  # fmt: skip
+        spec = {
+            "model_id": model_id,
+            "dataset": {"builtin": "digits"},
+            "pipeline": [{"finetune": {"epochs": 1}}],
+            "callback_url": url,
+        }
         job_id = api.post("/v1/jobs", json=spec).json()["id"]
         assert _terminal(api, job_id)["status"] == "succeeded"
         servers.wait_until(lambda: _Receiver.received, 30, "the webhook")

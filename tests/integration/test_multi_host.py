@@ -37,8 +37,6 @@ def two_hosts(tmp_path_factory, server_logs: Path, announce):
     reason = netns.available()
     if reason:
         pytest.skip(reason)
-    if not servers.postgres_available():
-        pytest.skip("no PostgreSQL installation on this machine")
     with netns.hosts(2) as hosts, servers.postgres_database() as database_url:
         started: list[servers.Process] = []
         relay = netns.TcpRelay(hosts.host_ip, ("127.0.0.1", 5432))
@@ -51,17 +49,25 @@ def two_hosts(tmp_path_factory, server_logs: Path, announce):
             shared = Settings(
                 data_dir=tmp_path_factory.mktemp("api-host"),
                 database_url=database_url.replace("127.0.0.1:5432", f"{hosts.host_ip}:{relay.address[1]}"),
-                broker_url=redis_url, result_backend=redis_url, storage_uri=f"s3://{BUCKET}/artifacts",
-                s3_endpoint_url=endpoint, s3_access_key_id="test", s3_secret_access_key="test",
-                api_keys={hash_key(API_KEY): "ci"}, lease_s=6.0, reaper_interval_s=0.5, progress_interval_s=0.2,
-            )  # fmt: skip
+                broker_url=redis_url,
+                result_backend=redis_url,
+                storage_uri=f"s3://{BUCKET}/artifacts",
+                s3_endpoint_url=endpoint,
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+                api_keys={hash_key(API_KEY): "ci"},
+                lease_s=6.0,
+                reaper_interval_s=0.5,
+                progress_interval_s=0.2,
+            )
             api, base = servers.start_api(server_logs, shared, "hosts-api")
             started.append(api)
             workers = []
             for host in hosts.names:
                 on_host = shared.model_copy(update={"data_dir": tmp_path_factory.mktemp(f"{host}-data")})
-                proc = servers.start_celery_worker(server_logs, on_host, f"worker-{host}", wait=False,
-                                                   prefix=tuple(hosts.argv(host, [])))  # fmt: skip
+                proc = servers.start_celery_worker(
+                    server_logs, on_host, f"worker-{host}", wait=False, prefix=tuple(hosts.argv(host, []))
+                )
                 proc.data_dir = on_host.data_dir
                 started.append(proc)
                 workers.append(proc)
@@ -102,8 +108,12 @@ def _holder(settings: Settings, workers: list[servers.Process], job_id: str) -> 
 
     def ask() -> bool:
         active = control.inspect(timeout=1.0).active() or {}
-        found[:] = [proc for proc in workers for host, tasks in active.items()
-                    if host.startswith(proc.hostname + "@") and any(t.get("args") == [job_id] for t in tasks)]  # fmt: skip
+        found[:] = [
+            proc
+            for proc in workers
+            for host, tasks in active.items()
+            if host.startswith(proc.hostname + "@") and any(t.get("args") == [job_id] for t in tasks)
+        ]
         return len(found) == 1
 
     servers.wait_until(ask, 60, f"the worker running {job_id}", interval=0.2)
@@ -118,8 +128,9 @@ def _kill(proc: servers.Process) -> None:
 
 
 def _stored_keys(endpoint: str, prefix: str) -> list[str]:
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     return [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/{prefix}").get("Contents", [])]
 
 
@@ -127,9 +138,14 @@ def test_a_job_whose_worker_host_is_killed_resumes_on_the_other_host_from_the_st
     settings, client, workers, endpoint = two_hosts
     model = client.post("/v1/models", files={"file": ("mlp.onnx", digits_mlp_onnx())})
     assert model.status_code == 202, model.text
-    spec = {"model_id": model.json()["id"], "dataset": {"builtin": "digits"},
-            "pipeline": [{"finetune": {"epochs": EPOCHS, "lr": 0.01}}], "training": {"batch_size": 1},
-            "export": {"formats": ["onnx"]}, "acceptance": {"max_accuracy_drop": 100.0}}  # fmt: skip
+    spec = {
+        "model_id": model.json()["id"],
+        "dataset": {"builtin": "digits"},
+        "pipeline": [{"finetune": {"epochs": EPOCHS, "lr": 0.01}}],
+        "training": {"batch_size": 1},
+        "export": {"formats": ["onnx"]},
+        "acceptance": {"max_accuracy_drop": 100.0},
+    }
     response = client.post("/v1/jobs", json=spec)
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
@@ -156,5 +172,8 @@ def test_a_job_whose_worker_host_is_killed_resumes_on_the_other_host_from_the_st
     assert {a["name"] for a in job["artifacts"]} >= {"model.onnx", "report.json"}
     assert (victim.data_dir / "checkpoints" / job_id).is_dir()  # the dead host's disk is never read again
     servers.wait_until(lambda: not _stored_keys(endpoint, checkpoints), 60, "the stored checkpoints to be removed")
-    servers.wait_until(lambda: not (survivor.data_dir / "checkpoints" / job_id).exists(), 60,
-                       "the survivor's local checkpoints to be removed")  # fmt: skip
+    servers.wait_until(
+        lambda: not (survivor.data_dir / "checkpoints" / job_id).exists(),
+        60,
+        "the survivor's local checkpoints to be removed",
+    )

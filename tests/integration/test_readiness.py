@@ -96,8 +96,12 @@ def test_shears_up_restarts_a_worker_killed_with_sigkill_and_keeps_processing(
 ) -> None:
     port = servers.free_port()
     env = {"SHEARS_WORKER_HEARTBEAT_S": "0.5", "SHEARS_WORKER_STALE_S": "3", "SHEARS_WORKER_WARM_IMPORTS": "false"}
-    up = servers.Process("shears-up-supervised", [sys.executable, "-m", "service.cli", "up", "--port", str(port),
-                                                   "--data-dir", str(tmp_path)], server_logs, env)  # fmt: skip
+    up = servers.Process(
+        "shears-up-supervised",
+        [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
+        server_logs,
+        env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         servers.wait_until(lambda: up.ensure_alive() and httpx.get(f"{base}/readyz").is_success, 120, "shears up")

@@ -18,8 +18,12 @@ from service.core.storage import open_store
 from tests.factories import digits_mlp_onnx
 from worker.execution import execute_job
 
-SPEC = {"dataset": {"builtin": "digits"}, "pipeline": [{"prune_channels": {"ratio": 0.25}}, {"finetune": {"epochs": 1}}],
-        "export": {"formats": ["onnx"]}, "acceptance": {"max_accuracy_drop": 100.0}}
+SPEC = {
+    "dataset": {"builtin": "digits"},
+    "pipeline": [{"prune_channels": {"ratio": 0.25}}, {"finetune": {"epochs": 1}}],
+    "export": {"formats": ["onnx"]},
+    "acceptance": {"max_accuracy_drop": 100.0},
+}
 
 
 @pytest.fixture
@@ -32,8 +36,7 @@ def world(tmp_path: Path):
     source = tmp_path / "m.onnx"
     source.write_bytes(digits_mlp_onnx())
     store.put_file(model.storage_key, source)
-    job = JobRecord(id="job_1", tenant="t", model_id=model.id, spec=SPEC, progress={},
-                    artifacts=[], status="queued")  # fmt: skip
+    job = JobRecord(id="job_1", tenant="t", model_id=model.id, spec=SPEC, progress={}, artifacts=[], status="queued")
     with sessions.begin() as session:
         session.add_all([model, job])
     yield settings, sessions, store, model

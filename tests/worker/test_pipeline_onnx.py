@@ -26,12 +26,17 @@ def _symbolic_digits_classifier(path) -> None:
         helper.make_node("Flatten", ["p"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["class_scores"], transB=1),
     ]
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-             for name, shape in [("w", (8, 1, 3, 3)), ("scale", (1, 8, 1, 1)), ("fw", (10, 8)), ("fb", (10,))]]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in [("w", (8, 1, 3, 3)), ("scale", (1, 8, 1, 1)), ("fw", (10, 8)), ("fb", (10,))]
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, "h", "w"])],
-        [helper.make_tensor_value_info("class_scores", TensorProto.FLOAT, ["n", 10])], initializer=inits,
-    )  # fmt: skip
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor_value_info("class_scores", TensorProto.FLOAT, ["n", 10])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save_model(model, str(path))
@@ -40,9 +45,12 @@ def _symbolic_digits_classifier(path) -> None:
 def test_a_symbolic_onnx_job_takes_the_dataset_shape_and_keeps_the_uploaded_signature(tmp_path):
     _symbolic_digits_classifier(tmp_path / "model.onnx")
     spec = JobSpec.model_validate(
-        {"dataset": {"builtin": "digits"}, "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.5}}],
-         "export": {"formats": ["onnx"]}}
-    )  # fmt: skip
+        {
+            "dataset": {"builtin": "digits"},
+            "pipeline": [{"prune_channels": {"criterion": "l1", "ratio": 0.5}}],
+            "export": {"formats": ["onnx"]},
+        }
+    )
     outcome = run_pipeline(
         PipelineInputs(model_path=tmp_path / "model.onnx", builtin_dataset="digits"), spec, tmp_path / "out"
     )

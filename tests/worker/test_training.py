@@ -30,8 +30,15 @@ def test_the_old_function_callbacks_still_run_and_stop_training():
     def after_backward(_model) -> None:
         calls["backward"] += 1
 
-    history = legacy.train(fresh(), DATA, epochs=5, lr=0.05, batch_size=32, after_backward=after_backward,
-                           on_epoch_start=lambda e, _m: calls["start"].append(e),
-                           on_epoch_end=lambda e, _m: e == 1)  # fmt: skip
+    history = legacy.train(
+        fresh(),
+        DATA,
+        epochs=5,
+        lr=0.05,
+        batch_size=32,
+        after_backward=after_backward,
+        on_epoch_start=lambda e, _m: calls["start"].append(e),
+        on_epoch_end=lambda e, _m: e == 1,
+    )
     assert len(history) == 2 and history[-1]["stopped"]
     assert calls == {"backward": 6, "start": [0, 1]}

@@ -216,13 +216,23 @@ def check_onnx_parity(
     finally:
         model.train(was_training)
     outputs = [
-        {"name": name, "max_abs_diff": e["max_abs_diff"], "tolerance": atol + rtol * e["max_ref"],
-         "passed": e["max_abs_diff"] <= atol + rtol * e["max_ref"]}
+        {
+            "name": name,
+            "max_abs_diff": e["max_abs_diff"],
+            "tolerance": atol + rtol * e["max_ref"],
+            "passed": e["max_abs_diff"] <= atol + rtol * e["max_ref"],
+        }
         for name, e in per_output.items()
-    ]  # fmt: skip
+    ]
     if error:
-        return {"max_abs_diff": float("inf"), "tolerance": atol, "passed": False, "batch_sizes_checked": batches,
-                "error": error, "outputs": outputs}  # fmt: skip
+        return {
+            "max_abs_diff": float("inf"),
+            "tolerance": atol,
+            "passed": False,
+            "batch_sizes_checked": batches,
+            "error": error,
+            "outputs": outputs,
+        }
     worst = max(outputs, key=lambda o: o["max_abs_diff"] - o["tolerance"]) if outputs else None
     return {
         "max_abs_diff": worst["max_abs_diff"] if worst else 0.0,
@@ -263,9 +273,13 @@ def onnxruntime_latency(
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         results[str(batch)] = bounded_latency(
-            lambda x=x: session.run(None, {name: x}), budget_s=budget_s, min_repeats=min(5, max(1, repeats)),
-            max_repeats=max(1, repeats), warmup=warmup, rel_tolerance=rel_tolerance,
-        )  # fmt: skip
+            lambda x=x: session.run(None, {name: x}),
+            budget_s=budget_s,
+            min_repeats=min(5, max(1, repeats)),
+            max_repeats=max(1, repeats),
+            warmup=warmup,
+            rel_tolerance=rel_tolerance,
+        )
     import onnxruntime as ort
 
     return {

@@ -54,8 +54,11 @@ def restore_signature(path: Path, signature: IOSignature) -> dict[str, Any]:
     inits = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in inits]
     if len(inputs) != len(signature.inputs) or len(graph.output) != len(signature.outputs):
-        return {"names_kept": False, "error": f"the export has {len(inputs)} inputs and {len(graph.output)} outputs, "
-                f"the original {len(signature.inputs)} and {len(signature.outputs)}"}  # fmt: skip
+        return {
+            "names_kept": False,
+            "error": f"the export has {len(inputs)} inputs and {len(graph.output)} outputs, "
+            f"the original {len(signature.inputs)} and {len(signature.outputs)}",
+        }
     taken = {n for node in graph.node for n in list(node.input) + list(node.output)} | inits
     wanted = [s.name for s in signature.inputs + signature.outputs]
     current = [v.name for v in inputs + list(graph.output)]

@@ -45,7 +45,11 @@ def export_torchscript(
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
-                    scripted = torch.jit.trace(model, example, check_trace=False) if method == "trace" else torch.jit.script(model)
+                    scripted = (
+                        torch.jit.trace(model, example, check_trace=False)
+                        if method == "trace"
+                        else torch.jit.script(model)
+                    )
                     torch.jit.save(scripted, str(path))
                     reloaded = torch.jit.load(str(path), map_location="cpu").eval()
                 with torch.no_grad():

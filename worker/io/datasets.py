@@ -33,8 +33,23 @@ _FEATURE_KINDS = "fiu"  # float, signed int, unsigned int
 _SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val")
 _ACCEPTED = (
     "an .npz (numpy.savez) or .safetensors file with x_train, y_train, x_val, y_val "
-    "(optionally x_test, y_test) or with x, y"
+    "(optionally x_test, y_test) or with x, y; without labels (x_train, x_val or x alone) for label-free jobs"
 )
+
+
+def is_image_archive(path: Path) -> bool:
+    """A ``.zip`` that is not an ``.npz`` (members all ``.npy``), or an uncompressed ``.tar``."""
+    from service.core.intake.archives import archive_kind
+
+    kind = archive_kind(Path(path))
+    if kind != "zip":
+        return kind == "tar"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # let the npz reader give its error
+    return not (names and all(n.endswith(".npy") for n in names))
 
 
 def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
@@ -55,7 +70,9 @@ def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                             member.shape, order="F" if member.fortran_order else "C"
                         )
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-        raise Rejected("invalid-npz", f"the .npz could not be read ({type(exc).__name__}); write it with numpy.savez.") from exc
+        raise Rejected(
+            "invalid-npz", f"the .npz could not be read ({type(exc).__name__}); write it with numpy.savez."
+        ) from exc
     return arrays
 
 
@@ -69,7 +86,9 @@ def _read_exactly(stream, size: int, key: str) -> bytes:
 def _stream_features(key: str, member: intake.NpyMember, stream) -> np.ndarray:
     """float32 features (uint8 scaled to [0, 1]) filled ``_CHUNK_BYTES`` of input at a time."""
     if member.kind not in _FEATURE_KINDS:
-        raise Rejected("bad-dtype", f"{key} has dtype {np.dtype(member.descr)}; features must be numeric (float or int).")
+        raise Rejected(
+            "bad-dtype", f"{key} has dtype {np.dtype(member.descr)}; features must be numeric (float or int)."
+        )
     dtype = np.dtype(member.descr)
     order = "F" if member.fortran_order else "C"
     out = np.empty(member.shape, np.float32, order=order)
@@ -137,9 +156,7 @@ def _labels(name: str, y: np.ndarray, n: int) -> np.ndarray:
         raise Rejected("bad-labels", f"{name} has dtype {y.dtype}; labels must be integer class ids.")
     labels = y.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
-        raise Rejected(
-            "bad-labels", f"{name} holds ids outside 0..{MAX_CLASSES - 1}; labels must be class ids 0..C-1."
-        )
+        raise Rejected("bad-labels", f"{name} holds ids outside 0..{MAX_CLASSES - 1}; labels must be class ids 0..C-1.")
     return labels
 
 
@@ -155,9 +172,7 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def splits_from_arrays(
-    arrays: dict[str, np.ndarray], *, val_fraction: float = 0.2, seed: int = 0
-) -> DataSplits:
+def splits_from_arrays(arrays: dict[str, np.ndarray], *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     """Validate arrays (either key layout) and build ``DataSplits``."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("val_fraction must be in (0, 1)")
@@ -178,10 +193,19 @@ def splits_from_arrays(
         train_idx, val_idx = _stratified_split(y, val_fraction, seed)
         x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
         x_test = y_test = None
+    elif not any(k.startswith("y") for k in arrays) and ("x" in arrays or {"x_train", "x_val"} <= set(arrays)):
+        # inputs only: a label-free dataset (the dense model's outputs are the targets)
+        if "x" in arrays:
+            x = _features("x", arrays["x"])
+            order = np.random.default_rng(seed).permutation(len(x))
+            held = max(1, int(round(len(x) * val_fraction))) if len(x) > 1 else 0
+            x_train, x_val = x[np.sort(order[held:])], x[np.sort(order[:held])]
+        else:
+            x_train, x_val = _features("x_train", arrays["x_train"]), _features("x_val", arrays["x_val"])
+        x_test = _features("x_test", arrays["x_test"]) if "x_test" in arrays else None
+        y_train = y_val = y_test = None
     else:
-        raise Rejected(
-            "missing-keys", f"found keys {sorted(arrays)[:10]}; expected {_ACCEPTED}."
-        )
+        raise Rejected("missing-keys", f"found keys {sorted(arrays)[:10]}; expected {_ACCEPTED}.")
     for name, x in (("x_val", x_val), ("x_test", x_test)):
         if x is not None and x.shape[1:] != x_train.shape[1:]:
             raise Rejected(
@@ -191,6 +215,16 @@ def splits_from_arrays(
     if len(x_train) < 2 or len(x_val) < 1:
         raise Rejected(
             "too-few-samples", f"{len(x_train)} training and {len(x_val)} validation samples; need at least 2 and 1."
+        )
+    as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    if y_train is None:
+        return DataSplits(
+            x_train=as_x(x_train),
+            y_train=None,
+            x_val=as_x(x_val),
+            y_val=None,
+            num_classes=0,
+            x_test=None if x_test is None else as_x(x_test),
         )
     all_labels = [y_train, y_val] + ([y_test] if y_test is not None else [])
     num_classes = int(max(int(y.max()) for y in all_labels if y.size)) + 1
@@ -209,10 +243,28 @@ def splits_from_arrays(
 
 
 def load_dataset_file(
-    path: Path, *, val_fraction: float = 0.2, seed: int = 0, max_bytes: int = MAX_DATASET_BYTES
+    path: Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_bytes: int = MAX_DATASET_BYTES,
+    preprocessing=None,
+    limits=None,
 ) -> DataSplits:
-    """Load and validate an uploaded dataset (format and bombs checked by ``intake`` first)."""
+    """Load and validate an uploaded dataset (format and bombs checked by ``intake`` first).
+
+    Image archives (``.zip`` / ``.tar`` of images) come back lazily decoded with
+    ``preprocessing`` (a ``PreprocessingParams``; defaults when None) and ``limits`` (an
+    ``ArchiveLimits``): their members are checked when indexed, each image when decoded.
+    """
     path = Path(path)
+    if is_image_archive(path):
+        from service.core.intake.archives import ArchiveLimits
+        from worker.io.images import load_image_archive
+
+        return load_image_archive(
+            path, preprocessing, val_fraction=val_fraction, seed=seed, limits=limits or ArchiveLimits()
+        )
     kind = intake.check_dataset_file(path, max_bytes)
     arrays = _read_npz(path, max_bytes) if kind == "npz" else _read_safetensors(path)
     return splits_from_arrays(arrays, val_fraction=val_fraction, seed=seed)
@@ -277,7 +329,9 @@ def builtin_dataset(name: str, seed: int = 0, *, val_fraction: float = 0.2) -> D
         rest, test = _stratified_split(labels, 0.2, seed=12345)
         x, y, x_test, y_test = features[rest], labels[rest], features[test], labels[test]
     else:
-        raise Rejected("unknown-dataset", f"unknown built-in dataset {name[:40]!r}; choose one of {', '.join(BUILTINS)}.")
+        raise Rejected(
+            "unknown-dataset", f"unknown built-in dataset {name[:40]!r}; choose one of {', '.join(BUILTINS)}."
+        )
     y = y.astype(np.int64)
     train_idx, val_idx = _stratified_split(y, val_fraction, seed)
     return DataSplits(

@@ -55,15 +55,18 @@ def load_model(
 
         proto = read_onnx(path)
         module = convert_model(proto, input_shape)
-        details = {"opset": _opset(proto), "ir_version": proto.ir_version, "producer": proto.producer_name or None,
-                   "io": module.shears_onnx_io.to_json()}  # fmt: skip
+        details = {
+            "opset": _opset(proto),
+            "ir_version": proto.ir_version,
+            "producer": proto.producer_name or None,
+            "io": module.shears_onnx_io.to_json(),
+        }
         return LoadedModel(module, "onnx", tuple(module.shears_input_shape), details)
     if kind == "safetensors":
         if not architecture:
             raise Rejected(
                 "architecture-required",
-                "a safetensors file holds weights only; name its architecture, one of: "
-                f"{', '.join(sorted(zoo.ZOO))}.",
+                f"a safetensors file holds weights only; name its architecture, one of: {', '.join(sorted(zoo.ZOO))}.",
             )
         module = zoo.load_zoo_model(architecture, path, num_classes=num_classes, width=width)
         in_channels = _stem_in_channels(module)
@@ -178,7 +181,10 @@ def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: 
             module(example)
     except Exception as exc:
         report["blockers"].append(
-            {"node": "<forward>", "reason": f"a forward pass on input shape {list(input_shape)} fails: {str(exc)[:200]}"}
+            {
+                "node": "<forward>",
+                "reason": f"a forward pass on input shape {list(input_shape)} fails: {str(exc)[:200]}",
+            }
         )
         return report
     try:
@@ -192,11 +198,15 @@ def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: 
     try:
         excluded, prunable_sets = _excluded_sets(module, example)
     except Exception as exc:
-        report["blockers"].append({"node": "<dependency-graph>", "reason": f"Torch-Pruning cannot trace the model: {str(exc)[:200]}"})
+        report["blockers"].append(
+            {"node": "<dependency-graph>", "reason": f"Torch-Pruning cannot trace the model: {str(exc)[:200]}"}
+        )
         return report
     report["excluded"] = excluded
     report["prunable_sets"] = prunable_sets
     if not prunable_sets:
-        report["blockers"] += excluded or [{"node": "<model>", "reason": "no Conv/Linear layer with two or more channels"}]
+        report["blockers"] += excluded or [
+            {"node": "<model>", "reason": "no Conv/Linear layer with two or more channels"}
+        ]
     report["channel_prunable"] = prunable_sets > 0
     return report

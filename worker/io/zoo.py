@@ -206,7 +206,15 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-_MOBILENET_CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_MOBILENET_CFG = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 class MobileNetV2(nn.Module):
@@ -215,7 +223,11 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         stem = _scaled(32, width)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU6(inplace=True),
+        ]
         channels = stem
         for expansion, out, repeats, stride in _MOBILENET_CFG:
             out = _scaled(out, width)
@@ -276,9 +288,7 @@ class Mnist1dCNN(nn.Module):
         return self.linear(torch.flatten(self.features(x), 1))
 
 
-def mnist1d_cnn(
-    num_classes: int = 10, in_channels: int = 1, width: float = 1.0, batchnorm: bool = True
-) -> Mnist1dCNN:
+def mnist1d_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, batchnorm: bool = True) -> Mnist1dCNN:
     """The MNIST-1D reference CNN (with BatchNorm unless ``batchnorm=False``)."""
     return Mnist1dCNN(num_classes, in_channels, width, batchnorm=batchnorm)
 
@@ -384,7 +394,8 @@ def load_zoo_model(name: str, safetensors_path: Path, **kwargs) -> nn.Module:
     for key, tensor in state.items():
         if expected[key].is_floating_point() != tensor.is_floating_point():
             raise Rejected(
-                "weights-mismatch", f"tensor {key!r} has dtype {tensor.dtype}; the architecture needs {expected[key].dtype}."
+                "weights-mismatch",
+                f"tensor {key!r} has dtype {tensor.dtype}; the architecture needs {expected[key].dtype}.",
             )
     model.load_state_dict(state, strict=False)
     return model

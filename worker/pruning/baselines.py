@@ -37,9 +37,7 @@ def _global_prune(
     return masks
 
 
-def global_magnitude_prune(
-    model: nn.Module, sparsity: float, exclude: Iterable[str] = ()
-) -> dict[str, torch.Tensor]:
+def global_magnitude_prune(model: nn.Module, sparsity: float, exclude: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Zero the ``sparsity`` fraction of smallest-|w| weights over all masked layers
     together (``global_unstructured`` + ``L1Unstructured``); returns the keep masks."""
     return _global_prune(model, sparsity, exclude, prune.L1Unstructured)

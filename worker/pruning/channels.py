@@ -77,8 +77,7 @@ def _out_members(graph: tp.DependencyGraph, group, names: dict[nn.Module, str]) 
     for dep, _idxs in group:
         module = dep.target.module
         if module in names and (
-            graph.is_out_channel_pruning_fn(dep.handler)
-            or dep.handler is tp.prune_depthwise_conv_out_channels
+            graph.is_out_channel_pruning_fn(dep.handler) or dep.handler is tp.prune_depthwise_conv_out_channels
         ):
             members.add(names[module])
     return members
@@ -131,8 +130,9 @@ _COMPENSABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @torch.no_grad()
-def _input_means(model: nn.Module, modules: Sequence[nn.Module], probes: torch.Tensor,
-                 batch_size: int = 256) -> dict[nn.Module, torch.Tensor]:  # fmt: skip
+def _input_means(
+    model: nn.Module, modules: Sequence[nn.Module], probes: torch.Tensor, batch_size: int = 256
+) -> dict[nn.Module, torch.Tensor]:
     """E over ``probes`` of each module's input (eval mode): shape (C, *spatial) for a
     conv, (features,) for a linear (leading dims averaged)."""
     sums: dict[nn.Module, torch.Tensor] = {}
@@ -160,8 +160,9 @@ def _input_means(model: nn.Module, modules: Sequence[nn.Module], probes: torch.T
 
 
 @torch.no_grad()
-def _compensate(model: nn.Module, graph: tp.DependencyGraph, group, probes: torch.Tensor,
-                bn_after: dict[nn.Module, nn.Module]) -> int:  # fmt: skip
+def _compensate(
+    model: nn.Module, graph: tp.DependencyGraph, group, probes: torch.Tensor, bn_after: dict[nn.Module, nn.Module]
+) -> int:
     """Mean replacement for one group before it is removed (module docstring).
     Returns the number of consumers compensated."""
     targets: list[tuple[nn.Module, list[int]]] = []
@@ -287,10 +288,14 @@ class PruneResult:
     def layer_table(self) -> list[dict]:
         """One row per prunable layer for the report."""
         return [
-            {"layer": n, "before": b, "after": self.channels_after.get(n, b),
-             "removed": b - self.channels_after.get(n, b)}
+            {
+                "layer": n,
+                "before": b,
+                "after": self.channels_after.get(n, b),
+                "removed": b - self.channels_after.get(n, b),
+            }
             for n, b in self.channels_before.items()
-        ]  # fmt: skip
+        ]
 
 
 def score_layers(
@@ -372,8 +377,9 @@ def prune_channels(
     probes = None
     if importance.needs_probes or compensate:
         probes = select_probes(data.x_train, probes_n, seed, blend, y=data.y_train)
-    scores = score_layers(model, candidates, importance, probes, seed=seed, max_positions=max_positions,
-                          redundancy=redundancy)  # fmt: skip
+    scores = score_layers(
+        model, candidates, importance, probes, seed=seed, max_positions=max_positions, redundancy=redundancy
+    )
     if not scores:
         raise ValueError(f"criterion {importance.name!r} found nothing to score (bn_scale needs BatchNorm layers)")
     if normalize is None:
@@ -384,11 +390,14 @@ def prune_channels(
     if scope == "global" and min_keep_fraction > 0:
         floors = {n: max(min_channels, math.ceil(min_keep_fraction * s.numel() - 1e-9)) for n, s in scores.items()}
     plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors)
-    remove_channels(model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None,
-                    graph=graph)  # fmt: skip
+    remove_channels(
+        model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None, graph=graph
+    )
 
-    channels_after = {layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
-                      for layer in layers}  # fmt: skip
+    channels_after = {
+        layer.name: int(getattr(layer.module, "out_channels", getattr(layer.module, "out_features", 0)))
+        for layer in layers
+    }
     macs_after, params_after = count_macs_params(model, example)
     return PruneResult(
         model=model,

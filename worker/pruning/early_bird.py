@@ -57,9 +57,11 @@ class _Curve:
 
     def _curve_state(self) -> dict:
         return {
-            "epoch": self.epoch, "distances": list(self.distances),
-            "distance_epochs": list(self.distance_epochs), "found_epoch": self.found_epoch,
-        }  # fmt: skip
+            "epoch": self.epoch,
+            "distances": list(self.distances),
+            "distance_epochs": list(self.distance_epochs),
+            "found_epoch": self.found_epoch,
+        }
 
     def _load_curve_state(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
@@ -83,9 +85,13 @@ class BNScaleDetector(_Curve):
     """
 
     def __init__(
-        self, ratio: float, threshold: float = 0.1, window: int = 4, l1_lambda: float = 1e-4,
+        self,
+        ratio: float,
+        threshold: float = 0.1,
+        window: int = 4,
+        l1_lambda: float = 1e-4,
         layers: Sequence[PrunableLayer] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if not 0.0 <= ratio < 1.0:
             raise ValueError("ratio must be in [0, 1)")
@@ -146,11 +152,7 @@ class BNScaleDetector(_Curve):
             dists = [float((mask != m).float().mean()) for m in older]
             self.distances.append(max(dists))
             self.distance_epochs.append(self.epoch)
-            if (
-                self.found_epoch is None
-                and len(older) == self.window
-                and max(dists) < self.threshold
-            ):
+            if self.found_epoch is None and len(older) == self.window and max(dists) < self.threshold:
                 self.found_epoch = self.epoch
         return self.found_epoch is not None
 
@@ -178,10 +180,16 @@ class SplineDetector(_Curve):
     """
 
     def __init__(
-        self, probes: torch.Tensor, layers: Sequence[PrunableLayer], threshold: float = 0.16,
-        window: int = 3, max_positions: int = 64, seed: int = 0, batch_size: int = 256,
+        self,
+        probes: torch.Tensor,
+        layers: Sequence[PrunableLayer],
+        threshold: float = 0.16,
+        window: int = 3,
+        max_positions: int = 64,
+        seed: int = 0,
+        batch_size: int = 256,
         relative_threshold: float | None = 0.5,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError("window must be >= 1")

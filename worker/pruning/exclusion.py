@@ -97,8 +97,11 @@ def _blocked_roots(model: nn.Module, example: torch.Tensor, roots: Sequence[str]
                     continue
                 shapes = output_shapes(trial, probe)
                 if shapes != reference:
-                    changed = [f"output {i}: {list(a)} → {list(b)}" for i, (a, b) in enumerate(zip(reference, shapes, strict=False))
-                               if a != b] or [f"{len(reference)} → {len(shapes)} outputs"]  # fmt: skip
+                    changed = [
+                        f"output {i}: {list(a)} → {list(b)}"
+                        for i, (a, b) in enumerate(zip(reference, shapes, strict=False))
+                        if a != b
+                    ] or [f"{len(reference)} → {len(shapes)} outputs"]
                     raise _ChangesOutputs("its channels reach a model output (" + "; ".join(changed[:2]) + ")")
                 passed.append(root)
             except _ChangesOutputs as exc:

@@ -107,9 +107,7 @@ def discover_layers(model: nn.Module) -> list[PrunableLayer]:
     return _from_module_order(model)
 
 
-def resolve_excludes(
-    model: nn.Module, names: Iterable[str], layers: list[PrunableLayer] | None = None
-) -> set[str]:
+def resolve_excludes(model: nn.Module, names: Iterable[str], layers: list[PrunableLayer] | None = None) -> set[str]:
     """Layer names to leave alone: literal prunable-layer names plus ``first``/``last``.
 
     ``first`` is the first prunable layer executed, ``last`` the last one (the

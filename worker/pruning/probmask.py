@@ -123,8 +123,14 @@ def _solve_exact(z: torch.Tensor, budget: float, bracket_iterations: int = 16) -
     cands = torch.unique(cands)  # sorted ascending
     lower = torch.searchsorted(zs, cands, right=True)  # first z > v
     upper = torch.searchsorted(zs, cands + 1.0, right=False)  # first z >= v + 1
-    f = (full + linear_sum - linear_count * cands + (len(zs) - upper).to(zs.dtype)
-         + (csum[upper] - csum[lower]) - cands * (upper - lower).to(zs.dtype))  # fmt: skip
+    f = (
+        full
+        + linear_sum
+        - linear_count * cands
+        + (len(zs) - upper).to(zs.dtype)
+        + (csum[upper] - csum[lower])
+        - cands * (upper - lower).to(zs.dtype)
+    )
     # f is non-increasing; first candidate with f <= K (exists: f(hi) <= K)
     j = int(torch.searchsorted(-f, torch.tensor([-budget], dtype=f.dtype, device=f.device), right=False))
     j = min(max(j, 1), len(cands) - 1)
@@ -218,9 +224,13 @@ class ProbMaskSparsifier:
     """
 
     def __init__(
-        self, model: nn.Module, sparsity: float, exclude: Iterable[str] = (), eps: float = EPS,
+        self,
+        model: nn.Module,
+        sparsity: float,
+        exclude: Iterable[str] = (),
+        eps: float = EPS,
         projection: Literal["exact", "bisect"] = "exact",
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError("sparsity must be in [0, 1)")
         self.model = model
@@ -316,10 +326,12 @@ class ProbMaskSparsifier:
         larger |w| kept first (global magnitude pruning among ties). Exact sparsity."""
         params = self._params()
         flat = torch.cat([p.scores.detach().reshape(-1).float().cpu() for p in params.values()])
-        magnitude = torch.cat([
-            self.modules[n].parametrizations.weight.original.detach().reshape(-1).abs().float().cpu()  # type: ignore[union-attr]
-            for n in params
-        ])  # fmt: skip
+        magnitude = torch.cat(
+            [
+                self.modules[n].parametrizations.weight.original.detach().reshape(-1).abs().float().cpu()  # type: ignore[union-attr]
+                for n in params
+            ]
+        )
         by_magnitude = torch.sort(magnitude, descending=True, stable=True).indices
         by_score = torch.sort(flat[by_magnitude], descending=True, stable=True).indices
         order = by_magnitude[by_score][: self.kept_target]
@@ -341,9 +353,12 @@ class ProbMaskSparsifier:
         }
 
     def choose_final_masks(
-        self, mode: Literal["topk", "sample"] = "topk", score_fn: Callable[[], float] | None = None,
-        samples: int = 10, seed: int = 0,
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        self,
+        mode: Literal["topk", "sample"] = "topk",
+        score_fn: Callable[[], float] | None = None,
+        samples: int = 10,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
         """Fix the final masks: ``topk`` (Shears default) or the best of ``samples``
         Bernoulli draws by ``score_fn()`` (higher is better, e.g. training accuracy),
         evaluated with each candidate mask applied."""
@@ -477,6 +492,8 @@ def run_probmask(
     final_samples: int = 10,
     projection: Literal["exact", "bisect"] = "exact",
     callbacks: Sequence = (),
+    loss: Loss | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict:
     """Train ``model`` in place with ProbMask, fix the final mask and squash it.
 
@@ -490,13 +507,20 @@ def run_probmask(
     Returns ``masks``, ``sparsity`` (achieved), ``layers`` (per-layer sparsity),
     ``history``, ``final_mask``, ``score_lr``, ``steps``, ``undecided`` (fraction of
     scores in (0.05, 0.95) when the mask was drawn) and ``warnings``.
+
+    ``loss`` replaces the loop's cross-entropy (worker.pruning.distill.OutputDistillation:
+    the weights also learn the dense model's outputs); a dataset without labels trains on
+    that alone, and the sampled final mask is then chosen by fidelity to ``teacher`` (the
+    dense model) instead of accuracy.
     """
     dev = resolve_device(config.device)
     model.to(dev)
+    if data.y_train is None and final_mask == "sample" and teacher is None:
+        raise ValueError("a dataset without labels chooses the sampled mask by fidelity: pass the teacher")
     sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
     if score_lr is None:
         score_lr = scaled_score_lr(config.epochs, config.steps_per_epoch(len(data.x_train)), score_lr_total)
-    history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks])
+    history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks], loss=loss)
     undecided = sparsifier.undecided_fraction()
     warnings: list[str] = []
     if undecided > UNDECIDED_WARNING:
@@ -507,9 +531,19 @@ def run_probmask(
         )
         log.warning(warnings[-1])
     subset = slice(0, min(len(data.x_train), 2048))
+
+    def score() -> float:
+        if data.y_train is not None:
+            return evaluate(model, data.x_train[subset], data.y_train[subset], device=dev)
+        from worker.pruning.fidelity import measure_fidelity
+
+        x = data.x_train
+        batches = (x[i : min(i + config.batch_size, subset.stop)] for i in range(0, subset.stop, config.batch_size))
+        return float(measure_fidelity(teacher, model, batches, device=dev)["fidelity"])
+
     sparsifier.choose_final_masks(
         final_mask,
-        score_fn=lambda: evaluate(model, data.x_train[subset], data.y_train[subset], device=dev),
+        score_fn=score,
         samples=final_samples,
         seed=config.seed,
     )

@@ -85,17 +85,23 @@ class RegionCodes:
     def state_dict(self) -> dict:
         """Tensors and ints only (checkpoint-friendly)."""
         return {
-            "packed": torch.from_numpy(self.packed.copy()), "units": self.units,
-            "bits": self.bits, "probes": self.probes, "positions": self.positions,
-        }  # fmt: skip
+            "packed": torch.from_numpy(self.packed.copy()),
+            "units": self.units,
+            "bits": self.bits,
+            "probes": self.probes,
+            "positions": self.positions,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> RegionCodes:
         """Inverse of :meth:`state_dict`."""
         return cls(
-            state["packed"].numpy().astype(np.uint8), int(state["units"]), int(state["bits"]),
-            int(state["probes"]), int(state["positions"]),
-        )  # fmt: skip
+            state["packed"].numpy().astype(np.uint8),
+            int(state["units"]),
+            int(state["bits"]),
+            int(state["probes"]),
+            int(state["positions"]),
+        )
 
 
 def _as_units_positions(h: torch.Tensor, is_conv: bool) -> torch.Tensor:

@@ -159,8 +159,10 @@ def streamed_spline_scores(
         state[2] += bits.shape[1]
 
     stream_preactivations(model, probes, layers, consume, max_positions, seed, batch_size)
-    return {name: _scores_from_counts(ones, gram if len(ones) > 1 else None, m, redundancy)
-            for name, (ones, gram, m) in counts.items()}  # fmt: skip
+    return {
+        name: _scores_from_counts(ones, gram if len(ones) > 1 else None, m, redundancy)
+        for name, (ones, gram, m) in counts.items()
+    }
 
 
 def spline_scores(codes: dict[str, RegionCodes], redundancy: Redundancy = "pairwise") -> dict[str, torch.Tensor]:

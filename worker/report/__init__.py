@@ -11,4 +11,13 @@ from worker.report.report import (
     write_report,
 )
 
-__all__ = ["REPORT_FIELDS", "SCHEMA_VERSION", "build_report", "channel_counts", "layer_stats", "render_html", "versions", "write_report"]
+__all__ = [
+    "REPORT_FIELDS",
+    "SCHEMA_VERSION",
+    "build_report",
+    "channel_counts",
+    "layer_stats",
+    "render_html",
+    "versions",
+    "write_report",
+]

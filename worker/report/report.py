@@ -28,8 +28,15 @@ training_curves  {stage: {epoch: [int], train_loss: [float], val_accuracy: [floa
 timings          {stage: seconds, "total": seconds}
 exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
 versions         {shears, torch, onnx, onnxruntime, torch_pruning, python}
-acceptance       {max_accuracy_drop, measured_drop, reference, compared, passed}
+fidelity         {after_pruning: F | None, final: F | None}; F = {outputs: {name: {kind, shape,
+                 relative_error, cosine, agreement}}, fidelity, samples} (worker.pruning.fidelity)
+acceptance       {max_accuracy_drop, measured_drop, reference, compared, passed,
+                  checks: {accuracy?, min_agreement?, max_relative_error?: {bound, measured, passed}}}
 ```
+
+Label-free datasets (inputs only) have no accuracy: every accuracy is ``None`` and the gate
+rests on the fidelity bounds; an accuracy bound that cannot be measured is reported with
+``passed: None`` and does not fail the gate.
 """
 
 from __future__ import annotations
@@ -50,10 +57,30 @@ from torch import nn
 
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
-    "schema_version", "job_id", "created_at", "model", "dataset", "spec", "accuracy", "test_accuracy",
-    "parameters", "macs", "file_size", "latency", "layers", "structure", "early_bird", "probmask",
-    "warnings", "training_curves", "timings", "exports", "versions", "acceptance",
-)  # fmt: skip
+    "schema_version",
+    "job_id",
+    "created_at",
+    "model",
+    "dataset",
+    "spec",
+    "accuracy",
+    "test_accuracy",
+    "parameters",
+    "macs",
+    "file_size",
+    "latency",
+    "layers",
+    "structure",
+    "early_bird",
+    "probmask",
+    "warnings",
+    "training_curves",
+    "timings",
+    "exports",
+    "versions",
+    "fidelity",
+    "acceptance",
+)
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -81,8 +108,11 @@ def versions() -> dict[str, str | None]:
 def channel_counts(model: nn.Module) -> dict[str, int]:
     """Output channels of every Conv/Linear layer by module name (what :func:`layer_stats`
     needs of the dense model, without keeping a copy of it)."""
-    return {name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-            for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}  # fmt: skip
+    return {
+        name: int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        for name, m in model.named_modules()
+        if isinstance(m, _PRUNABLE)
+    }
 
 
 def layer_stats(
@@ -139,7 +169,7 @@ def _speedup(before: Mapping | None, after: Mapping | None) -> dict[str, float]:
 
 def build_report(
     *,
-    accuracy_dense: float,
+    accuracy_dense: float | None,
     accuracy_pruned: float | None = None,
     accuracy_finetuned: float | None = None,
     params_before: int,
@@ -163,11 +193,23 @@ def build_report(
     model: Mapping[str, Any] | None = None,
     dataset: Mapping[str, Any] | None = None,
     spec: Mapping[str, Any] | None = None,
+    fidelity: Mapping[str, Any] | None = None,
+    fidelity_checks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dict (see the module docstring for the schema)."""
-    final = next(a for a in (accuracy_finetuned, accuracy_pruned, accuracy_dense) if a is not None)
+    final = next((a for a in (accuracy_finetuned, accuracy_pruned, accuracy_dense) if a is not None), None)
     compared = "finetuned" if accuracy_finetuned is not None else "pruned" if accuracy_pruned is not None else "dense"
-    drop = accuracy_dense - final
+    drop = None if accuracy_dense is None or final is None else accuracy_dense - final
+    checks: dict[str, Any] = {}
+    if max_accuracy_drop is not None:
+        checks["accuracy"] = {
+            "bound": max_accuracy_drop,
+            "measured": drop,
+            "passed": None if drop is None else bool(drop <= max_accuracy_drop),
+        }
+        if drop is None:
+            checks["accuracy"]["reason"] = "the dataset has no labels: accuracy is not measured"
+    checks.update(dict(fidelity_checks or {}))
     layers = list(layers or [])
     total_weights = sum(row.get("weights", 0) for row in layers)
     nonzero = sum(row.get("nonzero_weights", 0) for row in layers)
@@ -177,7 +219,7 @@ def build_report(
     return {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": dict(model or {}),
         "dataset": dict(dataset or {}),
         "spec": dict(spec or {}),
@@ -189,7 +231,11 @@ def build_report(
             "split": "val",
         },
         "test_accuracy": dict(test_accuracy) if test_accuracy else None,
-        "parameters": {"before": int(params_before), "after": int(params_after), "ratio": _ratio(params_before, params_after)},
+        "parameters": {
+            "before": int(params_before),
+            "after": int(params_after),
+            "ratio": _ratio(params_before, params_after),
+        },
         "macs": {"before": macs_before, "after": macs_after, "ratio": _ratio(macs_before, macs_after)},
         "file_size": {
             "before": dict(file_size_before) if file_size_before else None,
@@ -212,12 +258,14 @@ def build_report(
         "timings": timings,
         "exports": dict(exports or {}),
         "versions": versions(),
+        "fidelity": {"after_pruning": None, "final": None, **dict(fidelity or {})},
         "acceptance": {
             "max_accuracy_drop": max_accuracy_drop,
             "measured_drop": drop,
             "reference": "dense",
             "compared": compared,
-            "passed": True if max_accuracy_drop is None else bool(drop <= max_accuracy_drop),
+            "passed": all(c["passed"] is not False for c in checks.values()),
+            "checks": checks,
         },
     }
 
@@ -284,9 +332,11 @@ def _plot_curves(curves: Mapping[str, Mapping[str, list]]) -> str | None:
         return None
     fig = _figure()
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for index, (stage, curve) in enumerate(curves.items()):
+    for index, curve in enumerate(curves.values()):
         label = f"stage {index + 1}"  # stage names are shown (escaped) in the table
-        epochs = curve.get("epoch") or list(range(1, len(curve.get("train_loss") or curve.get("val_accuracy") or []) + 1))
+        epochs = curve.get("epoch") or list(
+            range(1, len(curve.get("train_loss") or curve.get("val_accuracy") or []) + 1)
+        )
         if curve.get("train_loss"):
             ax_loss.plot(epochs[: len(curve["train_loss"])], curve["train_loss"], marker=".", label=label)
         if curve.get("val_accuracy"):
@@ -353,9 +403,13 @@ def render_html(report: Mapping[str, Any]) -> str:
         "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
         ".passed{color:#2ca02c}.failed{color:#d62728}img{max-width:100%}</style></head><body>",
         f"<h1>Shears pruning report {html.escape(str(report.get('job_id') or ''))}</h1>",
-        f"<p class='{verdict.lower()}'><b>Acceptance: {verdict}</b> — accuracy drop "
-        f"{html.escape(_fmt(acceptance['measured_drop']))} points (allowed "
-        f"{html.escape(_fmt(acceptance['max_accuracy_drop']))}).</p>",
+        f"<p class='{verdict.lower()}'><b>Acceptance: {verdict}</b> — "
+        + "; ".join(
+            f"{html.escape(name)}: measured {html.escape(_fmt(c.get('measured')))}, bound {html.escape(_fmt(c.get('bound')))}"
+            f" ({'passed' if c.get('passed') else 'not measured' if c.get('passed') is None else 'FAILED'})"
+            for name, c in (acceptance.get("checks") or {}).items()
+        )
+        + ".</p>",
         *(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in report.get("warnings") or []),
         "<h2>Summary</h2>",
         _table(
@@ -363,18 +417,31 @@ def render_html(report: Mapping[str, Any]) -> str:
                 ("accuracy dense (%)", acc["dense"]),
                 ("accuracy pruned (%)", acc["pruned"]),
                 ("accuracy finetuned (%)", acc["finetuned"]),
-                ("parameters before / after", f"{_fmt(report['parameters']['before'])} / {_fmt(report['parameters']['after'])}"),
+                (
+                    "parameters before / after",
+                    f"{_fmt(report['parameters']['before'])} / {_fmt(report['parameters']['after'])}",
+                ),
                 ("MACs before / after", f"{_fmt(report['macs']['before'])} / {_fmt(report['macs']['after'])}"),
-                ("ONNX bytes before / after", f"{_fmt((sizes['before'] or {}).get('bytes'))} / {_fmt((sizes['after'] or {}).get('bytes'))}"),
-                ("gzip bytes before / after", f"{_fmt((sizes['before'] or {}).get('gzip_bytes'))} / {_fmt((sizes['after'] or {}).get('gzip_bytes'))}"),
+                (
+                    "ONNX bytes before / after",
+                    f"{_fmt((sizes['before'] or {}).get('bytes'))} / {_fmt((sizes['after'] or {}).get('bytes'))}",
+                ),
+                (
+                    "gzip bytes before / after",
+                    f"{_fmt((sizes['before'] or {}).get('gzip_bytes'))} / {_fmt((sizes['after'] or {}).get('gzip_bytes'))}",
+                ),
                 ("channels physically removed", report["structure"]["channels_removed"]),
                 ("unstructured sparsity", report["structure"]["unstructured_sparsity"]),
                 ("early-bird epoch", (report.get("early_bird") or {}).get("epoch")),
             ]
         ),
     ]
+    parts += _fidelity_section(report.get("fidelity") or {})
     lat_rows = []
-    for batch in sorted(set((latency["before"] or {}).get("batch_sizes", {})) | set((latency["after"] or {}).get("batch_sizes", {})), key=lambda b: int(b) if str(b).isdigit() else 0):
+    for batch in sorted(
+        set((latency["before"] or {}).get("batch_sizes", {})) | set((latency["after"] or {}).get("batch_sizes", {})),
+        key=lambda b: int(b) if str(b).isdigit() else 0,
+    ):
         b = ((latency["before"] or {}).get("batch_sizes") or {}).get(batch, {})
         a = ((latency["after"] or {}).get("batch_sizes") or {}).get(batch, {})
         lat_rows.append((f"batch {batch}", b.get("median_ms"), a.get("median_ms"), latency["speedup"].get(batch)))
@@ -389,7 +456,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         if image:
             parts += [f"<h2>{html.escape(title)}</h2>", image]
     if report["training_curves"]:
-        parts.append(_table([(f"stage {i + 1}", name) for i, name in enumerate(report["training_curves"])], ("plot label", "stage")))
+        parts.append(
+            _table(
+                [(f"stage {i + 1}", name) for i, name in enumerate(report["training_curves"])], ("plot label", "stage")
+            )
+        )
     if report["layers"]:
         parts += [
             "<h2>Per-layer channels and sparsity</h2>",
@@ -405,6 +476,43 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts += ["<h2>Time per stage (s)</h2>", _table(list(report["timings"].items()))]
     parts += ["<h2>Versions</h2>", _table(list(report["versions"].items())), "</body></html>"]
     return "".join(parts)
+
+
+def _fidelity_section(fidelity: Mapping[str, Any]) -> list[str]:
+    """Per-output fidelity to the dense model right after pruning and at the end."""
+    before, final = fidelity.get("after_pruning") or {}, fidelity.get("final") or {}
+    if not final and not before:
+        return []
+    names = list((final.get("outputs") or {}) or (before.get("outputs") or {}))
+    rows = []
+    for name in names:
+        b, f = (before.get("outputs") or {}).get(name, {}), (final.get("outputs") or {}).get(name, {})
+        rows.append(
+            (
+                name,
+                f.get("kind") or b.get("kind"),
+                "x".join(str(d) for d in f.get("shape") or b.get("shape") or []),
+                b.get("relative_error"),
+                f.get("relative_error"),
+                b.get("cosine"),
+                f.get("cosine"),
+                b.get("agreement"),
+                f.get("agreement"),
+            )
+        )
+    rows.append(("headline fidelity", "", "", before.get("fidelity"), final.get("fidelity"), "", "", "", ""))
+    header = (
+        "output",
+        "kind",
+        "shape",
+        "rel. error after pruning",
+        "rel. error final",
+        "cosine after pruning",
+        "cosine final",
+        "agreement after pruning",
+        "agreement final",
+    )
+    return ["<h2>Fidelity to the dense model (validation split)</h2>", _table(rows, header)]
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -40,6 +40,23 @@ CODES = frozenset(
         "bad-values",
         "too-few-samples",
         "unknown-dataset",
+        # image archives (service.core.intake.archives, worker.io.images)
+        "invalid-archive",
+        "too-many-members",
+        "unsafe-archive-path",
+        "archive-link",
+        "archive-special-file",
+        "archive-encrypted",
+        "archive-bomb",
+        "archive-too-large",
+        "not-an-image",
+        "image-too-large",
+        "no-images",
+        "bad-archive-layout",
+        "image-bomb",
+        "corrupt-image",
+        "mixed-image-sizes",
+        "bad-preprocessing",
     }
 )
 

@@ -115,11 +115,16 @@ def read_npz_members(path: Path, max_bytes: int) -> dict[str, NpyMember]:
             descr, shape, fortran = header["descr"], header["shape"], header["fortran_order"]
             if not isinstance(descr, str) or "O" in descr:
                 code = "pickle-refused" if isinstance(descr, str) else "bad-dtype"
-                raise Rejected(code, f"Array {name[:-4][:80]!r} holds Python objects or records (dtype {str(descr)[:40]}); "
-                               "loading it would unpickle. Save plain numeric arrays with numpy.savez.")  # fmt: skip
+                raise Rejected(
+                    code,
+                    f"Array {name[:-4][:80]!r} holds Python objects or records (dtype {str(descr)[:40]}); "
+                    "loading it would unpickle. Save plain numeric arrays with numpy.savez.",
+                )
             match = _DESCR.match(descr)
             if match is None:
-                raise Rejected("bad-dtype", f"Array {name[:-4][:80]!r} has dtype {descr[:20]!r}; use a numeric dtype. {FIX}")
+                raise Rejected(
+                    "bad-dtype", f"Array {name[:-4][:80]!r} has dtype {descr[:20]!r}; use a numeric dtype. {FIX}"
+                )
             if (
                 not isinstance(shape, tuple)
                 or len(shape) > MAX_RANK

@@ -83,12 +83,18 @@ def check_onnx_structure(path: Path) -> None:
     and tensors whose data lives in external files (which a single-file upload cannot carry)."""
     size = path.stat().st_size
     if size > MAX_ONNX_BYTES:
-        raise Rejected("model-too-large", f"The ONNX file is {size} bytes, over protobuf's 2 GiB limit; "
-                           "export a smaller model (Shears accepts single-file ONNX only).")  # fmt: skip
+        raise Rejected(
+            "model-too-large",
+            f"The ONNX file is {size} bytes, over protobuf's 2 GiB limit; "
+            "export a smaller model (Shears accepts single-file ONNX only).",
+        )
 
     def invalid(reason: str) -> Rejected:
-        return Rejected("invalid-onnx", f"The file starts like ONNX but is not a complete model ({reason}); "
-                            "upload the whole file as written by torch.onnx.export or onnx.save_model.")  # fmt: skip
+        return Rejected(
+            "invalid-onnx",
+            f"The file starts like ONNX but is not a complete model ({reason}); "
+            "upload the whole file as written by torch.onnx.export or onnx.save_model.",
+        )
 
     with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
@@ -171,7 +177,9 @@ def _check_tensor(buf, value, defined: set) -> None:
         where = location or "?"
         escapes = where.startswith(("/", "\\")) or ".." in where.replace("\\", "/").split("/") or ":" in where
         reason = "a path outside the upload" if escapes else "a separate file, which a single-file upload cannot carry"
-        raise Rejected("external-data-outside-upload",
-                           f"Tensor {name[:100]!r} keeps its data in {where[:200]!r}, {reason}. Save the model as one file: "
-                           "torch.onnx.export(..., external_data=False) or "
-                           "onnx.save_model(model, path, save_as_external_data=False).")  # fmt: skip
+        raise Rejected(
+            "external-data-outside-upload",
+            f"Tensor {name[:100]!r} keeps its data in {where[:200]!r}, {reason}. Save the model as one file: "
+            "torch.onnx.export(..., external_data=False) or "
+            "onnx.save_model(model, path, save_as_external_data=False).",
+        )

@@ -20,11 +20,22 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 100_000
 MAX_RANK = 16
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     if not isinstance(header, dict):
         raise _bad("the header is not a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise _bad("__metadata__ must map strings to strings")
     if len(header) > MAX_TENSORS:
         raise _bad(f"the header lists {len(header)} tensors (limit {MAX_TENSORS})")
@@ -93,11 +106,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in DTYPE_SIZES:
             raise _bad(f"tensor {label} has the unknown dtype {str(dtype)[:20]!r}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_RANK
-            or not all(type(d) is int and d >= 0 for d in shape)
-        ):
+        if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(type(d) is int and d >= 0 for d in shape):
             raise _bad(f"tensor {label}: shape must be a list of at most {MAX_RANK} non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
             raise _bad(f"tensor {label}: data_offsets must be two integers")
@@ -106,7 +115,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             raise _bad(f"tensor {label}: data_offsets [{begin}, {end}] fall outside the {data_len}-byte data buffer")
         needed = math.prod(shape) * DTYPE_SIZES[dtype]
         if needed != end - begin:
-            raise _bad(f"tensor {label}: shape {shape[:8]} of {dtype} needs {needed} bytes but its offsets span {end - begin}")
+            raise _bad(
+                f"tensor {label}: shape {shape[:8]} of {dtype} needs {needed} bytes but its offsets span {end - begin}"
+            )
         tensors[name] = TensorInfo(dtype, tuple(shape), begin, end)
     position = 0
     for name, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):

@@ -17,11 +17,13 @@ from service.core.intake.npz import read_npz_members
 from service.core.intake.onnx_wire import check_onnx_structure
 from service.core.intake.safetensors import DTYPE_SIZES, looks_like_safetensors, read_safetensors_header
 
-Kind = Literal["onnx", "safetensors", "npz", "torchscript", "pickle", "empty", "unknown"]
+Kind = Literal["onnx", "safetensors", "npz", "torchscript", "pickle", "empty", "unknown", "image-zip", "image-tar"]
 ACCEPTED_MODELS = "ONNX (.onnx), safetensors weights with a built-in architecture name, or TorchScript if enabled"
 ACCEPTED_DATASETS = (
     "an .npz (numpy.savez) or .safetensors file with x_train, y_train, x_val, y_val "
-    "(optionally x_test, y_test) or with x, y"
+    "(optionally x_test, y_test) or with x, y (labels optional: x alone, or x_train and x_val, for "
+    "label-free jobs), or a .zip or uncompressed .tar of images (class folders or one flat folder, "
+    "optionally under train/ and val/)"
 )
 MAX_DATASET_BYTES = 4 * 1024**3
 _PICKLE_PROBE_BYTES = 1 << 16
@@ -85,14 +87,21 @@ def sniff(path: Path) -> Kind:
 def _refusal(kind: Kind, what: str, accepted: str) -> Rejected:
     reasons = {
         "empty": ("empty-file", f"The uploaded {what} file is empty."),
-        "pickle": ("pickle-refused", "Pickled files (torch.save of a module or state dict, pickle.dump) are "
-                   "refused because loading them runs code. For weights use "
-                   "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')."),
-        "torchscript": ("torchscript-disabled", "TorchScript uploads are disabled on this server "
-                        "(loading them runs code)."),
+        "pickle": (
+            "pickle-refused",
+            "Pickled files (torch.save of a module or state dict, pickle.dump) are "
+            "refused because loading them runs code. For weights use "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors').",
+        ),
+        "torchscript": (
+            "torchscript-disabled",
+            "TorchScript uploads are disabled on this server (loading them runs code).",
+        ),
         "npz": ("unsupported-format", "This is a NumPy archive, not a model; upload it to /v1/datasets."),
-    }  # fmt: skip
-    code, message = reasons.get(kind, ("unsupported-format", f"The file is not a recognised {what} (checked its content, not its name)."))
+    }
+    code, message = reasons.get(
+        kind, ("unsupported-format", f"The file is not a recognised {what} (checked its content, not its name).")
+    )
     return Rejected(code, f"{message} Accepted: {accepted}.")
 
 
@@ -108,19 +117,35 @@ def check_model_file(path: Path, allow_torchscript: bool) -> Kind:
     return kind
 
 
-def check_dataset_file(path: Path, max_bytes: int = MAX_DATASET_BYTES) -> Kind:
-    """The dataset's format, or ``Rejected`` (npz bombs included, from headers only)."""
+def check_dataset_file(path: Path, max_bytes: int = MAX_DATASET_BYTES, archive_limits=None) -> Kind:
+    """The dataset's format, or ``Rejected`` (npz bombs included, from headers only).
+
+    Image archives are checked member by member and every image decoded
+    (service.core.intake.archives) within ``archive_limits`` (an ``ArchiveLimits``).
+    """
+    from service.core.intake import archives
+
     kind = sniff(path)
+    archive = archives.archive_kind(Path(path)) if kind == "unknown" else None
+    if archive == "zip" and not zipfile.is_zipfile(path):
+        archive = None  # damaged or truncated: refused below like any unrecognised file
+    if archive is not None:
+        archives.check_image_archive(Path(path), archive_limits or archives.ArchiveLimits())
+        return "image-zip" if archive == "zip" else "image-tar"
     if kind == "npz":
         read_npz_members(Path(path), max_bytes)
     elif kind == "safetensors":
         tensors, _ = read_safetensors_header(Path(path))
-        loaded = sum((8 if name.startswith("y") else 4) * (info.end - info.begin) // DTYPE_SIZES[info.dtype]
-                     for name, info in tensors.items())  # fmt: skip
+        loaded = sum(
+            (8 if name.startswith("y") else 4) * (info.end - info.begin) // DTYPE_SIZES[info.dtype]
+            for name, info in tensors.items()
+        )
         if loaded > max_bytes:
-            raise Rejected("too-large", f"The tensors need {loaded} bytes in memory (features as float32, labels as "
-                           f"int64), above this server's {max_bytes}-byte dataset limit; upload fewer samples.")  # fmt: skip
+            raise Rejected(
+                "too-large",
+                f"The tensors need {loaded} bytes in memory (features as float32, labels as "
+                f"int64), above this server's {max_bytes}-byte dataset limit; upload fewer samples.",
+            )
     else:
         raise _refusal(kind, "dataset", ACCEPTED_DATASETS)
     return kind
-

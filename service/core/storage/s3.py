@@ -30,7 +30,8 @@ def _client(settings: Settings, endpoint: str | None):
         aws_secret_access_key=settings.s3_secret_access_key,
         config=Config(
             retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},  # exponential backoff
-            connect_timeout=settings.s3_timeout_s, read_timeout=settings.s3_timeout_s,
+            connect_timeout=settings.s3_timeout_s,
+            read_timeout=settings.s3_timeout_s,
             signature_version="s3v4",
         ),
     )

@@ -2,6 +2,7 @@
 files): every answer is a problem+json with a stable ``type`` and a ``detail`` that says how to
 fix the request; nothing hostile is stored, executed or followed. The checks that need real
 processes (a uvicorn socket, a worker's deep inspection) live in tests/integration."""
+
 from __future__ import annotations
 
 import io
@@ -71,7 +72,9 @@ def _nothing_stored(client, settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/datasets", "/v1/jobs", "/v1/jobs/job_0/artifacts"])
-@pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer not-a-key", "Basic " + "a" * 20, "Bearer " + "x" * 10000])
+@pytest.mark.parametrize(
+    "authorization", ["", "Bearer", "Bearer not-a-key", "Basic " + "a" * 20, "Bearer " + "x" * 10000]
+)
 def test_a_missing_or_invalid_key_gets_401(client, path: str, authorization: str) -> None:
     response = client.get(path, headers={"Authorization": authorization})
     problem(response, 401, "unauthenticated", "invalid-api-key")
@@ -84,17 +87,24 @@ def test_another_tenants_ids_answer_404_everywhere(client) -> None:
     job_id = client.post("/v1/jobs", json={"model_id": model_id, "dataset_id": dataset_id}).json()["id"]
     beta = _as("beta")
     for method, path, kind in [
-        ("GET", f"/v1/models/{model_id}", "model-not-found"), ("DELETE", f"/v1/models/{model_id}", "model-not-found"),
+        ("GET", f"/v1/models/{model_id}", "model-not-found"),
+        ("DELETE", f"/v1/models/{model_id}", "model-not-found"),
         ("GET", f"/v1/datasets/{dataset_id}", "dataset-not-found"),
         ("DELETE", f"/v1/datasets/{dataset_id}", "dataset-not-found"),
-        ("GET", f"/v1/jobs/{job_id}", "job-not-found"), ("POST", f"/v1/jobs/{job_id}/cancel", "job-not-found"),
-        ("GET", f"/v1/jobs/{job_id}/events", "job-not-found"), ("GET", f"/v1/jobs/{job_id}/artifacts", "job-not-found"),
+        ("GET", f"/v1/jobs/{job_id}", "job-not-found"),
+        ("POST", f"/v1/jobs/{job_id}/cancel", "job-not-found"),
+        ("GET", f"/v1/jobs/{job_id}/events", "job-not-found"),
+        ("GET", f"/v1/jobs/{job_id}/artifacts", "job-not-found"),
         ("GET", f"/v1/jobs/{job_id}/artifacts/model.onnx", "job-not-found"),
-        ("GET", f"/v1/jobs/{job_id}/report", "job-not-found"), ("GET", f"/v1/jobs/{job_id}/report.html", "job-not-found"),
-    ]:  # fmt: skip
+        ("GET", f"/v1/jobs/{job_id}/report", "job-not-found"),
+        ("GET", f"/v1/jobs/{job_id}/report.html", "job-not-found"),
+    ]:
         problem(client.request(method, path, headers=beta), 404, kind)
-    problem(client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}}, headers=beta),
-            422, "model-not-found")  # fmt: skip
+    problem(
+        client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}}, headers=beta),
+        422,
+        "model-not-found",
+    )
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"  # beta's cancel changed nothing
 
 
@@ -191,13 +201,23 @@ def _onnx_with_external(location: str) -> bytes:
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize("location", ["/etc/passwd", "../../../etc/passwd", "weights/../../secret.bin",
-                                      "C:\\Windows\\win.ini", "link-to-root", "model.onnx.data"])  # fmt: skip
+@pytest.mark.parametrize(
+    "location",
+    [
+        "/etc/passwd",
+        "../../../etc/passwd",
+        "weights/../../secret.bin",
+        "C:\\Windows\\win.ini",
+        "link-to-root",
+        "model.onnx.data",
+    ],
+)
 def test_onnx_external_data_is_refused_synchronously(client, settings, location: str) -> None:
     """An upload is one file: external data can only point outside it (absolute, `..`, or a
     name that a symlink next to the upload could redirect)."""
-    body = problem(_upload(client, "models", _onnx_with_external(location), "model.onnx"), 422,
-                   "external-data-outside-upload")  # fmt: skip
+    body = problem(
+        _upload(client, "models", _onnx_with_external(location), "model.onnx"), 422, "external-data-outside-upload"
+    )
     assert "save_as_external_data=False" in body["detail"]
     _nothing_stored(client, settings)
 
@@ -213,22 +233,27 @@ def _safetensors(header: dict | bytes, data: bytes = b"\x00" * 16, declared: int
 LYING = {
     "offsets-out-of-range": {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 40]}},
     "negative-offset": {"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}},
-    "overlapping": {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
-                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}},
+    "overlapping": {
+        "a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+    },
     "huge-counts": {"w": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}},
     "shape-size-mismatch": {"w": {"dtype": "F64", "shape": [4], "data_offsets": [0, 16]}},
     "unknown-dtype": {"w": {"dtype": "F1024", "shape": [1], "data_offsets": [0, 16]}},
     "not-a-tensor": {"w": [1, 2, 3]},
     "header-length-beyond-file": "declared",
     "header-not-json": b"{not json at all",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(LYING))
 def test_safetensors_with_a_lying_header_get_422_in_bounded_memory(client, settings, case: str) -> None:
     header = LYING[case]
-    content = (_safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, declared=1 << 60)
-               if header == "declared" else _safetensors(header))  # fmt: skip
+    content = (
+        _safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, declared=1 << 60)
+        if header == "declared"
+        else _safetensors(header)
+    )
     tracemalloc.start()
     for kind in ("models", "datasets"):
         problem(_upload(client, kind, content, "weights.safetensors"), 422, "invalid-safetensors")
@@ -269,15 +294,17 @@ def model_id(client) -> str:
 )
 def test_bad_spec_values_get_422_naming_the_field(client, model_id, patch: dict, field: str) -> None:
     raw = json.dumps({"model_id": model_id, "dataset": {"builtin": "digits"}, **patch}, allow_nan=True)
-    body = problem(client.post("/v1/jobs", content=raw, headers={"content-type": "application/json"}), 422,
-                   "invalid-spec")  # fmt: skip
+    body = problem(
+        client.post("/v1/jobs", content=raw, headers={"content-type": "application/json"}), 422, "invalid-spec"
+    )
     fields = [error["field"] for error in body["errors"]]
     assert any(f.startswith(field) or field == "body" for f in fields), fields
 
 
 @pytest.mark.parametrize("depth", [100, 100_000])
 def test_deeply_nested_specs_are_refused_without_a_crash(client, model_id, depth: int) -> None:
-    raw = '{"model_id": "%s", "dataset": {"builtin": "digits"}, "pipeline": %s1%s}' % (model_id, "[" * depth, "]" * depth)  # noqa: UP031
+    nested = "[" * depth + "1" + "]" * depth
+    raw = f'{{"model_id": "{model_id}", "dataset": {{"builtin": "digits"}}, "pipeline": {nested}}}'
     response = client.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
     problem(response, 413 if len(raw) > 1 << 20 else 422, "invalid-spec", "spec-too-large")
 
@@ -289,14 +316,17 @@ def test_a_spec_over_one_mebibyte_gets_413(client, model_id) -> None:
 
 @pytest.mark.parametrize("key", ["", " padded ", "tab\tkey", "k" * 256, "k" * 5000])
 def test_malformed_idempotency_keys_are_refused(client, model_id, key: str) -> None:
-    response = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}},
-                           headers={"Idempotency-Key": key})  # fmt: skip
+    response = client.post(
+        "/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}}, headers={"Idempotency-Key": key}
+    )
     problem(response, response.status_code, "invalid-idempotency-key", "invalid-request")
     assert response.status_code in {400, 422}
     assert client.get("/v1/jobs").json()["items"] == []
 
 
-@pytest.mark.parametrize("cursor", ["!!!", "bm90IGpzb24", "eyJhIjogMX0", "WzEsIDJd", "WyJub3QgYSBkYXRlIiwgIngiXQ", "x" * 600])
+@pytest.mark.parametrize(
+    "cursor", ["!!!", "bm90IGpzb24", "eyJhIjogMX0", "WzEsIDJd", "WyJub3QgYSBkYXRlIiwgIngiXQ", "x" * 600]
+)
 def test_bad_cursors_are_refused(client, cursor: str) -> None:
     response = client.get("/v1/jobs", params={"cursor": cursor})
     problem(response, 400 if len(cursor) <= 512 else 422, "invalid-cursor", "invalid-request")
@@ -304,7 +334,9 @@ def test_bad_cursors_are_refused(client, cursor: str) -> None:
 
 def test_artifacts_of_unfinished_and_failed_jobs_answer_409(client, model_id) -> None:
     queued = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}}).json()["id"]
-    failed = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}, "seed": 2}).json()["id"]
+    failed = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}, "seed": 2}).json()[
+        "id"
+    ]
     assert job_states.fail(client.app.state.sessions, failed, "timeout", "ran too long", "finetune")
     for job_id in (queued, failed):
         for suffix in ("artifacts", "artifacts/model.onnx", "report", "report.html"):
@@ -314,14 +346,29 @@ def test_artifacts_of_unfinished_and_failed_jobs_answer_409(client, model_id) ->
 # ----------------------------------------------------------------------------- webhooks
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/hook", "http://localhost:8080/hook", "http://[::1]/hook", "http://169.254.169.254/latest/meta-data",
-    "http://10.1.2.3/hook", "http://192.168.0.1/hook", "http://0.0.0.0/hook", "http://2130706433/hook",
-    "http://0x7f000001/hook", "http://[::ffff:127.0.0.1]/hook", "ftp://example.com/hook", "file:///etc/passwd",
-    "http://user:pass@example.com/hook", "http://no-such-host.invalid/hook",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://localhost:8080/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.1/hook",
+        "http://0.0.0.0/hook",
+        "http://2130706433/hook",
+        "http://0x7f000001/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+        "http://user:pass@example.com/hook",
+        "http://no-such-host.invalid/hook",
+    ],
+)
 def test_callbacks_to_internal_or_odd_addresses_are_refused_at_creation(client, model_id, url: str) -> None:
-    response = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}, "callback_url": url})
+    response = client.post(
+        "/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}, "callback_url": url}
+    )
     body = problem(response, 422, "callback-refused")
     assert body["errors"][0]["field"] == "callback_url"
 
@@ -336,8 +383,6 @@ def test_an_npz_smuggling_a_pickle_is_refused_at_upload_and_the_payload_never_ru
     assert "numpy.savez" in body["detail"]
     assert not marker.exists()
     _nothing_stored(client, settings)
-
-
 
 
 def test_an_onnx_declaring_an_opset_no_release_defines_is_refused_at_upload(client, settings) -> None:

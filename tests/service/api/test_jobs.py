@@ -144,8 +144,12 @@ def test_the_spec_schema_lists_every_stage(client) -> None:
 
 
 def _multipart(client, spec: dict, key: str | None = None, path: str = "/v1/jobs/upload"):
-    return client.post(path, files={"model": ("m.onnx", tiny_onnx_bytes()), "dataset": ("d.npz", npz_bytes())},
-                       data={"spec": json.dumps(spec)}, headers={"Idempotency-Key": key} if key else {})  # fmt: skip
+    return client.post(
+        path,
+        files={"model": ("m.onnx", tiny_onnx_bytes()), "dataset": ("d.npz", npz_bytes())},
+        data={"spec": json.dumps(spec)},
+        headers={"Idempotency-Key": key} if key else {},
+    )
 
 
 def _stored_uploads(settings) -> list:
@@ -189,7 +193,11 @@ def test_multipart_job_files_take_the_upload_path_and_await_inspection(client) -
 
 
 def test_a_multipart_job_with_an_unacceptable_file_is_refused_with_the_upload_reason(client, settings) -> None:
-    response = client.post("/v1/jobs/upload", files={"model": ("m.onnx", b"")}, data={"spec": json.dumps({"dataset": {"builtin": "digits"}})})
+    response = client.post(
+        "/v1/jobs/upload",
+        files={"model": ("m.onnx", b"")},
+        data={"spec": json.dumps({"dataset": {"builtin": "digits"}})},
+    )
     assert response.status_code == 422 and response.json()["type"].endswith("/empty-file")
     assert _stored_uploads(settings) == []
 

@@ -75,10 +75,12 @@ def _onnx_with_payload(payload_bytes: int) -> bytes:
     tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[count])
     tensor.raw_data = np.random.default_rng(0).standard_normal(count).astype(np.float32).tobytes()
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "big",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "big",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[tensor],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[tensor],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 

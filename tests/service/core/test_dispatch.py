@@ -22,8 +22,9 @@ def _environment(tmp_path: Path, window: int):
 
 def _post(sessions, celery, settings, tenant: str) -> str:
     """What POST /v1/jobs does: commit the row, then dispatch it."""
-    job = JobRecord(id=new_id("job"), tenant=tenant, model_id="mdl_x", spec={}, status="queued", progress={},
-                    artifacts=[])  # fmt: skip
+    job = JobRecord(
+        id=new_id("job"), tenant=tenant, model_id="mdl_x", spec={}, status="queued", progress={}, artifacts=[]
+    )
     with sessions.begin() as session:
         session.add(job)
     dispatch_job(sessions, celery, settings, job.id)

@@ -74,7 +74,12 @@ class MLP(nn.Module):
         return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
 
 
-MODELS = {"convbn": (ConvBN, (3, 8, 8)), "residual": (Residual, (3, 8, 8)), "depthwise": (Depthwise, (3, 8, 8)), "mlp": (MLP, (20,))}
+MODELS = {
+    "convbn": (ConvBN, (3, 8, 8)),
+    "residual": (Residual, (3, 8, 8)),
+    "depthwise": (Depthwise, (3, 8, 8)),
+    "mlp": (MLP, (20,)),
+}
 
 
 def make_model(kind: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
@@ -89,25 +94,43 @@ def make_model(kind: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     return model.eval(), shape
 
 
-def export(model: nn.Module, shape: tuple[int, ...], path: Path, exporter: str, opset: int, *, train: bool = False,
-           dynamic: bool = True) -> Path:
+def export(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    path: Path,
+    exporter: str,
+    opset: int,
+    *,
+    train: bool = False,
+    dynamic: bool = True,
+) -> Path:
     """Export with torch's legacy (``dynamo=False``) or dynamo exporter."""
     x = torch.randn(2, *shape)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "legacy":
             torch.onnx.export(
-                model.train(train), (x,), str(path), dynamo=False, opset_version=opset, input_names=["x"],
+                model.train(train),
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["x"],
                 dynamic_axes={"x": {0: "batch"}} if dynamic else None,
                 training=torch.onnx.TrainingMode.TRAINING if train else torch.onnx.TrainingMode.EVAL,
                 do_constant_folding=not train,
-            )  # fmt: skip
+            )
         else:
             torch.onnx.export(
-                model.train(train), (x,), str(path), dynamo=True, opset_version=opset,
+                model.train(train),
+                (x,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None,
-                external_data=False, optimize=not train,
-            )  # fmt: skip
+                external_data=False,
+                optimize=not train,
+            )
     model.eval()
     return path
 

@@ -100,9 +100,19 @@ def test_object_arrays_in_an_npz_are_refused_without_unpickling(tmp_path):
         (lambda a: a.update(x_train=np.full((40, 1, 8), np.nan, np.float32)), "bad-values"),
         (lambda a: a.pop("y_val"), "missing-keys"),
     ],
-    ids=["label-count", "val-sample-shape", "no-feature-axis", "negative-labels", "fractional-labels",
-         "one-hot-labels", "single-class", "string-features", "nan-features", "missing-key"],
-)  # fmt: skip
+    ids=[
+        "label-count",
+        "val-sample-shape",
+        "no-feature-axis",
+        "negative-labels",
+        "fractional-labels",
+        "one-hot-labels",
+        "single-class",
+        "string-features",
+        "nan-features",
+        "missing-key",
+    ],
+)
 def test_invalid_datasets_are_rejected_with_a_code_and_a_message(tmp_path, mutate, code):
     arrays = _arrays()
     mutate(arrays)
@@ -165,3 +175,14 @@ def test_an_unknown_builtin_dataset_is_rejected():
     with pytest.raises(Rejected) as err:
         builtin_dataset("imagenet")
     assert err.value.code == "unknown-dataset"
+
+
+def test_an_npz_of_inputs_only_is_a_label_free_dataset() -> None:
+    from worker.io.datasets import splits_from_arrays
+
+    x = np.random.default_rng(0).normal(size=(20, 3, 4)).astype(np.float32)
+    data = splits_from_arrays({"x": x}, val_fraction=0.25, seed=0)
+    assert not data.labelled and data.num_classes == 0 and data.y_train is None
+    assert (len(data.x_train), len(data.x_val)) == (15, 5)
+    both = splits_from_arrays({"x_train": x[:12], "x_val": x[12:]})
+    assert (len(both.x_train), len(both.x_val), both.y_val) == (12, 8, None)

@@ -119,16 +119,24 @@ LYING_HEADERS = {
     "length-past-end": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, 10**6),
     "length-huge": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, 2**62),
     "offsets-out-of-range": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4096]}}, b"\0" * 8, None),
-    "shape-times-dtype-mismatch": ({"a": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 8]}}, b"\0" * 8, None),
+    "shape-times-dtype-mismatch": (
+        {"a": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 8]}},
+        b"\0" * 8,
+        None,
+    ),
     "overlapping": (
-        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
-        b"\0" * 12, None,
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        b"\0" * 12,
+        None,
     ),
     "gap": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None),
     "unknown-dtype": ({"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16, None),
     "negative-dim": ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
     "not-json": (None, b"", None),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(LYING_HEADERS))

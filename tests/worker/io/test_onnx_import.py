@@ -176,7 +176,9 @@ def test_shared_initializers_are_untied_so_each_layer_owns_its_parameters(tmp_pa
     convs = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
     bns = [m for m in gm.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(convs) == 2 and len(bns) == 2
-    storages = {p.data_ptr() for p in gm.parameters()} | {b.data_ptr() for m in bns for b in (m.running_mean, m.running_var)}
+    storages = {p.data_ptr() for p in gm.parameters()} | {
+        b.data_ptr() for m in bns for b in (m.running_mean, m.running_var)
+    }
     assert len(storages) == len(list(gm.parameters())) + 4
     with torch.no_grad():
         convs[0].weight.add_(1.0)
@@ -237,7 +239,10 @@ def test_matmul_with_a_constant_weight_becomes_a_trainable_linear(tmp_path, rank
         helper.make_node("MatMul", ["x", "w"], ["mm"], name="matmul"),
         helper.make_node("Add", ["mm", "b"], ["y"], name="add"),
     ]
-    inits = [_tensor("w", rng.standard_normal((6, 4)).astype(np.float32)), _tensor("b", rng.standard_normal(4).astype(np.float32))]
+    inits = [
+        _tensor("w", rng.standard_normal((6, 4)).astype(np.float32)),
+        _tensor("b", rng.standard_normal(4).astype(np.float32)),
+    ]
     path = _save(_graph_model(nodes, [x_info], [y_info], inits, opset=18), tmp_path / "mm.onnx")
     gm = load_onnx(path)
     linears = [m for m in gm.modules() if isinstance(m, nn.Linear)]
@@ -268,9 +273,17 @@ def _single_op_case(op: str, opset: int):
 
 @pytest.mark.parametrize(
     "op,opset",
-    [("ReduceMean", 18), ("ReduceMax", 18), ("ReduceL2", 18), ("ReduceMax", 20), ("Split", 18), ("Pad", 18),
-     ("Pad", 21), ("AveragePool", 19)],
-)  # fmt: skip
+    [
+        ("ReduceMean", 18),
+        ("ReduceMax", 18),
+        ("ReduceL2", 18),
+        ("ReduceMax", 20),
+        ("Split", 18),
+        ("Pad", 18),
+        ("Pad", 21),
+        ("AveragePool", 19),
+    ],
+)
 def test_opset_18_to_21_nodes_onnx2torch_lacks_convert_like_onnxruntime_runs_them(tmp_path, op, opset):
     model, x = _single_op_case(op, opset)
     path = _save(model, tmp_path / f"{op}.onnx")
@@ -314,7 +327,9 @@ def _external_model(tmp_path: Path) -> tuple[Path, onnx.ModelProto]:
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
-    model = _graph_model([node], [x_info], [y_info], [_tensor("w", rng.standard_normal((3, 2, 3, 3)).astype(np.float32))])
+    model = _graph_model(
+        [node], [x_info], [y_info], [_tensor("w", rng.standard_normal((3, 2, 3, 3)).astype(np.float32))]
+    )
     upload = tmp_path / "upload"
     upload.mkdir()
     path = upload / "model.onnx"

@@ -57,8 +57,16 @@ def _conv_bn_net(opset: int, bn_attrs: dict, dims: list) -> onnx.ModelProto:
         helper.make_node("Flatten", ["p"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1),
     ]
-    inits = [_init("w", (8, 3, 3, 3)), _init("b", (8,)), _init("s", (8,)), _init("o", (8,)), _init("m", (8,)),
-             _init("v", (8,), positive=True), _init("fw", (4, 8)), _init("fb", (4,))]  # fmt: skip
+    inits = [
+        _init("w", (8, 3, 3, 3)),
+        _init("b", (8,)),
+        _init("s", (8,)),
+        _init("o", (8,)),
+        _init("m", (8,)),
+        _init("v", (8,), positive=True),
+        _init("fw", (4, 8)),
+        _init("fb", (4,)),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], 4])
     return _model(nodes, [x], [y], inits, opset)
@@ -113,15 +121,23 @@ def _paddle_style_head(batch_dim) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "fw", "fb"], ["scores"], transB=1),
         helper.make_node("Sigmoid", ["c2"], ["heatmap"]),
     ]
-    inits = [_init("w1", (8, 3, 3, 3)), _init("scale", (1, 8, 1, 1)), _init("bias", (1, 8, 1, 1)),
-             _init("w2", (6, 8, 1, 1)), _init("fw", (5, 6)), _init("fb", (5,)),
-             numpy_helper.from_array(np.array([0], np.int64), "zero"),
-             numpy_helper.from_array(np.array([1], np.int64), "one"),
-             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]  # fmt: skip
+    inits = [
+        _init("w1", (8, 3, 3, 3)),
+        _init("scale", (1, 8, 1, 1)),
+        _init("bias", (1, 8, 1, 1)),
+        _init("w2", (6, 8, 1, 1)),
+        _init("fw", (5, 6)),
+        _init("fb", (5,)),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+    ]
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, 3, 10, 10])
     nodes[0].input[0] = "image"
-    outs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch_dim, 5]),
-            helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [batch_dim, 6, 10, 10])]  # fmt: skip
+    outs = [
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch_dim, 5]),
+        helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [batch_dim, 6, 10, 10]),
+    ]
     return _model(nodes, [x], outs, inits, 14)
 
 
@@ -167,8 +183,13 @@ def test_a_paddle_style_graph_is_pruned_and_exported_with_its_names_and_a_dynami
 
 def test_a_model_whose_every_set_reaches_an_output_is_refused_naming_the_blockers(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])], [_init("w", (8, 3, 1, 1))], 13)  # fmt: skip
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])],
+        [_init("w", (8, 3, 1, 1))],
+        13,
+    )
     loaded = load_model(_save(model, tmp_path / "one.onnx"))
     report = inspect_model(loaded.module, loaded.input_shape)
     assert not report["channel_prunable"] and "output" in report["blockers"][0]["reason"]

@@ -43,7 +43,11 @@ def test_the_mnist1d_cnn_matches_the_reference_convbase_and_takes_flat_or_channe
     plain = zoo.build("mnist1d_cnn", batchnorm=False)
     assert sum(p.numel() for p in plain.parameters()) == 5210  # ConvBase(10, channels=25, linear_in=125)
     convs = [m for m in plain.modules() if isinstance(m, nn.Conv1d)]
-    assert [(c.kernel_size[0], c.stride[0], c.padding[0], c.out_channels) for c in convs] == [(5, 2, 1, 25), (3, 2, 1, 25), (3, 2, 1, 25)]
+    assert [(c.kernel_size[0], c.stride[0], c.padding[0], c.out_channels) for c in convs] == [
+        (5, 2, 1, 25),
+        (3, 2, 1, 25),
+        (3, 2, 1, 25),
+    ]
     model = zoo.build("mnist1d_cnn").eval()
     x = torch.randn(3, 40)
     torch.testing.assert_close(model(x), model(x.unsqueeze(1)))

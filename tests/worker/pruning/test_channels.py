@@ -70,8 +70,9 @@ def test_residual_adds_are_coupled_and_the_group_root_plan_wins():
     x = torch.randn(2, 1, 8, 8)
     sets = coupled_sets(model, x[:1])
     assert ["stem", "a2"] in sets and ["b2", "short"] in sets and ["a1"] in sets
-    remove_channels(model, x[:1], {"stem": torch.tensor([0, 1]), "a2": torch.tensor([5, 6, 7]),
-                                   "b2": torch.tensor([3])})  # fmt: skip
+    remove_channels(
+        model, x[:1], {"stem": torch.tensor([0, 1]), "a2": torch.tensor([5, 6, 7]), "b2": torch.tensor([3])}
+    )
     assert model.stem.out_channels == model.a2.out_channels == 6  # a2 followed stem's plan
     assert model.a1.in_channels == 6 and model.b1.in_channels == 6 and model.short.in_channels == 6
     assert model.b2.out_channels == model.short.out_channels == 11 and model.fc.in_features == 11
@@ -118,8 +119,9 @@ def test_prune_channels_reports_every_layer_and_never_prunes_the_classifier(crit
 def test_prune_channels_honours_exclude_and_ratio_in_layerwise_scope():
     torch.manual_seed(0)
     model = randomize_bn(ConvBN2d(channels=6))
-    result = prune_channels(model, IMAGES, criterion="spline", ratio=0.5, scope="layerwise",
-                            exclude=["conv2"], probes_n=32)  # fmt: skip
+    result = prune_channels(
+        model, IMAGES, criterion="spline", ratio=0.5, scope="layerwise", exclude=["conv2"], probes_n=32
+    )
     assert result.channels_after == {"conv1": 3, "conv2": 8, "fc": 3}
 
 

@@ -92,7 +92,12 @@ def test_detector_state_survives_a_resumed_early_bird_run(tmp_path):
 
         try:
             hooks = TrainHooks(checkpoint_dir=checkpoint_dir, should_cancel=should_cancel)
-            train(model, DATA, TrainConfig(epochs=6, lr=0.05, batch_size=32, stage="eb"), [detector, *hooks.callbacks("eb")])
+            train(
+                model,
+                DATA,
+                TrainConfig(epochs=6, lr=0.05, batch_size=32, stage="eb"),
+                [detector, *hooks.callbacks("eb")],
+            )
         except Exception:  # noqa: BLE001 - the Cancelled of the interrupted run
             pass
         return detector
@@ -136,7 +141,10 @@ def test_detector_defaults_are_the_papers():
     for detector, params in (("bn", bn), ("spline", spline)):
         expected = DETECTOR_DEFAULTS[detector]
         assert (params.window, params.threshold, params.relative_threshold) == (
-            expected["window"], expected["threshold"], expected["relative_threshold"])  # fmt: skip
+            expected["window"],
+            expected["threshold"],
+            expected["relative_threshold"],
+        )
     assert EarlyBirdParams(detector="bn", window=1, threshold=0.2).window == 1
 
 
@@ -186,8 +194,14 @@ def test_a_bn_ticket_without_a_prune_stage_is_applied_with_one_global_threshold(
         model.bn1.weight.fill_(1e-3)  # all of bn1 below the global threshold: layerwise would keep half
         model.bn2.weight.copy_(torch.linspace(0.5, 1.0, 16))
     drawn = BNScaleDetector(ratio=0.5).layer_masks(model)
-    context = StageContext(data=DATA, spec=JobSpec(), device=torch.device("cpu"), hooks=TrainHooks(), teacher=model,
-                           stage_id="0-early_bird")  # fmt: skip
+    context = StageContext(
+        data=DATA,
+        spec=JobSpec(),
+        device=torch.device("cpu"),
+        hooks=TrainHooks(),
+        teacher=model,
+        stage_id="0-early_bird",
+    )
     state = EngineState(model=model)
     apply_ticket(EarlyBirdParams(detector="bn", ratio=0.5), context, state)
     assert state.channels_removed and state.pruned_accuracy is not None

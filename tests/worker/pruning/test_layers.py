@@ -74,12 +74,20 @@ def test_onnx2torch_graphs_exported_with_their_batchnorms_keep_them_attached():
 
     stub_torchvision()
     import onnx2torch
+
     model = randomize_bn(ConvBN2d()).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), buf, dynamo=False, opset_version=17,
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)  # fmt: skip
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 8, 8),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
+        )
     graph = onnx2torch.convert(onnx.load_from_string(buf.getvalue()))
     layers = discover_layers(graph)
     assert [isinstance(layer.bn, nn.BatchNorm2d) for layer in layers] == [True, True, False]

@@ -121,7 +121,9 @@ def test_exclude_keeps_named_layers_dense_and_out_of_the_budget():
     torch.manual_seed(0)
     model = MLP()
     dense_fc3 = model.fc3.weight.detach().clone()
-    result = run_probmask(model, DATA, TrainConfig(epochs=2, lr=0.01, batch_size=32, seed=1), sparsity=0.5, exclude=["last"])
+    result = run_probmask(
+        model, DATA, TrainConfig(epochs=2, lr=0.01, batch_size=32, seed=1), sparsity=0.5, exclude=["last"]
+    )
     assert set(result["masks"]) == {"fc1", "fc2"}
     assert model.fc3.weight.shape == dense_fc3.shape and bool((model.fc3.weight != 0).all())
     n = model.fc1.weight.numel() + model.fc2.weight.numel()
@@ -189,10 +191,13 @@ def test_probmask_checkpoints_under_its_stage_name_and_resumes_to_the_same_masks
         torch.manual_seed(0)
         model = MLP()
         config = TrainConfig(epochs=4, lr=0.01, batch_size=32, seed=2, stage="s2_probmask", grad_clip=3.0)
-        result = run_probmask(model, DATA, config, sparsity=0.6, callbacks=(hooks or TrainHooks()).callbacks(config.stage))
+        result = run_probmask(
+            model, DATA, config, sparsity=0.6, callbacks=(hooks or TrainHooks()).callbacks(config.stage)
+        )
         finetune = config.with_(epochs=1, lr=1e-3, stage="s2_probmask_finetune", grad_clip=None)
-        result["finetune_history"] = finetune_with_masks(model, result["masks"], DATA, finetune,
-                                                         (hooks or TrainHooks()).callbacks(finetune.stage))  # fmt: skip
+        result["finetune_history"] = finetune_with_masks(
+            model, result["masks"], DATA, finetune, (hooks or TrainHooks()).callbacks(finetune.stage)
+        )
         return result
 
     expected = run()

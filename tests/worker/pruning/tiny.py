@@ -137,9 +137,15 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
-            output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-        )  # fmt: skip
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
     return buf.getvalue()
 
 

@@ -34,20 +34,35 @@ def _report(**overrides):
     layers = layer_stats(dense, pruned)
     layers[0]["name"] = EVIL  # user-controlled strings end up in the page
     kwargs = dict(
-        accuracy_dense=90.0, accuracy_pruned=80.0, accuracy_finetuned=89.5,
+        accuracy_dense=90.0,
+        accuracy_pruned=80.0,
+        accuracy_finetuned=89.5,
         params_before=sum(p.numel() for p in dense.parameters()),
         params_after=sum(p.numel() for p in pruned.parameters()),
-        macs_before=34_000, macs_after=20_000,
+        macs_before=34_000,
+        macs_after=20_000,
         file_size_before={"bytes": 30_000, "gzip_bytes": 20_000},
         file_size_after={"bytes": 15_000, "gzip_bytes": 10_000},
-        latency_before=_latency(2.0), latency_after=_latency(1.0),
-        layers=layers, channels_removed=True,
-        early_bird={"detector": "spline", "found": True, "epoch": 4, "distances": [0.5, 0.3, 0.2, 0.1, 0.05], "threshold": 0.16},
-        training_curves={EVIL: {"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, float("nan")], "val_accuracy": [50.0, 70.0, 80.0]}},
+        latency_before=_latency(2.0),
+        latency_after=_latency(1.0),
+        layers=layers,
+        channels_removed=True,
+        early_bird={
+            "detector": "spline",
+            "found": True,
+            "epoch": 4,
+            "distances": [0.5, 0.3, 0.2, 0.1, 0.05],
+            "threshold": 0.16,
+        },
+        training_curves={
+            EVIL: {"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, float("nan")], "val_accuracy": [50.0, 70.0, 80.0]}
+        },
         timings={"early_bird": 1.5, "prune": 0.2, "finetune": 3.0},
-        max_accuracy_drop=1.0, job_id="job_1", model={"name": EVIL},
+        max_accuracy_drop=1.0,
+        job_id="job_1",
+        model={"name": EVIL},
         exports={"onnx": {"passed": True, "max_abs_diff": 1e-7}},
-    )  # fmt: skip
+    )
     kwargs.update(overrides)
     return build_report(**kwargs)
 

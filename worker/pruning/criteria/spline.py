@@ -23,5 +23,6 @@ class SplineImportance:
         if context.probes is None:
             raise ValueError("criterion 'spline' needs probes")
         # counts accumulated batch by batch: memory independent of the number of probes
-        return streamed_spline_scores(model, context.probes, layers, context.max_positions, context.seed,
-                                      context.redundancy)  # fmt: skip
+        return streamed_spline_scores(
+            model, context.probes, layers, context.max_positions, context.seed, context.redundancy
+        )

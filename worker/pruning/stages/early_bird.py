@@ -8,7 +8,7 @@ from worker.pruning.channels import prune_channels
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector
 from worker.pruning.layers import discover_layers
 from worker.pruning.regions import select_probes
-from worker.pruning.stages.base import EngineState, StageContext
+from worker.pruning.stages.base import EngineState, StageContext, labels_required
 from worker.pruning.stages.prune_channels import apply_channel_pruning
 from worker.pruning.training import train
 
@@ -18,23 +18,36 @@ class EarlyBirdRunner:
         return params.max_epochs
 
     def run(self, params: EarlyBirdParams, context: StageContext, state: EngineState) -> None:
+        if not context.labelled:
+            raise labels_required(
+                "early_bird trains the dense model from labels; this dataset has none. Drop the early_bird "
+                "stage (prune_channels + finetune distil from the dense model)."
+            )
         if params.detector == "bn":
             detector = BNScaleDetector(ratio=params.ratio, threshold=params.threshold, window=params.window)
         else:
             probes = select_probes(context.data.x_train, 512, seed=context.spec.seed)
             detector = SplineDetector(
-                probes, discover_layers(state.model), threshold=params.threshold, window=params.window,
+                probes,
+                discover_layers(state.model),
+                threshold=params.threshold,
+                window=params.window,
                 relative_threshold=params.relative_threshold,
-            )  # fmt: skip
+            )
         # [EB]: a constant lr until the ticket (the run's length is not known in advance)
         config = context.train_config(epochs=params.max_epochs, lr=params.lr, lr_schedule="constant")
         history = train(state.model, context.data, config, [detector, *context.callbacks()])
         state.early_bird = {
-            "detector": params.detector, "found": detector.found_epoch is not None, "epoch": detector.found_epoch,
-            "epochs_trained": len(history), "max_epochs": params.max_epochs,
-            "threshold": getattr(detector, "effective_threshold", params.threshold), "window": params.window,
-            "distances": list(detector.distances), "distance_epochs": list(detector.distance_epochs),
-        }  # fmt: skip
+            "detector": params.detector,
+            "found": detector.found_epoch is not None,
+            "epoch": detector.found_epoch,
+            "epochs_trained": len(history),
+            "max_epochs": params.max_epochs,
+            "threshold": getattr(detector, "effective_threshold", params.threshold),
+            "window": params.window,
+            "distances": list(detector.distances),
+            "distance_epochs": list(detector.distance_epochs),
+        }
         if not isinstance(context.next_params, PruneChannelsParams):
             apply_ticket(params, context, state)
 
@@ -47,8 +60,15 @@ def apply_ticket(params: EarlyBirdParams, context: StageContext, state: EngineSt
         apply_channel_pruning(PruneChannelsParams(criterion="spline", ratio=params.ratio), context, state)
         return
     result = prune_channels(
-        state.model, context.data, criterion="bn_scale", ratio=params.ratio, scope="global", normalize="none",
-        min_keep_fraction=0.0, exclude=PruneChannelsParams().exclude, seed=context.spec.seed,
-    )  # fmt: skip
+        state.model,
+        context.data,
+        criterion="bn_scale",
+        ratio=params.ratio,
+        scope="global",
+        normalize="none",
+        min_keep_fraction=0.0,
+        exclude=PruneChannelsParams().exclude,
+        seed=context.spec.seed,
+    )
     state.layers, state.channels_removed = result.layer_table(), True
     state.pruned_accuracy = context.evaluate(state.model)

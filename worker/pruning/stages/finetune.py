@@ -1,5 +1,9 @@
 """``finetune``: train the pruned model (masks, if any, stay fixed), with the recovery
-callbacks the params ask for and, with ``distill`` > 0, distillation from the dense model."""
+callbacks the params ask for and, with ``distill`` > 0, distillation from the dense model
+(Hinton et al. 2015). Without labels it learns the dense model's outputs alone, every output
+with the loss of its kind (worker.pruning.distill); a labelled model with several outputs (or
+outputs that are not logits) distils all of them. Fidelity to the dense model is measured
+before the first finetune (the report's ``after_pruning``)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import copy
 import math
 
 from service.core.spec import FinetuneParams
-from worker.pruning.stages.base import EngineState, StageContext
+from worker.pruning.stages.base import EngineState, StageContext, labels_required
+from worker.pruning.teacher import LABEL_FREE_GRAD_CLIP
 from worker.pruning.training import (
     BatchNormRecalibration,
     Distillation,
@@ -33,7 +38,20 @@ class FinetuneRunner:
         epochs = finetune_epochs(params, len(context.data.x_train), context.spec.training.batch_size)
         if epochs == 0:
             return
-        config = context.train_config(epochs=epochs, lr=params.lr)
+        labelled = context.labelled
+        if not labelled and (params.patience is not None or params.restore_best):
+            raise labels_required(
+                "finetune.patience and finetune.restore_best choose epochs by validation accuracy; this dataset "
+                "has no labels. Drop them (the epoch budget is kept)."
+            )
+        reference = context.reference() if context.has_reference else None
+        if reference is not None and not state.finetuned and state.fidelity.get("after_pruning") is None:
+            state.fidelity["after_pruning"] = reference.fidelity(
+                state.model, context.data, context.spec.training.batch_size, context.device
+            )
+        # label-free: clip the gradient norm, a pruned detector's first distillation steps can be steep
+        changes = {} if labelled else {"grad_clip": LABEL_FREE_GRAD_CLIP}
+        config = context.train_config(epochs=epochs, lr=params.lr, **changes)
         callbacks: list = []
         if state.masks:
             callbacks.append(FreezeMasks(state.masks))
@@ -50,12 +68,19 @@ class FinetuneRunner:
             best = RestoreBest()
             callbacks.append(best)
         loss = None
-        if params.distill > 0:
+        if not labelled:
+            loss = reference.distillation(context.device)
+        elif params.distill > 0 and reference.single_logits:
             teacher = copy.deepcopy(context.teacher).to(context.device)
             loss = Distillation(teacher, params.distill, params.distill_temperature)
+        elif params.distill > 0:
+            loss = reference.distillation(context.device, params.distill)
         history = train(state.model, context.data, config, [*callbacks, *context.callbacks()], loss=loss)
         state.finetuned = True
-        state.extras.setdefault("finetune", []).append({
-            "epochs_trained": len(history), "max_epochs": epochs,
-            "best_epoch": best.best_epoch if best is not None else None,
-        })  # fmt: skip
+        state.extras.setdefault("finetune", []).append(
+            {
+                "epochs_trained": len(history),
+                "max_epochs": epochs,
+                "best_epoch": best.best_epoch if best is not None else None,
+            }
+        )

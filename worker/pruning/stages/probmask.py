@@ -1,4 +1,5 @@
-"""``probmask``: unstructured sparsity under one global budget ([PROBMASK]; ALGORITHMS §4)."""
+"""``probmask``: unstructured sparsity under one global budget ([PROBMASK]; ALGORITHMS §4).
+Without labels the weights learn every output of the dense model (worker.pruning.teacher)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,24 @@ class ProbMaskRunner:
         config = context.train_config(
             epochs=params.epochs, lr=params.lr, grad_clip=GRAD_CLIP, forward_passes=params.mask_samples
         )
+        distill = {}
+        if not context.labelled:  # the weights learn every output of the dense model
+            loss = context.reference().distillation(context.device)
+            distill = {"loss": loss, "teacher": loss.teacher}  # the teacher also picks a sampled mask
         result = run_probmask(
-            state.model, context.data, config, sparsity=params.sparsity, score_lr=params.score_lr,
-            exclude=params.exclude, final_mask=params.final_mask, callbacks=context.callbacks(),
-        )  # fmt: skip
+            state.model,
+            context.data,
+            config,
+            sparsity=params.sparsity,
+            score_lr=params.score_lr,
+            exclude=params.exclude,
+            final_mask=params.final_mask,
+            callbacks=context.callbacks(),
+            **distill,
+        )
         state.masks = result["masks"]
         # the report's ``probmask`` section: score lr used (scaled when null), steps, undecided scores, warnings
-        state.extras["probmask"] = {key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")}
+        state.extras["probmask"] = {
+            key: result[key] for key in ("sparsity", "score_lr", "steps", "undecided", "warnings")
+        }
         state.pruned_accuracy = context.evaluate(state.model)

@@ -56,15 +56,22 @@ def train(
     model.to(device)
     callbacks = _ordered(callbacks)
     loss_fn = loss or CrossEntropy()
+    if data.y_train is None and isinstance(loss_fn, CrossEntropy):
+        raise ValueError("a dataset without labels trains only by distillation: pass a distillation loss")
 
     claimed = {id(p) for cb in callbacks if callable(getattr(cb, "parameters", None)) for p in cb.parameters()}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
     optimizer = torch.optim.SGD(weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     n = len(data.x_train)
     state = TrainState(
-        model=model, data=data, config=config, device=device, optimizer=optimizer,
-        steps_per_epoch=config.steps_per_epoch(n), callbacks=callbacks,
-    )  # fmt: skip
+        model=model,
+        data=data,
+        config=config,
+        device=device,
+        optimizer=optimizer,
+        steps_per_epoch=config.steps_per_epoch(n),
+        callbacks=callbacks,
+    )
 
     for cb in callbacks:
         restore = getattr(cb, "restore", None)
@@ -94,7 +101,8 @@ def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: in
             group["lr"] = lr
         _call(callbacks, "on_step_start", state)
         idx = order[i : i + config.batch_size]
-        xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        xb = data.x_train[idx].to(device)
+        yb = data.y_train[idx].to(device) if data.y_train is not None else None  # None: label-free
         state.batch = (xb, yb)
         for p in trainable:
             p.grad = None
@@ -110,15 +118,16 @@ def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: in
         optimizer.step()
         _call(callbacks, "after_step", state)
         loss_sum += float(state.loss) * len(idx)
-        correct += int((logits.detach().argmax(1) == yb).sum())
+        if yb is not None:
+            correct += int((logits.detach().argmax(1) == yb).sum())
         seen += len(idx)
         state.step += 1
     state.batch = None
     state.record = {
         "epoch": epoch + 1,
         "loss": loss_sum / max(1, seen),
-        "train_accuracy": correct / max(1, seen),
-        "val_accuracy": evaluate(model, data.x_val, data.y_val, device=device),
+        "train_accuracy": correct / max(1, seen) if data.y_train is not None else None,
+        "val_accuracy": evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None,
         "lr": lr,
         "stopped": False,
     }

@@ -14,10 +14,11 @@ from tests.factories import tiny_onnx_bytes
 
 def _model(tmp_path: Path, opset: int, domain: str = "") -> Path:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)])
     model.ir_version = 8
     path = tmp_path / "m.onnx"
@@ -63,6 +64,7 @@ def test_onnx_from_torch_exporters_passes_the_structural_check(tmp_path: Path) -
         for dynamo in (False, True):
             path = tmp_path / f"{cls.__name__}-{dynamo}.onnx"
             options = {"external_data": False} if dynamo else {"dynamic_axes": {"x": {0: "batch"}}}
-            torch.onnx.export(cls().eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=dynamo,
-                              input_names=["x"], **options)  # fmt: skip
+            torch.onnx.export(
+                cls().eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=dynamo, input_names=["x"], **options
+            )
             assert check_model_file(path, allow_torchscript=False) == "onnx"

@@ -43,7 +43,9 @@ def test_a_gap_in_the_data_buffer_is_refused(tmp_path) -> None:
 
 
 def test_bytes_no_tensor_accounts_for_are_refused(tmp_path) -> None:
-    assert "accounts" in _refused(_file(tmp_path, {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0\0"))
+    assert "accounts" in _refused(
+        _file(tmp_path, {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0\0")
+    )
 
 
 def test_a_repeated_tensor_name_is_refused(tmp_path) -> None:

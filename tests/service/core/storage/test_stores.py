@@ -19,8 +19,13 @@ def store(request, tmp_path: Path):
         return open_store(Settings(data_dir=tmp_path))
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = request.getfixturevalue("s3_bucket")
-    settings = Settings(data_dir=tmp_path, storage_uri=f"s3://{bucket}/{tmp_path.name}", s3_endpoint_url=endpoint,
-                        s3_access_key_id="test", s3_secret_access_key="test")  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path,
+        storage_uri=f"s3://{bucket}/{tmp_path.name}",
+        s3_endpoint_url=endpoint,
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
     return open_store(settings)
 
 
@@ -57,8 +62,13 @@ def test_the_store_reports_itself_healthy(store) -> None:
 
 
 def test_s3_presigned_urls_download_the_object(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
-    settings = Settings(data_dir=tmp_path, storage_uri=f"s3://{s3_bucket}/presign", s3_endpoint_url=s3_endpoint,
-                        s3_access_key_id="test", s3_secret_access_key="test")  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path,
+        storage_uri=f"s3://{s3_bucket}/presign",
+        s3_endpoint_url=s3_endpoint,
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
     store = open_store(settings)
     store.put_stream("k", io.BytesIO(b"artifact"))
     url = store.presigned_url("k", expires_s=60)
@@ -89,14 +99,26 @@ def test_a_stored_file_survives_the_deletion_of_its_source_and_replaces_an_older
 
 
 def test_s3_errors_reach_callers_as_our_storage_errors_not_botocore(tmp_path: Path, s3_endpoint: str) -> None:
-    down = Settings(data_dir=tmp_path, storage_uri="s3://b/p", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-                    s3_access_key_id="test", s3_secret_access_key="test", s3_max_attempts=1, s3_timeout_s=1)  # fmt: skip
+    down = Settings(
+        data_dir=tmp_path,
+        storage_uri="s3://b/p",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+        s3_max_attempts=1,
+        s3_timeout_s=1,
+    )
     source = tmp_path / "f"
     source.write_bytes(b"x")
     with pytest.raises(StorageUnavailable) as unreachable:
         open_store(down).put_file("k", source)
     assert "botocore" not in type(unreachable.value).__module__
-    missing_bucket = Settings(data_dir=tmp_path, storage_uri="s3://no-such-bucket/p", s3_endpoint_url=s3_endpoint,
-                              s3_access_key_id="test", s3_secret_access_key="test")  # fmt: skip
+    missing_bucket = Settings(
+        data_dir=tmp_path,
+        storage_uri="s3://no-such-bucket/p",
+        s3_endpoint_url=s3_endpoint,
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
     with pytest.raises(StorageError):
         open_store(missing_bucket).put_file("k", source)

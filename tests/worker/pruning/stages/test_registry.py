@@ -52,5 +52,12 @@ def test_a_finetune_budget_in_both_epochs_and_steps_is_refused():
 
 
 def context(spec: JobSpec, teacher, next_params=None, stage_id: str = "0-stage") -> StageContext:
-    return StageContext(data=make_data((1, 16), n_train=96, n_val=48), spec=spec, device=torch.device("cpu"),
-                        hooks=TrainHooks(), teacher=teacher, stage_id=stage_id, next_params=next_params)  # fmt: skip
+    return StageContext(
+        data=make_data((1, 16), n_train=96, n_val=48),
+        spec=spec,
+        device=torch.device("cpu"),
+        hooks=TrainHooks(),
+        teacher=teacher,
+        stage_id=stage_id,
+        next_params=next_params,
+    )

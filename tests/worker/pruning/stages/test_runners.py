@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec, ProbMaskParams, PruneChannelsParams
 from tests.worker.pruning.stages.test_registry import context
 from tests.worker.pruning.tiny import MLP, ConvBN1d
+from worker.io.data import DataSplits
+from worker.pipeline import EngineError
 from worker.pruning.stages import EngineState, runner_for
 
 SPEC = JobSpec.model_validate({"training": {"batch_size": 32}, "seed": 1})
@@ -78,3 +81,54 @@ def test_finetune_with_distillation_leaves_the_dense_teacher_untouched():
     runner_for(params).run(params, context(SPEC, teacher=teacher), state)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(p.requires_grad for p in teacher.parameters())
+
+
+def _unlabelled(spec: JobSpec, teacher):
+    """A stage context whose dataset has inputs only (a label-free job)."""
+    ctx = context(spec, teacher=teacher)
+    ctx.data = DataSplits(ctx.data.x_train, None, ctx.data.x_val, None, num_classes=0)
+    return ctx
+
+
+def test_early_bird_without_labels_is_refused_as_labels_required():
+    params = EarlyBirdParams(max_epochs=2)
+    with pytest.raises(EngineError, match="has none") as error:
+        runner_for(params).run(params, _unlabelled(SPEC, teacher=model()), EngineState(model=model()))
+    assert error.value.code == "labels-required"
+
+
+def test_prune_channels_without_labels_reports_no_accuracy_and_keeps_the_output_shape():
+    state = EngineState(model=model(MLP))
+    params = PruneChannelsParams(criterion="l1", ratio=0.5, probes=16)
+    runner_for(params).run(params, _unlabelled(SPEC, teacher=model(MLP)), state)
+    assert state.channels_removed and state.pruned_accuracy is None
+    assert state.model(torch.randn(2, 16)).shape == (2, 3)
+
+
+def test_finetune_without_labels_distils_the_dense_outputs_and_measures_fidelity_first():
+    dense = model()
+    state = EngineState(model=copy.deepcopy(dense))
+    ctx = _unlabelled(SPEC, teacher=dense)
+    prune = PruneChannelsParams(criterion="l1", ratio=0.5, probes=16)
+    runner_for(prune).run(prune, ctx, state)
+    params = FinetuneParams(epochs=3, lr=0.01)
+    runner_for(params).run(params, ctx, state)
+    after = state.fidelity["after_pruning"]
+    assert after is not None and state.finetuned
+    final = ctx.reference().fidelity(state.model, ctx.data, 32, ctx.device)
+    assert final["outputs"]["output_0"]["relative_error"] < after["outputs"]["output_0"]["relative_error"]
+
+
+def test_finetune_recovery_by_validation_accuracy_is_refused_without_labels():
+    params = FinetuneParams(epochs=2, restore_best=True)
+    with pytest.raises(EngineError, match="no labels"):
+        runner_for(params).run(params, _unlabelled(SPEC, teacher=model()), EngineState(model=model()))
+
+
+def test_probmask_without_labels_reaches_its_sparsity_by_distillation():
+    dense = model()
+    state = EngineState(model=copy.deepcopy(dense))
+    params = ProbMaskParams(sparsity=0.8, epochs=2, final_mask="sample")
+    runner_for(params).run(params, _unlabelled(SPEC, teacher=dense), state)
+    kept = sum(int(m.sum()) for m in state.masks.values()) / sum(m.numel() for m in state.masks.values())
+    assert kept == pytest.approx(0.2, abs=0.08) and state.pruned_accuracy is None  # sampled: budget in expectation

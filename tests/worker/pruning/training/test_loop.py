@@ -93,8 +93,12 @@ def test_training_resumes_from_a_checkpoint_to_the_same_result_as_an_uninterrupt
 
     interrupted = fresh()
     with pytest.raises(Cancelled):
-        run(interrupted, data, cfg(4, seed=1, stage="dense"),
-            TrainHooks(should_cancel=cancel_during_the_third_epoch, checkpoint_dir=tmp_path))  # fmt: skip
+        run(
+            interrupted,
+            data,
+            cfg(4, seed=1, stage="dense"),
+            TrainHooks(should_cancel=cancel_during_the_third_epoch, checkpoint_dir=tmp_path),
+        )
     saved = torch.load(checkpoint_path(tmp_path, "dense"), weights_only=True)
     assert saved["epoch"] == 2 and not saved["finished"]
 
@@ -109,8 +113,12 @@ def test_a_finished_stage_is_not_trained_again_and_other_stages_ignore_its_check
     history = run(first, data, cfg(2, stage="a"), TrainHooks(checkpoint_dir=tmp_path))
     calls = []
     again = fresh(seed=5)
-    replay = run(again, data, cfg(2, stage="a"),
-                 TrainHooks(checkpoint_dir=tmp_path, should_cancel=lambda: calls.append(1) or False))  # fmt: skip
+    replay = run(
+        again,
+        data,
+        cfg(2, stage="a"),
+        TrainHooks(checkpoint_dir=tmp_path, should_cancel=lambda: calls.append(1) or False),
+    )
     assert replay == history and same_weights(again, first) and calls == []
     other = fresh(seed=5)
     run(other, data, cfg(1, stage="b"), TrainHooks(checkpoint_dir=tmp_path))
@@ -216,9 +224,14 @@ def test_distillation_pulls_the_student_towards_the_teachers_outputs(data):
 
     def gap(student) -> float:
         with torch.no_grad():
-            return float(torch.nn.functional.kl_div(
-                torch.log_softmax(student.eval()(data.x_val) / 4, 1), torch.log_softmax(teacher(data.x_val) / 4, 1),
-                log_target=True, reduction="batchmean"))  # fmt: skip
+            return float(
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(student.eval()(data.x_val) / 4, 1),
+                    torch.log_softmax(teacher(data.x_val) / 4, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            )
 
     plain, distilled = fresh(MLP, seed=1), fresh(MLP, seed=1)
     train(plain, data, cfg(2, seed=3))
@@ -259,8 +272,18 @@ def test_hooks_run_in_loop_order_and_callbacks_in_list_order_sorted_by_their_ord
     names = [entry[1] for entry in log if entry[0] == "train_start"]
     assert names == ["a", "b", "late"]
     only_a = [entry[0] for entry in log if entry[1] == "a"]
-    assert only_a == ["train_start", "epoch_start", "step_start", "after_backward", "after_step",
-                      "step_start", "after_backward", "after_step", "epoch_end", "train_end"]  # fmt: skip
+    assert only_a == [
+        "train_start",
+        "epoch_start",
+        "step_start",
+        "after_backward",
+        "after_step",
+        "step_start",
+        "after_backward",
+        "after_step",
+        "epoch_end",
+        "train_end",
+    ]
     assert [entry[2] for entry in log if entry[0] == "step_start" and entry[1] == "a"] == [0, 1]
 
 

@@ -39,8 +39,7 @@ def test_distillation_mixes_hard_and_soft_targets_at_its_temperature():
     t = 2.0
     with torch.no_grad():
         target = F.log_softmax(teacher(x) / t, 1)
-    soft = F.kl_div(F.log_softmax(logits / t, 1), target, log_target=True,
-                    reduction="batchmean") * t * t  # fmt: skip
+    soft = F.kl_div(F.log_softmax(logits / t, 1), target, log_target=True, reduction="batchmean") * t * t
     expected = 0.3 * F.cross_entropy(logits, y) + 0.7 * soft
     assert float(Distillation(teacher, 0.7, temperature=t)(logits, x, y)) == pytest.approx(float(expected), rel=1e-5)
 

@@ -60,8 +60,12 @@ def same(a: dict, b: dict) -> bool:
 def test_restore_best_ends_with_the_weights_of_the_best_validation_epoch():
     model, snapshots = fresh(), Snapshots()
     best = RestoreBest(include_start=False)
-    train(model, DATA, TrainConfig(epochs=4, lr=0.05, batch_size=32),
-          [ScriptedAccuracy([0.5, 0.9, 0.7, 0.8]), snapshots, best])  # fmt: skip
+    train(
+        model,
+        DATA,
+        TrainConfig(epochs=4, lr=0.05, batch_size=32),
+        [ScriptedAccuracy([0.5, 0.9, 0.7, 0.8]), snapshots, best],
+    )
     assert best.best_epoch == 2 and best.best_accuracy == 0.9
     assert same(model.state_dict(), snapshots.weights[1])
     assert not same(model.state_dict(), snapshots.weights[-1])
@@ -101,14 +105,22 @@ def test_restore_best_survives_a_resume_and_restores_the_same_weights(tmp_path):
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement():
     stopper = EarlyStopping(patience=2)
-    history = train(fresh(), DATA, TrainConfig(epochs=10, lr=0.05, batch_size=32),
-                    [ScriptedAccuracy([0.5, 0.6, 0.6, 0.55, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]), stopper])  # fmt: skip
+    history = train(
+        fresh(),
+        DATA,
+        TrainConfig(epochs=10, lr=0.05, batch_size=32),
+        [ScriptedAccuracy([0.5, 0.6, 0.6, 0.55, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]), stopper],
+    )
     assert len(history) == 4 and history[-1]["stopped"] and stopper.stopped_epoch == 4
 
 
 def test_early_stopping_never_runs_past_the_epoch_budget():
-    history = train(fresh(), DATA, TrainConfig(epochs=3, lr=0.05, batch_size=32),
-                    [ScriptedAccuracy([0.1, 0.2, 0.3]), EarlyStopping(patience=1)])  # fmt: skip
+    history = train(
+        fresh(),
+        DATA,
+        TrainConfig(epochs=3, lr=0.05, batch_size=32),
+        [ScriptedAccuracy([0.1, 0.2, 0.3]), EarlyStopping(patience=1)],
+    )
     assert len(history) == 3 and not any(h["stopped"] for h in history)
 
 
@@ -123,8 +135,9 @@ def test_warmup_raises_the_learning_rate_linearly_over_its_steps():
 
     train(fresh(), DATA, TrainConfig(epochs=2, lr=0.1, batch_size=32), [Warmup(4), LearningRates()])
     cosine_epoch_1 = 0.1 * (1 + math.cos(math.pi / 2)) / 2
-    assert seen == pytest.approx([0.025, 0.05, 0.075, 0.1 * (1 + math.cos(math.pi / 2)) / 2, cosine_epoch_1,
-                                  cosine_epoch_1])  # fmt: skip
+    assert seen == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1 * (1 + math.cos(math.pi / 2)) / 2, cosine_epoch_1, cosine_epoch_1]
+    )
     assert seen[3] == pytest.approx(cosine_epoch_1)  # step 3 is in epoch 1: full (cosine) rate
 
 
