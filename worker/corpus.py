@@ -77,8 +77,13 @@ def run_model(path: Path, input_shape: tuple[int, ...], out_dir: Path, *, ratio:
             "seconds": time.perf_counter() - start,
         }
     x = sample_inputs(module, loaded.input_shape, 12, seed)
-    data = DataSplits(x_train=x[:8], y_train=torch.zeros(8, dtype=torch.long), x_val=x[8:],
-                      y_val=torch.zeros(4, dtype=torch.long), num_classes=1)  # fmt: skip
+    data = DataSplits(
+        x_train=x[:8],
+        y_train=torch.zeros(8, dtype=torch.long),
+        x_val=x[8:],
+        y_val=torch.zeros(4, dtype=torch.long),
+        num_classes=1,
+    )
     try:
         result = prune_channels(module, data, criterion="l1", ratio=ratio, exclude=(), seed=seed)
     except NothingToPrune as exc:
@@ -113,12 +118,16 @@ def run_model(path: Path, input_shape: tuple[int, ...], out_dir: Path, *, ratio:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of result rows."""
-    lines = ["| model | task | producer | opset | MACs before → after | parity (outputs) | names, batch | time | result |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| model | task | producer | opset | MACs before → after | parity (outputs) | names, batch | time | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["status"] == "refused":
-            lines.append(f"| {r['id']} | {r['task']} | {r['producer']} | {r['opset']} | – | – | – | "
-                         f"{r['seconds']:.1f} s | refused: {r['reason'][:160]} |")  # fmt: skip
+            lines.append(
+                f"| {r['id']} | {r['task']} | {r['producer']} | {r['opset']} | – | – | – | "
+                f"{r['seconds']:.1f} s | refused: {r['reason'][:160]} |"
+            )
             continue
         macs = f"{r['macs_before'] / 1e6:.1f} M → {r['macs_after'] / 1e6:.1f} M ({100 * (1 - r['macs_after'] / max(r['macs_before'], 1)):.0f}% less)"
         lines.append(
@@ -126,7 +135,7 @@ def table(rows: list[dict]) -> str:
             f"{'yes' if r['parity'] else 'NO'} ({r['outputs_checked']}, max diff {r['max_abs_diff']:.1e}) | "
             f"{'kept' if r['names_kept'] else 'CHANGED'}, {'dynamic' if r['dynamic_batch'] else 'FIXED'} | "
             f"{r['seconds']:.1f} s | {r['status']}{' (' + str(r['excluded']) + ' sets excluded)' if r.get('excluded') else ''} |"
-        )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
@@ -137,8 +146,10 @@ def fetch(cache: Path, ids: list[str]) -> dict[str, Path]:
 
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "fetch-corpus.py"), "--cache", str(cache), "--only", *ids],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return {line.split("\t")[0]: Path(line.split("\t")[1]) for line in done.stdout.splitlines() if "\t" in line}
 
 
@@ -156,8 +167,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shears-corpus-") as tmp:
         for entry in entries:
             torch.manual_seed(0)
-            row = {"id": entry["id"], "task": entry["task"],
-                   **run_model(paths[entry["id"]], tuple(entry["input_shape"]), Path(tmp), ratio=args.ratio)}  # fmt: skip
+            row = {
+                "id": entry["id"],
+                "task": entry["task"],
+                **run_model(paths[entry["id"]], tuple(entry["input_shape"]), Path(tmp), ratio=args.ratio),
+            }
             print(json.dumps(row, default=str), flush=True)
             rows.append(row)
     print(table(rows))

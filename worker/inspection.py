@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,8 +37,11 @@ def _inspect(record: type, item_id: str, sessions, store: ArtifactStore, examine
     with tempfile.TemporaryDirectory(prefix="shears-inspect-") as tmp:
         path = Path(tmp) / (Path(filename).suffix and f"upload{Path(filename).suffix}" or "upload")
         try:
+            started = time.monotonic()
             store.get_file(key, path)
             info = examine(path, row)  # imports the engine too: all of it runs under the time limit
+            if time.monotonic() - started > time_limit_s:  # the soft limit fired inside a library's `except`
+                raise SoftTimeLimitExceeded()
         except Exception as error:  # noqa: BLE001 - any failure to read the upload makes it invalid
             code, message = getattr(error, "code", None) or "unreadable", str(error)
             if isinstance(error, SoftTimeLimitExceeded):

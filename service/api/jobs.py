@@ -464,6 +464,7 @@ def download_artifact(
 @router.get(
     "/{job_id}/report",
     response_model=JobReport,
+    response_model_exclude_unset=True,  # the stored report.json as written, byte for byte in content
     summary="The job's report (JSON)",
     responses={404: _PROBLEM, 409: _PROBLEM},
 )

@@ -220,8 +220,13 @@ def _c2f_block() -> onnx.ModelProto:
         helper.make_node("Conv", ["cat", "w2"], ["c2"], kernel_shape=[1, 1]),
         helper.make_node("Sigmoid", ["c2"], ["boxes"]),
     ]
-    inits = [_init("w1", (8, 3, 3, 3)), numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
-             _init("wm", (6, 4, 3, 3)), _init("wm2", (4, 6, 3, 3)), _init("w2", (5, 12, 1, 1))]  # fmt: skip
+    inits = [
+        _init("w1", (8, 3, 3, 3)),
+        numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
+        _init("wm", (6, 4, 3, 3)),
+        _init("wm2", (4, 6, 3, 3)),
+        _init("w2", (5, 12, 1, 1)),
+    ]
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 10, 10])
     y = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 5, 10, 10])
     return _model(nodes, [x], [y], inits, 13)
@@ -256,10 +261,17 @@ def test_a_computed_reshape_of_a_rank_one_value_keeps_its_target_instead_of_beco
         helper.make_node("Concat", ["shape", "one"], ["target"], axis=0),
         helper.make_node("Reshape", ["total", "target"], ["column"]),
     ]
-    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
-             numpy_helper.from_array(np.array([1], np.int64), "one")]  # fmt: skip
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                   [helper.make_tensor_value_info("column", TensorProto.FLOAT, ["N", 1])], inits, 13)  # fmt: skip
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("column", TensorProto.FLOAT, ["N", 1])],
+        inits,
+        13,
+    )
     path = _save(model, tmp_path / "column.onnx")
     module = load_model(path).module.eval()
     x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)

@@ -64,9 +64,15 @@ def rewrite_channel_constants(graph: onnx.GraphProto, shapes: dict[str, list[int
         new_const = numpy_helper.from_array(values.astype(np.float32), const_name)
         tensor.CopyFrom(new_const)
         new = helper.make_node(
-            "ChannelConstant", [x_name, const_name], list(node.output), name=node.name,
-            domain=SHEARS_DOMAIN, op=_OPS[node.op_type], rank=len(x_dims), swap=int(swap),
-        )  # fmt: skip
+            "ChannelConstant",
+            [x_name, const_name],
+            list(node.output),
+            name=node.name,
+            domain=SHEARS_DOMAIN,
+            op=_OPS[node.op_type],
+            rank=len(x_dims),
+            swap=int(swap),
+        )
         node.CopyFrom(new)
         count += 1
         stale.add(const_name)

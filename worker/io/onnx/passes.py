@@ -188,9 +188,21 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 _NOT_FOLDABLE = frozenset(
-    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
-     "Dropout", "If", "Loop", "Scan", "Constant", "Identity"}
-)  # fmt: skip
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+        "If",
+        "Loop",
+        "Scan",
+        "Constant",
+        "Identity",
+    }
+)
 _FOLD_LIMIT = 1 << 26  # elements one folded tensor may have
 
 
@@ -237,12 +249,13 @@ def _fold_constants(model: onnx.ModelProto) -> int:
                 feeds = {name: numpy_helper.to_array(inits[name]) for name in node.input if name}
                 mini = helper.make_model(
                     helper.make_graph(
-                        [node], "fold",
+                        [node],
+                        "fold",
                         [helper.make_tensor_value_info(n, inits[n].data_type, None) for n in feeds],
                         [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output if o],
                     ),
                     opset_imports=opset,
-                )  # fmt: skip
+                )
                 results = ReferenceEvaluator(mini).run(None, feeds)
                 if all(np.asarray(r).size <= _FOLD_LIMIT for r in results):
                     for name, value in zip([o for o in node.output if o], results, strict=False):

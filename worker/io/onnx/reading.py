@@ -113,9 +113,10 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelRejected(
-            "invalid-onnx", f"the file does not parse as an ONNX model ({type(exc).__name__}); upload a "
-            "file written by torch.onnx.export or onnx.save_model."
-        ) from exc  # fmt: skip
+            "invalid-onnx",
+            f"the file does not parse as an ONNX model ({type(exc).__name__}); upload a "
+            "file written by torch.onnx.export or onnx.save_model.",
+        ) from exc
     if not model.HasField("graph") or model.ir_version < 3:
         raise ModelRejected(
             "invalid-onnx", "the file is not an ONNX model with a graph (IR version 3 or newer); re-export it."

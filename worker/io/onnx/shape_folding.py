@@ -36,9 +36,10 @@ def _shape_derived(graph: onnx.GraphProto) -> set[str]:
         if node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type in _SOURCES or (
-            node.input and all((not n) or n in inits or n in derived for n in node.input)
+            node.input
+            and all((not n) or n in inits or n in derived for n in node.input)
             and any(n in derived for n in node.input)
-        ):  # fmt: skip
+        ):
             derived.update(o for o in node.output if o)
     return derived
 
@@ -73,9 +74,13 @@ def fold_shape_computations(graph: onnx.GraphProto, observed: Observed) -> dict[
                 continue
             rest = in_dims[1:]
             if (
-                len(out_dims) == 2 and len(in_dims) >= 2 and in_dims[0] == "batch" and out_dims[0] == "batch"
-                and all(isinstance(d, int) for d in rest) and out_dims[1] == math.prod(rest)
-            ):  # fmt: skip
+                len(out_dims) == 2
+                and len(in_dims) >= 2
+                and in_dims[0] == "batch"
+                and out_dims[0] == "batch"
+                and all(isinstance(d, int) for d in rest)
+                and out_dims[1] == math.prod(rest)
+            ):
                 node.op_type = "Flatten"
                 del node.input[1:]
                 del node.attribute[:]

@@ -168,8 +168,11 @@ def observed_shapes(model: onnx.ModelProto, sample_shape: tuple[int, ...]) -> Ob
 def fill_value_info(model: onnx.ModelProto, observed: dict[str, list[int | str | None]]) -> int:
     """Add ``value_info`` (with the observed dims) for values that have no shape; return how many."""
     graph = model.graph
-    known = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-             if v.type.tensor_type.HasField("shape")}  # fmt: skip
+    known = {
+        v.name
+        for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
     known |= {t.name for t in graph.initializer}
     elem = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
     added = 0
