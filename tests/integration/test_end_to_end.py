@@ -39,7 +39,7 @@ FLOOR = 80.0  # percent: the pruned model must still be a digits classifier (den
 SPEC = {
     "pipeline": [
         {"prune_channels": {"criterion": "spline", "ratio": CHANNEL_RATIO, "probes": 128}},
-        {"finetune": {"epochs": 8, "lr": 0.05}},
+        {"finetune": {}},
     ],
     "training": {"batch_size": 32},
     "acceptance": {"max_accuracy_drop": MAX_DROP},
