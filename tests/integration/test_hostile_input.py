@@ -18,27 +18,9 @@ from service.core.config import Settings
 from service.main import create_app
 from tests import servers
 from tests.factories import tiny_onnx_bytes
-
-KEYS = {"alpha": "hostile-alpha-0123456789", "beta": "hostile-beta-0123456789"}
-LIMIT = 64 * 1024
-TYPE_BASE = "https://shears.dev/problems/"
-
-
-def _as(tenant: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[tenant]}"}
-
-
-def problem(response, status: int, *types: str) -> dict:
-    """Assert a problem+json answer: status, a stable type (one of ``types``), a detail that
-    tells the user what to do."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["type"].startswith(TYPE_BASE) and body["status"] == status
-    if types:
-        assert body["type"].removeprefix(TYPE_BASE) in types, body
-    assert len(body["detail"]) >= 30, body
-    return body
+from tests.hostile import KEYS, LIMIT, problem
+from tests.hostile import as_tenant as _as
+from tests.hostile import upload as _upload
 
 
 @pytest.fixture
@@ -50,16 +32,6 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings, reaper=False), headers=_as("alpha")) as c:
         yield c
-
-
-def _upload(client, kind: str, content: bytes, filename: str = "upload.bin"):
-    return client.post(f"/v1/{kind}", files={"file": (filename, content)})
-
-
-def _nothing_stored(client, settings: Settings) -> None:
-    assert client.get("/v1/models").json()["items"] == []
-    assert client.get("/v1/datasets").json()["items"] == []
-    assert list((settings.data_dir / "tmp").glob("upload-*")) == []
 
 
 # ----------------------------------------------------------------------------- body size (real uvicorn)
