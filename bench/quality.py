@@ -47,8 +47,9 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.shapes32 import shapes32  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
-from worker.io.zoo import build  # noqa: E402
+from worker.io.zoo import VGG, build  # noqa: E402
 from worker.pruning.baselines import global_magnitude_prune, random_unstructured_prune  # noqa: E402
 from worker.pruning.channels import prune_channels  # noqa: E402
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector  # noqa: E402
@@ -86,7 +87,16 @@ class DigitsCNN(nn.Module):
         return self.linear(torch.flatten(self.features(x), 1))
 
 
-def make_model(dataset: str) -> nn.Module:
+IMAGE_ARCHS = ("resnet20", "resnet32", "vgg11", "vgg16")
+
+
+def make_model(dataset: str, arch: str = "resnet20", width: float = 0.5) -> nn.Module:
+    """The benchmark's model of ``dataset``; on shapes32 the papers' CIFAR networks at reduced
+    ``width`` (0.5: ResNet 8/16/32 channels, VGG 32…256)."""
+    if dataset == "shapes32":
+        if arch.startswith("vgg"):
+            return VGG(int(arch[3:]), num_classes=10, in_channels=3, width=width)
+        return build(arch, num_classes=10, width=width)
     if dataset == "mnist1d":
         return build("mnist1d_cnn", num_classes=10, width=4.0)  # 100 channels, ≈ 66k parameters
     return DigitsCNN()
@@ -141,7 +151,24 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # shapes32 (bench/shapes32.py): the default ProbMask spec (weight lr 0.01, scaled score lr, per-step
+    # schedules) at 10 epochs instead of 30 (two shared CPU cores) + 2 epochs finetune, vs magnitude 12 epochs;
+    # batch 32: 75 steps per epoch (2,400 training images)
+    "image": {
+        "dense": 12,
+        "lr": 0.05,
+        "batch": 32,
+        "pm": 10,
+        "unstructured": 12,
+        "finetune": 3,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
 }
+
+
+def load_data(dataset: str, seed: int):
+    return shapes32(seed) if dataset == "shapes32" else builtin_dataset(dataset, seed=seed)
 
 
 def budgets(name: str) -> dict:
@@ -184,13 +211,15 @@ class TicketSnapshot(BaseCallback):
         return False  # keep training: the same run gives the fully trained model
 
 
-def dense_runs(dataset: str, data, b: dict, seed: int, ratio: float = 0.5, regimes=("plain", "bn_l1")) -> dict:
+def dense_runs(
+    dataset: str, data, b: dict, seed: int, ratio: float = 0.5, regimes=("plain", "bn_l1"), arch="resnet20", width=0.5
+) -> dict:
     """Plain dense training (spline detector watching) and [EB]'s L1-on-γ training (bn
     detector watching); snapshots at the epochs the detectors fire."""
     out = {}
     for regime in regimes:
         torch.manual_seed(seed)
-        model = make_model(dataset)
+        model = make_model(dataset, arch, width)
         layers = discover_layers(model)
         if regime == "plain":
             detector = SplineDetector(select_probes(data.x_train, 512, seed), layers[:-1])
@@ -235,6 +264,7 @@ def unstructured(
             masks = prune(model, sparsity) if prune is global_magnitude_prune else prune(model, sparsity, seed=seed)
             finetune_with_masks(model, masks, data, config(b, seed, total, b["ft_lr"]))
             rows[f"{name} {key}"] = test_acc(model, data)
+        print(f"  [seed {seed}] {key}: {{k: round(v, 2) for k, v in rows.items() if key in k}}", flush=True)
     return rows
 
 
@@ -282,6 +312,8 @@ def structured(dense: nn.Module, data, b: dict, seed: int) -> dict:
 def early_bird(runs: dict, data, b: dict, seed: int, ratio: float = 0.5) -> dict:
     rows = {}
     for regime, criterion, label in (("plain", "spline", "spline"), ("bn_l1", "bn_scale", "bn")):
+        if regime not in runs:
+            continue
         run = runs[regime]
         dense_flops = flops_per_epoch(run["model"], data)
         variants = [("full", run["model"], b["dense"])]
@@ -296,6 +328,8 @@ def early_bird(runs: dict, data, b: dict, seed: int, ratio: float = 0.5) -> dict
             rows[f"{label} {kind}"] = acc
             rows[f"{label} {kind} epoch"] = epochs
             rows[f"{label} {kind} training GFLOPs"] = flops / 1e9
+        if f"{label} EB training GFLOPs" in rows:
+            rows[f"{label} EB / full training FLOPs"] = rows[f"{label} EB training GFLOPs"] / (flops / 1e9)
         rows[f"{label} dense (no pruning)"] = test_acc(run["model"], data)
     return rows
 
@@ -322,7 +356,14 @@ def summarize(per_seed: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits"])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits", "shapes32"]
+    )
+    parser.add_argument("--arch", default="resnet20", choices=IMAGE_ARCHS, help="shapes32's network")
+    parser.add_argument("--width", type=float, default=0.5, help="shapes32's network width multiplier")
+    parser.add_argument(
+        "--eb-detectors", nargs="+", default=["spline", "bn"], choices=["spline", "bn"], help="early-bird regimes"
+    )
     parser.add_argument(
         "--parts",
         nargs="+",
@@ -348,16 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
     }
     report = {"budget": name, "budgets": b, "seeds": seeds, "machine": machine, "datasets": {}}
+    report["arch"] = {"name": args.arch, "width": args.width}  # shapes32 only
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
         per_seed: dict[str, list[dict]] = {p: [] for p in args.parts}
         extra: list[dict] = []
         for seed in seeds:
-            data = builtin_dataset(dataset, seed=seed)
+            data = load_data(dataset, seed)
             t0 = time.perf_counter()
-            regimes = ("plain", "bn_l1") if "early_bird" in args.parts else ("plain",)
-            runs = dense_runs(dataset, data, b, seed, regimes=regimes)
+            regimes = ("plain", "bn_l1") if "early_bird" in args.parts and "bn" in args.eb_detectors else ("plain",)
+            runs = dense_runs(dataset, data, b, seed, regimes=regimes, arch=args.arch, width=args.width)
             dense = runs["plain"]["model"]
             info = {
                 "seed": seed,
@@ -370,15 +412,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{dataset} seed {seed}] dense test {info['dense_test']:.2f} ({elapsed:.0f}s)", flush=True)
             for part in args.parts:
                 t1 = time.perf_counter()
-                if part == "unstructured":
-                    rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
-                elif part == "structured":
-                    rows = structured(dense, data, b, seed)
-                else:
-                    rows = early_bird(runs, data, b, seed)
+                try:
+                    if part == "unstructured":
+                        rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
+                    elif part == "structured":
+                        rows = structured(dense, data, b, seed)
+                    else:
+                        rows = early_bird(runs, data, b, seed)
+                except Exception as exc:  # one failing part must not lose the others' (long) runs
+                    print(f"[{dataset} seed {seed}] {part} FAILED: {exc!r}", flush=True)
+                    info.setdefault("failed", {})[part] = repr(exc)
+                    continue
                 per_seed[part].append(rows)
                 short = {k: round(v, 2) for k, v in rows.items() if "MACs" not in k and "before" not in k}
                 print(f"[{dataset} seed {seed}] {part} ({time.perf_counter() - t1:.0f}s): {short}", flush=True)
+                report["datasets"][dataset] = {
+                    "seeds": [*extra, info],
+                    **{p: summarize(v) for p, v in per_seed.items() if v},
+                }
+                out.write_text(json.dumps(report, indent=1))  # partial results survive an interruption
             extra.append(info)
             report["datasets"][dataset] = {"seeds": extra, **{p: summarize(v) for p, v in per_seed.items() if v}}
             report["elapsed_s"] = round(time.perf_counter() - started, 1)
