@@ -1,7 +1,8 @@
 """Quality benchmark of the pruning engine (BENCHMARKS.md, section "Quality").
 
-Reproduces, on MNIST-1D and scikit-learn digits, with several seeds, mean ± std of the
-TEST accuracy (the held-out split: never used for training, early stopping or any
+Reproduces, on MNIST-1D, scikit-learn digits and the procedural CIFAR-shaped image task
+``shapes32`` (bench/shapes32.py; ResNet-20/32, VGG-11/16 at reduced width), with several
+seeds, mean ± std of the TEST accuracy (the held-out split: never used for training, early stopping or any
 choice; the engine's train/val split comes from the seed):
 
 - unstructured, 90/95/98 % sparsity: ProbMask vs global magnitude pruning vs random, same
@@ -27,6 +28,9 @@ backward ≈ 3 forwards).
     .venv/bin/python bench/quality.py --quick --seeds 0  # the reduced budget of BENCHMARKS.md
     .venv/bin/python bench/quality.py --budget pm-default --parts unstructured --datasets mnist1d \
         --baselines magnitude --threads 1 --out bench/results/quality_pm_default.json  # ProbMask's default spec
+    .venv/bin/python bench/quality.py --budget image --datasets shapes32 --arch resnet20 --width 0.5 \
+        --parts early_bird unstructured --eb-detectors spline --baselines magnitude --threads 1 --seeds 0 \
+        --out bench/results/quality-image-resnet20-seed0.json  # the image task (bench/shapes32.py)
 """
 
 from __future__ import annotations
