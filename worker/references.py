@@ -113,6 +113,12 @@ def inspect_reference(row: DatasetRecord, settings: Settings, store: ArtifactSto
     return info, {"sha256": hashlib.sha256(body).hexdigest(), "size_bytes": size}
 
 
+class DatasetInvalid(Exception):
+    """The dataset's inspection failed after the job was accepted: the job fails ``dataset-invalid``."""
+
+    code = "dataset-invalid"
+
+
 def _manifest(row: DatasetRecord, settings: Settings, store: ArtifactStore, reference: Reference) -> dict:
     """The stored manifest; a dataset still ``validating`` is listed now (the same checks)."""
     try:
@@ -120,21 +126,15 @@ def _manifest(row: DatasetRecord, settings: Settings, store: ArtifactStore, refe
     except ArtifactNotFound:
         if row.status == "invalid":
             error = row.error or {}
-            raise Rejected(
-                "input-deleted" if not error.get("code") else _known(error["code"]),
-                f"dataset {row.id} was found invalid: {error.get('message', '')}",
+            raise DatasetInvalid(
+                f"dataset {row.id} was found invalid ({error.get('code')}: {error.get('message')}); "
+                "fix the data and register it again"
             ) from None
         if row.status != "validating":
             raise Rejected(
                 "input-deleted", f"the manifest of dataset {row.id} is gone; register {reference.uri[:200]} again."
             ) from None
     return _list_prefix(reference, settings) if reference.is_prefix else _object_manifest(reference, settings)
-
-
-def _known(code: str) -> str:
-    from service.core.intake import CODES
-
-    return code if code in CODES else "input-deleted"
 
 
 def open_reference(
