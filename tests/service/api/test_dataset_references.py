@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from service.api.deps import hash_key
 from service.core.config import Settings
 from service.main import create_app
+from tests.hostile import problem
 from tests.service.api.conftest import KEYS, as_tenant
 
 ALLOWED = "s3://datasets/team-a/"
@@ -36,14 +37,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def _problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["type"].endswith("/" + code), body
-    return body
-
-
 def test_a_prefix_under_an_allowed_prefix_is_registered_validating_without_storing_anything(client, settings) -> None:
     response = client.post("/v1/datasets", json={"uri": ALLOWED + "pets/"})
     assert response.status_code == 202, response.text
@@ -64,7 +57,7 @@ def test_without_allowed_prefixes_registering_by_reference_is_off_and_the_proble
 ) -> None:
     settings = Settings(data_dir=tmp_path, api_keys={hash_key(KEYS["alpha"]): "alpha"})
     with _client(settings) as client:
-        body = _problem(client.post("/v1/datasets", json={"uri": ALLOWED + "pets/"}), 403, "references-disabled")
+        body = problem(client.post("/v1/datasets", json={"uri": ALLOWED + "pets/"}), 403, "references-disabled")
         assert "SHEARS_DATASET_REFERENCE_PREFIXES" in body["detail"]
         assert client.get("/v1/datasets").json()["items"] == []
 
@@ -85,11 +78,11 @@ def test_without_allowed_prefixes_registering_by_reference_is_off_and_the_proble
 def test_bad_references_get_a_problem_naming_what_to_fix_and_nothing_is_registered(
     client, payload, status, code, named
 ) -> None:
-    body = _problem(client.post("/v1/datasets", json=payload), status, code)
+    body = problem(client.post("/v1/datasets", json=payload), status, code)
     assert named in body["detail"] or named in str(body.get("errors"))
     assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_an_oversized_json_body_is_413_and_models_still_need_multipart(client) -> None:
-    _problem(client.post("/v1/datasets", json={"uri": "s3://datasets/team-a/" + "a" * 70_000}), 413, "body-too-large")
-    _problem(client.post("/v1/models", json={"uri": ALLOWED + "m.onnx"}), 415, "multipart-required")
+    problem(client.post("/v1/datasets", json={"uri": "s3://datasets/team-a/" + "a" * 70_000}), 413, "body-too-large")
+    problem(client.post("/v1/models", json={"uri": ALLOWED + "m.onnx"}), 415, "multipart-required")
