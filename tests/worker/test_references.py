@@ -165,3 +165,27 @@ def test_a_missing_object_and_a_missing_bucket_are_named(settings, bucket) -> No
     assert _code(lambda: inspect_reference(_row(f"s3://{name}/gone.npz"), settings, store)) == "reference-not-found"
     missing = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/pets/"
     assert _code(lambda: inspect_reference(_row(missing), settings, store)) == "reference-unreadable"
+
+
+def test_memory_while_reading_a_prefix_does_not_grow_with_the_dataset(settings, bucket, tmp_path) -> None:
+    """Iterating a 4x larger prefix in batches (8 parallel GETs each, cached to disk) peaks at about the same memory."""
+    import tracemalloc
+
+    from tests.images import flat_folder
+
+    peaks = []
+    for count in (40, 160):
+        uri = _put(bucket, f"set{count}/", [(n.removeprefix("images/"), d) for n, d in flat_folder(count, size=64)])
+        row, store = _row(uri), open_store(settings)
+        inspect_reference(row, settings, store)
+        row.status = "ready"
+        _, images = open_reference(row, settings, store, tmp_path / f"work{count}")
+        x = load_image_index(images.index, images.source, val_fraction=0.1).x_train
+        tracemalloc.start()
+        for i in range(0, len(x), 8):
+            x[i : i + 8]
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        images.source.close()
+    full_split_bytes = 144 * 3 * 64 * 64 * 4  # what holding the larger train split would cost
+    assert peaks[1] < 2 * peaks[0] and peaks[1] < full_split_bytes / 4
