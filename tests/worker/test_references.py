@@ -189,3 +189,22 @@ def test_memory_while_reading_a_prefix_does_not_grow_with_the_dataset(settings, 
         images.source.close()
     full_split_bytes = 144 * 3 * 64 * 64 * 4  # what holding the larger train split would cost
     assert peaks[1] < 2 * peaks[0] and peaks[1] < full_split_bytes / 4
+
+
+def test_a_job_that_starts_before_the_inspection_lists_the_prefix_itself_and_an_invalid_one_fails_named(
+    settings, bucket, tmp_path
+) -> None:
+    from worker.execution import classify_failure
+    from worker.references import DatasetInvalid
+
+    uri = _put(bucket, "early/", image_folder(classes=2, per_class=3))
+    row, store = _row(uri), open_store(settings)  # validating: no manifest stored yet
+    _, images = open_reference(row, settings, store, tmp_path / "work")
+    assert len(images.index.members) == 6 and images.index.classes == ["class0", "class1"]
+    images.source.close()
+
+    row.status, row.error = "invalid", {"code": "corrupt-image", "message": "image 'x.png' cannot be decoded"}
+    with pytest.raises(DatasetInvalid) as failed:
+        open_reference(row, settings, store, tmp_path / "work")
+    assert classify_failure(failed.value, settings) == ("dataset-invalid", str(failed.value))
+    assert "corrupt-image" in str(failed.value) and "register it again" in str(failed.value)
