@@ -183,7 +183,7 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             dataset_path = workdir / f"input-dataset{Path(dataset_row.filename).suffix.lower()[:16]}"
             _fetch(store, dataset_row, "dataset", dataset_path)
         from worker.pipeline import PipelineInputs, run_pipeline
-        from worker.training import Cancelled
+        from worker.pruning.training import Cancelled
 
         inputs = PipelineInputs(
             model_path=model_path,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from service.core.intake import Rejected
 from service.core.intake.archives import (
     ArchiveLimits,
     ImageIndex,
@@ -30,7 +31,6 @@ from service.core.intake.archives import (
 )
 from service.core.spec import PreprocessingParams
 from worker.io.data import DataSplits
-from worker.io.errors import DatasetRejected
 
 
 def preprocess(image, params: PreprocessingParams) -> np.ndarray:
@@ -53,7 +53,7 @@ def preprocess(image, params: PreprocessingParams) -> np.ndarray:
         )
         width, height = image.size
         if crop_w > width or crop_h > height:
-            raise DatasetRejected(
+            raise Rejected(
                 "bad-preprocessing",
                 f"center_crop {crop_h}x{crop_w} is larger than an image of "
                 f"{height}x{width} (after resize); resize first or crop less.",
@@ -104,7 +104,7 @@ class LazyImages(Dataset):
         with image:
             sample = torch.from_numpy(preprocess(image, self.params).astype(np.float32, copy=False))
         if self._sample_shape is not None and tuple(sample.shape) != self._sample_shape:
-            raise DatasetRejected(
+            raise Rejected(
                 "mixed-image-sizes",
                 f"image {member.name[:200]!r} gives an input of shape "
                 f"{list(sample.shape)} but others {list(self._sample_shape)}; declare "
@@ -214,7 +214,7 @@ def load_image_index(
     else:
         train, val = _split(labels, len(index.members), val_fraction, seed)
     if len(train) < 2 or len(val) < 1:
-        raise DatasetRejected(
+        raise Rejected(
             "too-few-samples", f"{len(train)} training and {len(val)} validation images; need at least 2 and 1."
         )
     as_y = lambda ids: None if labels is None else torch.from_numpy(labels[ids])  # noqa: E731
