@@ -40,6 +40,12 @@ def new_upload(
     return row
 
 
+def new_reference(tenant: str, uri: str, name: str) -> DatasetRecord:
+    """An unsaved dataset row registered by reference: no file is stored; the inspection stores
+    the manifest under ``storage_key`` and sets ``sha256`` (of the manifest) and ``size_bytes``."""
+    return new_upload("dataset", tenant, name[:255] or "dataset", "", 0, source_uri=uri)
+
+
 def owned_upload(session: Session, kind: str, item_id: str, tenant: str) -> ModelRecord | DatasetRecord | None:
     """The upload when it belongs to ``tenant`` (another tenant's id reads as missing)."""
     row = session.get(UPLOAD_RECORDS[kind], item_id)
