@@ -268,7 +268,8 @@ def unstructured(
             masks = prune(model, sparsity) if prune is global_magnitude_prune else prune(model, sparsity, seed=seed)
             finetune_with_masks(model, masks, data, config(b, seed, total, b["ft_lr"]))
             rows[f"{name} {key}"] = test_acc(model, data)
-        print(f"  [seed {seed}] {key}: {{k: round(v, 2) for k, v in rows.items() if key in k}}", flush=True)
+        done = {k: round(v, 2) for k, v in rows.items() if key in k}
+        print(f"  [seed {seed}] {key}: {done}", flush=True)
     return rows
 
 
