@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from tests.worker.pruning.tiny import MLP, make_data, onnx_bytes
+from tests.worker.pruning.tiny import MLP, ConvBN2d, make_data, onnx_bytes
 from worker.pruning.probmask import (
     ProbMaskParametrization,
     ProbMaskSparsifier,
@@ -20,7 +20,7 @@ from worker.pruning.probmask import (
     run_probmask,
     temperature,
 )
-from worker.pruning.training import TrainConfig, evaluate
+from worker.pruning.training import TrainConfig, evaluate, recalibrate_batchnorm
 
 DATA = make_data((1, 16), n_train=96, n_val=32)
 
@@ -292,3 +292,19 @@ def test_many_undecided_scores_warn_and_the_default_score_lr_decides_them():
     scaled = run_probmask(MLP(), data, PM_CONFIG, sparsity=0.8)
     assert scaled["undecided"] < slow["undecided"] and scaled["score_lr"] > 1e-2
     assert scaled["steps"] == 3 * 6
+
+
+def test_batchnorm_statistics_are_re_estimated_under_the_final_mask():
+    torch.manual_seed(0)
+    model = ConvBN2d()
+    data = make_data((1, 8, 8), n_train=96, n_val=32)
+    config = TrainConfig(epochs=2, lr=0.05, batch_size=32, seed=3)
+    result = run_probmask(model, data, config, sparsity=0.8)
+    assert result["bn_recalibration_samples"] == 96
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    # the same re-estimation on the exported (masked, plain) model gives the same statistics:
+    # the ones left by training, under sampled relaxed masks, would differ
+    recalibrate_batchnorm(model, data.x_train, batch_size=32, seed=3)
+    for bn, (mean, var) in zip(bns, stats, strict=True):
+        assert torch.allclose(bn.running_mean, mean, atol=1e-6) and torch.allclose(bn.running_var, var, atol=1e-6)
