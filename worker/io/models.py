@@ -164,7 +164,7 @@ def inspect_upload(path: Path, *, architecture: str | None = None, allow_torchsc
         dims = [d.dim_value or d.dim_param or None for d in real_inputs(proto)[0].type.tensor_type.shape.dim]
         if len(dims) < 2:
             raise  # no per-sample dims at all: a job's dataset cannot size it either
-        check_operators(prepare_for_torch(proto)[0])
+        check_operators(prepare_for_torch(proto)[0], dry_run=False)  # converters may need the shapes
         return {
             "input_shape": None,
             "io": io_signature(proto).to_json(),

@@ -101,11 +101,13 @@ def test_an_upload_with_symbolic_height_and_width_is_accepted_and_sized_later_by
     assert static["input_shape"] == [3, 8, 8] and static["channel_prunable"] is True
 
 
-def test_an_upload_with_symbolic_dims_still_has_its_operators_checked(tmp_path):
-    path = _save(_conv_bn_net(7, {"spatial": 0}, ["batch", 3, "height", "width"]), tmp_path / "sym0.onnx")
+def test_an_upload_with_symbolic_dims_still_has_its_operator_types_checked(tmp_path):
+    model = _conv_bn_net(13, {}, ["batch", 3, "height", "width"])
+    model.graph.node.append(helper.make_node("Hardmax", ["logits"], ["hard"]))  # no converter exists
+    model.graph.output.append(helper.make_tensor_value_info("hard", TensorProto.FLOAT, ["batch", 4]))
     with pytest.raises(ModelRejected) as err:
-        inspect_upload(path)
-    assert err.value.code == "unsupported-operator" and "BatchNormalization" in str(err.value)
+        inspect_upload(_save(model, tmp_path / "hardmax.onnx"))
+    assert err.value.code == "unsupported-operator" and "Hardmax" in str(err.value)
 
 
 def test_symbolic_height_and_width_need_an_input_shape_and_convert_with_one(tmp_path):
