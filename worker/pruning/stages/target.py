@@ -16,10 +16,13 @@ channel scores of the first candidate (scores do not depend on the ratio):
   candidates are exported with the TorchScript exporter, ~20× faster than the dynamo exporter
   of the delivered file, which the confirmation times).
 
+The chosen quality candidate is kept as its short finetune left it (the last passing one:
+one more copy at most) and the following ``finetune`` continues from it, so the search's
+training is not thrown away and the final model starts from one that met the bound.
 Every candidate records MACs (fraction of the dense model's), the accuracy right after
 pruning and, where measured, after the short finetune, fidelity and latency: the report's
-trade-off curve. The stage then prunes the model at the chosen ratio; the following
-``finetune`` does the full recovery, and :func:`confirm_target` checks the final model
+trade-off curve. The stage then prunes the model at the chosen ratio (or takes the kept
+candidate); the following ``finetune`` does the full recovery, and :func:`confirm_target` checks the final model
 against the bound (the acceptance gate's ``checks.target``).
 """
 
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from service.core.spec import FinetuneParams, PruneChannelsParams, TargetParams
+from worker.pruning.channels import PruneResult
 from worker.pruning.search import search_cost, search_quality
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
 from worker.pruning.training import Cancelled, count_macs_params, epochs_for_steps
@@ -80,12 +84,13 @@ class _Search:
         self.example = context.data.x_val[:1].float().to(context.device)
         self.dense_macs, _ = count_macs_params(base, self.example)
         self.count = 0
+        self.kept: tuple[float, nn.Module, object] | None = None  # the last passing quality candidate
         reference = context.dense_accuracy
         if reference is None and context.labelled:
             reference = context.evaluate(base)
         self.reference_accuracy = None if reference is None else 100.0 * reference  # percent, like the report
 
-    def prune(self, model: nn.Module, ratio: float) -> None:
+    def prune(self, model: nn.Module, ratio: float) -> PruneResult:
         """Prune ``model`` (a copy of the base, or the stage's model) at ``ratio``; the first call
         scores, later calls reuse its scores."""
         from worker.pruning.stages.prune_channels import prune_model
@@ -120,7 +125,7 @@ class _Search:
         self._check_cancel()
         self.count += 1
         candidate = copy.deepcopy(self.base)
-        self.prune(candidate, ratio)
+        pruning = self.prune(candidate, ratio)
         point: dict = {"accuracy_pruned": self._accuracy(candidate)}
         if self.target.steps > 0:
             self._short_finetune(candidate)
@@ -139,6 +144,8 @@ class _Search:
             point["fidelity"] = fidelity.get("fidelity")
             point["measured"], point["passed"] = check["measured"], bool(check["passed"])
         point.update(self._measures(candidate, 1))
+        if point["passed"]:  # bisection: every later passing candidate has a larger ratio
+            self.kept = (ratio, candidate.cpu(), pruning)
         del candidate
         return point
 
@@ -222,11 +229,17 @@ def run_target_search(params: PruneChannelsParams, context: StageContext, state:
             f"target.{target.bound} {value}: no candidate met the bound after its short finetune; pruned at the "
             f"smallest ratio tried ({chosen}), the acceptance gate checks the final model"
         )
-    if chosen > 0:
-        result_prune = search.prune(state.model, chosen)
-        from worker.pruning.stages.prune_channels import record_pruning
+    from worker.pruning.stages.prune_channels import record_pruning
 
-        record_pruning(result_prune, context, state)
+    if search.kept is not None and search.kept[0] == chosen:
+        # the chosen candidate as its short finetune left it: the following finetune continues its recovery
+        state.model = search.kept[1].to(context.device)
+        record_pruning(search.kept[2], context, state)
+        accuracy = next(p for p in result.points if p["ratio"] == chosen)["accuracy_pruned"]
+        state.pruned_accuracy = None if accuracy is None else accuracy / 100.0  # right after the surgery
+    elif chosen > 0:
+        record_pruning(search.prune(state.model, chosen), context, state)
+    search.kept = None
     for point in result.points:
         point["chosen"] = point["ratio"] == chosen
     dense["chosen"] = chosen == 0

@@ -14,7 +14,7 @@ from tests.worker.pruning.tiny import ConvBN1d
 from worker.pipeline import EngineError
 from worker.pruning.stages import EngineState, runner_for
 from worker.pruning.stages.prune_channels import prune_model
-from worker.pruning.training import Cancelled, TrainConfig, TrainHooks, count_macs_params, train
+from worker.pruning.training import Cancelled, TrainConfig, TrainHooks, count_macs_params, evaluate, train
 
 SPEC = JobSpec.model_validate({"training": {"batch_size": 32}, "seed": 1})
 
@@ -76,7 +76,12 @@ def test_the_short_finetunes_of_a_quality_search_report_progress_and_can_be_canc
     events: list[dict] = []
     state = search(dense, {"max_accuracy_drop": 2.0, "steps": 3, "candidates": 2}, hooks=TrainHooks(events.append))
     assert {e["stage"] for e in events} == {"0-stage.candidate-1", "0-stage.candidate-2"}
-    assert all(p.get("accuracy") is not None and p.get("latency_ms") for p in state.extras["target"]["points"])
+    info = state.extras["target"]
+    assert all(p.get("accuracy") is not None and p.get("latency_ms") for p in info["points"])
+    chosen = next(p for p in info["points"] if p["chosen"])  # the stage continues from the chosen candidate
+    data = context(SPEC, teacher=None).data
+    assert 100 * evaluate(state.model, data.x_val, data.y_val) == pytest.approx(chosen["accuracy"])
+    assert 100 * state.pruned_accuracy == pytest.approx(chosen["accuracy_pruned"])
     with pytest.raises(Cancelled):
         search(dense, {"max_accuracy_drop": 2.0, "steps": 3}, hooks=TrainHooks(should_cancel=lambda: True))
 
