@@ -93,7 +93,13 @@ class _Run:
 
 def _total_epochs(spec: JobSpec, n_train: int) -> int:
     batch = spec.training.batch_size
-    return sum(runner_for(stage.params).planned_epochs(stage.params, n_train, batch) for stage in spec.pipeline)
+    stages = spec.pipeline
+    return sum(
+        runner_for(stage.params).planned_epochs(
+            stage.params, n_train, batch, stages[i + 1].params if i + 1 < len(stages) else None
+        )
+        for i, stage in enumerate(stages)
+    )
 
 
 def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:

@@ -384,8 +384,9 @@ def _plot_target(target: Mapping[str, Any] | None) -> str | None:
     if not target or not target.get("points"):
         return None
     points = sorted([target["dense"], *target["points"]], key=lambda p: p["ratio"])
-    quality = "accuracy" if any(p.get("accuracy") is not None for p in points) else "accuracy_pruned"
-    if all(p.get(quality) is None for p in points):
+    explored = target["points"]  # the dense point has every measure; what the candidates have decides
+    quality = "accuracy" if any(p.get("accuracy") is not None for p in explored) else "accuracy_pruned"
+    if all(p.get(quality) is None for p in explored):
         quality = "fidelity"
     label = {"accuracy": "val. accuracy (%)", "accuracy_pruned": "val. accuracy after pruning (%)"}.get(
         quality, "fidelity"

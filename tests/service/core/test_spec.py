@@ -146,3 +146,13 @@ def test_two_stages_with_a_target_in_one_pipeline_are_refused():
     stage = {"prune_channels": {"target": {"macs": 0.5}}}
     with pytest.raises(ValidationError, match="at most one prune_channels stage may have a target"):
         JobSpec(pipeline=[stage, stage])
+
+
+def test_the_target_example_of_the_readme_is_a_valid_spec():
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "shears-job-target.yaml"
+    spec = JobSpec.model_validate(yaml.safe_load(example.read_text()))
+    assert spec.pipeline[0].params.target.max_accuracy_drop == 1.0 and spec.pipeline[0].params.ratio is None

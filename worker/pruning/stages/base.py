@@ -106,9 +106,10 @@ def labels_required(message: str) -> Exception:
 
 class StageRunner(Protocol, Generic[P]):
     """Runs one stage type. ``planned_epochs``: the training epochs it will run at most
-    (for progress percentages); ``run``: change ``state`` in place."""
+    (for progress percentages; ``next_params``: the following stage's params, None for the
+    last); ``run``: change ``state`` in place."""
 
-    def planned_epochs(self, params: P, n_train: int, batch_size: int) -> int: ...
+    def planned_epochs(self, params: P, n_train: int, batch_size: int, next_params: Any = None) -> int: ...
 
     def run(self, params: P, context: StageContext, state: EngineState) -> None: ...
 

@@ -50,12 +50,14 @@ def apply_channel_pruning(params: PruneChannelsParams, context: StageContext, st
 
 
 class PruneChannelsRunner:
-    def planned_epochs(self, params: PruneChannelsParams, n_train: int, batch_size: int) -> int:
+    def planned_epochs(
+        self, params: PruneChannelsParams, n_train: int, batch_size: int, next_params: object = None
+    ) -> int:
         if params.target is None:
             return 0
         from worker.pruning.stages.target import planned_search_epochs
 
-        return planned_search_epochs(params.target, n_train, batch_size)
+        return planned_search_epochs(params.target, next_params, n_train, batch_size)
 
     def run(self, params: PruneChannelsParams, context: StageContext, state: EngineState) -> None:
         if params.target is None:

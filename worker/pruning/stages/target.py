@@ -4,8 +4,9 @@ The candidates of the search (:mod:`worker.pruning.search`) are copies of the mo
 stage receives it, one at a time (memory: the model plus one candidate), pruned with the
 channel scores of the first candidate (scores do not depend on the ratio):
 
-- quality bounds: each candidate is finetuned briefly (``target.steps`` optimizer steps,
-  with the following ``finetune`` stage's lr and distillation from the dense model), then
+- quality bounds: each candidate is finetuned briefly (``target.steps`` optimizer steps; by
+  default half the budget of the ``finetune`` stage that follows; with its lr and
+  distillation from the dense model), then
   judged on the validation split like the acceptance gate judges the final model; the
   training runs report progress (stage ``<stage>.candidate-<k>``), poll cancellation and
   checkpoint like any training run;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -46,11 +48,25 @@ from worker.pruning.training import Cancelled, count_macs_params, epochs_for_ste
 LATENCY_BUDGET_S = 1.0  # per candidate: onnxruntime timing stops earlier once the median is stable
 
 
-def planned_search_epochs(target: TargetParams, n_train: int, batch_size: int) -> int:
+SHORT_FRACTION = 0.5  # a candidate's finetune, as a fraction of the following finetune's (target.steps null)
+
+
+def short_finetune_epochs(target: TargetParams, following: object, n_train: int, batch_size: int) -> int:
+    """Epochs of each quality candidate's short finetune: ``target.steps`` as whole epochs, or
+    (null) half the epochs of the ``finetune`` stage that follows (of the default finetune when
+    none follows), at least one."""
+    if target.steps is not None:
+        return 0 if target.steps == 0 else epochs_for_steps(target.steps, n_train, batch_size)
+    recipe = following if isinstance(following, FinetuneParams) else FinetuneParams()
+    full = recipe.resolved_epochs(n_train, batch_size)
+    return max(1, math.ceil(SHORT_FRACTION * full)) if full > 0 else 0
+
+
+def planned_search_epochs(target: TargetParams, following: object, n_train: int, batch_size: int) -> int:
     """Training epochs the search runs at most (the quality bounds' short finetunes)."""
-    if target.is_cost or target.steps == 0:
+    if target.is_cost:
         return 0
-    return target.candidates * epochs_for_steps(target.steps, n_train, batch_size)
+    return target.candidates * short_finetune_epochs(target, following, n_train, batch_size)
 
 
 def candidate_latency(model: nn.Module, context: StageContext, batch: int, directory: Path) -> dict:
@@ -84,7 +100,10 @@ class _Search:
         self.example = context.data.x_val[:1].float().to(context.device)
         self.dense_macs, _ = count_macs_params(base, self.example)
         self.count = 0
-        self.kept: tuple[float, nn.Module, object] | None = None  # the last passing quality candidate
+        self.short_epochs = short_finetune_epochs(
+            self.target, context.next_params, len(context.data.x_train), context.spec.training.batch_size
+        )
+        self.kept: tuple | None = None  # the last passing quality candidate: (ratio, model, pruning, fidelity)
         reference = context.dense_accuracy
         if reference is None and context.labelled:
             reference = context.evaluate(base)
@@ -127,7 +146,13 @@ class _Search:
         candidate = copy.deepcopy(self.base)
         pruning = self.prune(candidate, ratio)
         point: dict = {"accuracy_pruned": self._accuracy(candidate)}
-        if self.target.steps > 0:
+        after_pruning = None
+        if self.context.has_reference:  # the report's fidelity after pruning, should this one be chosen
+            after_pruning = self.context.reference().fidelity(
+                candidate, self.context.data, self.context.spec.training.batch_size, self.context.device
+            )
+            point["fidelity_pruned"] = after_pruning.get("fidelity")
+        if self.short_epochs > 0:
             self._short_finetune(candidate)
         point["accuracy"] = self._accuracy(candidate)
         bound, value = self.target.bound, getattr(self.target, self.target.bound)
@@ -145,7 +170,7 @@ class _Search:
             point["measured"], point["passed"] = check["measured"], bool(check["passed"])
         point.update(self._measures(candidate, 1))
         if point["passed"]:  # bisection: every later passing candidate has a larger ratio
-            self.kept = (ratio, candidate.cpu(), pruning)
+            self.kept = (ratio, candidate.cpu(), pruning, after_pruning)
         del candidate
         return point
 
@@ -173,7 +198,7 @@ class _Search:
         following = self.context.next_params if isinstance(self.context.next_params, FinetuneParams) else None
         recipe = following or FinetuneParams()
         short = FinetuneParams(
-            steps=self.target.steps,
+            epochs=self.short_epochs,
             lr=recipe.lr,
             distill=recipe.distill if self.context.has_reference else 0.0,
             distill_temperature=recipe.distill_temperature,
@@ -237,6 +262,8 @@ def run_target_search(params: PruneChannelsParams, context: StageContext, state:
         record_pruning(search.kept[2], context, state)
         accuracy = next(p for p in result.points if p["ratio"] == chosen)["accuracy_pruned"]
         state.pruned_accuracy = None if accuracy is None else accuracy / 100.0  # right after the surgery
+        if search.kept[3] is not None and state.fidelity.get("after_pruning") is None:
+            state.fidelity["after_pruning"] = search.kept[3]  # not the short-finetuned model's
     elif chosen > 0:
         record_pruning(search.prune(state.model, chosen), context, state)
     search.kept = None
@@ -249,7 +276,7 @@ def run_target_search(params: PruneChannelsParams, context: StageContext, state:
         "batch": target.batch if target.latency_ms is not None else (None if target.is_cost else 1),
         "kind": "cost" if target.is_cost else "quality",
         "reference_accuracy": search.reference_accuracy,
-        "steps": None if target.is_cost else target.steps,
+        "short_finetune_epochs": None if target.is_cost else search.short_epochs,
         "dense": dense,
         "points": result.points,
         "chosen_ratio": chosen,

@@ -53,22 +53,35 @@ def test_a_macs_target_prunes_to_the_smallest_ratio_within_the_bound():
     assert all(p["passed"] == (p["macs_fraction"] <= 0.4) for p in info["points"])
 
 
-def test_max_accuracy_drop_takes_the_largest_ratio_within_the_bound_where_half_the_channels_are_dead():
+def half_dead() -> nn.Module:
+    """A trained model half of whose hidden channels output exactly zero: removing them is free."""
     dense = trained()
-    with torch.no_grad():  # half of every hidden layer's channels output exactly zero: removing them is free
+    with torch.no_grad():
         for conv, bn in ((dense.conv1, dense.bn1), (dense.conv2, dense.bn2)):
             dead = slice(0, conv.out_channels // 2)
             conv.weight[dead] = 0
             conv.bias[dead] = 0
             bn.weight[dead] = 0
             bn.bias[dead] = 0
-    state = search(dense, {"max_accuracy_drop": 0.0, "steps": 0, "candidates": 5})
+    return dense
+
+
+def test_max_accuracy_drop_takes_the_largest_ratio_within_the_bound_where_half_the_channels_are_dead():
+    state = search(half_dead(), {"max_accuracy_drop": 0.0, "steps": 0, "candidates": 5})
     info = state.extras["target"]
     assert info["chosen_ratio"] >= 0.5  # every dead channel goes
     passed = [p["ratio"] for p in info["points"] if p["passed"]]
     assert info["chosen_ratio"] == max(passed)
     assert all(p["measured"] > 0.0 for p in info["points"] if p["ratio"] > info["chosen_ratio"])
     assert state.pruned_accuracy * 100 >= info["reference_accuracy"]  # within a bound of 0 points
+
+
+def test_a_fidelity_bound_keeps_every_channel_that_changes_the_outputs_and_reports_fidelity_after_pruning():
+    state = search(half_dead(), {"max_relative_error": 1e-5, "steps": 0, "candidates": 4})
+    info = state.extras["target"]
+    assert info["chosen_ratio"] == 0.5  # exactly the dead channels: any live one changes the logits
+    assert all(p["passed"] == (p["ratio"] <= 0.5) for p in info["points"])
+    assert state.fidelity["after_pruning"]["fidelity"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_the_short_finetunes_of_a_quality_search_report_progress_and_can_be_cancelled():
@@ -115,3 +128,14 @@ def test_a_cost_target_out_of_reach_fails_the_job_with_its_own_code():
     with pytest.raises(EngineError) as error:
         search(trained(), {"macs": 0.01, "max_ratio": 0.2})
     assert error.value.code == "target-unreachable" and "max_ratio 0.2" in str(error.value)
+
+
+def test_the_search_plans_its_short_finetunes_as_half_the_following_finetune_unless_steps_are_given():
+    runner = runner_for(PruneChannelsParams())
+    quality = PruneChannelsParams(target={"max_accuracy_drop": 1.0})
+    assert runner.planned_epochs(quality, 1000, 100, FinetuneParams(epochs=10)) == 5 * 5
+    assert runner.planned_epochs(quality, 1000, 100, None) == 5 * 50  # the default finetune: 1000 steps, 100 epochs
+    stepped = PruneChannelsParams(target={"max_accuracy_drop": 1.0, "steps": 25, "candidates": 3})
+    assert runner.planned_epochs(stepped, 1000, 100, FinetuneParams(epochs=10)) == 3 * 3
+    assert runner.planned_epochs(PruneChannelsParams(target={"macs": 0.3}), 1000, 100, FinetuneParams()) == 0
+    assert runner.planned_epochs(PruneChannelsParams(), 1000, 100, FinetuneParams()) == 0
