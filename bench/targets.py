@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32, help="batch of the latency target")
     parser.add_argument("--latency-fraction", type=float, default=0.5)
+    parser.add_argument("--round-to", type=int, default=None, help="prune_channels.round_to of the latency job")
     parser.add_argument("--source", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--jobs", nargs="+", default=["fixed", "accuracy", "latency"])
     parser.add_argument("--out", default="bench/results/targets.json")
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     bound = float(f"{args.latency_fraction * dense_ms:.3g}")
                     row["dense_latency_ms"] = dense_ms
                     prune = {"target": {"latency_ms": bound, "batch": args.batch}}
+                    if args.round_to is not None:
+                        prune["round_to"] = args.round_to
                 row[job] = _job(model_path, ds_name, prune, args.seed, Path(tmp) / job)
                 summary = {k: row[job][k] for k in ("val_drop", "macs_fraction", "gate_passed", "seconds")}
                 if "target" in row[job]:

@@ -353,7 +353,7 @@ def _confirm_target(
             latency = onnxruntime_latency(path, tuple(data.input_shape), batch_sizes=(info["batch"],), seed=spec.seed)
     drop = None
     if dense["accuracy"] is not None and final["accuracy"] is not None:
-        drop = 100.0 * (dense["accuracy"] - final["accuracy"])
+        drop = _percent(dense["accuracy"]) - _percent(final["accuracy"])  # as the report's gate computes it
     macs_fraction = final["macs"] / dense["macs"] if dense["macs"] else None
     confirmed = confirm_target(
         info, accuracy_drop=drop, macs_fraction=macs_fraction, fidelity=fidelity.get("final"), latency=latency

@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.pruning.fidelity import DROP_TOLERANCE
+
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
     "schema_version",
@@ -212,7 +214,7 @@ def build_report(
         checks["accuracy"] = {
             "bound": max_accuracy_drop,
             "measured": drop,
-            "passed": None if drop is None else bool(drop <= max_accuracy_drop),
+            "passed": None if drop is None else bool(drop <= max_accuracy_drop + DROP_TOLERANCE),
         }
         if drop is None:
             checks["accuracy"]["reason"] = "the dataset has no labels: accuracy is not measured"

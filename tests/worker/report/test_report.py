@@ -151,3 +151,10 @@ def test_a_target_search_is_in_the_report_with_its_curve_its_chosen_point_and_th
     assert "Target search" in page and "chosen ratio 0.45" in page and "<b>met</b>" in page
     assert len(page.split('src="data:image/png;base64,')) - 1 == 4  # the trade-off curve besides the three others
     assert _report()["target"] is None
+
+
+def test_a_drop_equal_to_the_bound_passes_although_percent_arithmetic_leaves_rounding_in_it():
+    report = _report(accuracy_dense=100 * 0.55, accuracy_finetuned=100 * 0.54, max_accuracy_drop=1.0)
+    assert report["acceptance"]["measured_drop"] > 1.0  # 1.000000000000007
+    assert report["acceptance"]["passed"]
+    assert not _report(accuracy_dense=90.0, accuracy_finetuned=88.99, max_accuracy_drop=1.0)["acceptance"]["passed"]

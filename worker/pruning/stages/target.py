@@ -41,6 +41,7 @@ from torch import nn
 
 from service.core.spec import FinetuneParams, PruneChannelsParams, TargetParams
 from worker.pruning.channels import PruneResult
+from worker.pruning.fidelity import DROP_TOLERANCE
 from worker.pruning.search import search_cost, search_quality
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
 from worker.pruning.training import Cancelled, count_macs_params, epochs_for_steps
@@ -158,7 +159,7 @@ class _Search:
         bound, value = self.target.bound, getattr(self.target, self.target.bound)
         if bound == "max_accuracy_drop":
             point["measured"] = self.reference_accuracy - point["accuracy"]
-            point["passed"] = point["measured"] <= value
+            point["passed"] = point["measured"] <= value + DROP_TOLERANCE
         else:
             from worker.pruning.fidelity import check_bounds
 
@@ -301,7 +302,7 @@ def confirm_target(
     check: dict = {"bound": value, "name": bound}
     if bound == "max_accuracy_drop":
         check["measured"] = accuracy_drop
-        check["passed"] = None if accuracy_drop is None else bool(accuracy_drop <= value)
+        check["passed"] = None if accuracy_drop is None else bool(accuracy_drop <= value + DROP_TOLERANCE)
     elif bound in ("min_agreement", "max_relative_error"):
         from worker.pruning.fidelity import check_bounds
 
