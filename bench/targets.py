@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32, help="batch of the latency target")
     parser.add_argument("--latency-fraction", type=float, default=0.5)
+    parser.add_argument("--target-steps", type=int, default=None, help="target.steps of the accuracy job")
     parser.add_argument("--round-to", type=int, default=None, help="prune_channels.round_to of the latency job")
     parser.add_argument("--source", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--jobs", nargs="+", default=["fixed", "accuracy", "latency"])
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     prune: dict = {}
                 elif job == "accuracy":
                     prune = {"target": {"max_accuracy_drop": 1.0}}
+                    if args.target_steps is not None:
+                        prune["target"]["steps"] = args.target_steps
                 else:
                     dense_ms = onnxruntime_latency(model_path, tuple(data.input_shape), batch_sizes=(args.batch,))
                     dense_ms = dense_ms["batch_sizes"][str(args.batch)]["median_ms"]
