@@ -265,6 +265,8 @@ def run_target_search(params: PruneChannelsParams, context: StageContext, state:
         state.pruned_accuracy = None if accuracy is None else accuracy / 100.0  # right after the surgery
         if search.kept[3] is not None and state.fidelity.get("after_pruning") is None:
             state.fidelity["after_pruning"] = search.kept[3]  # not the short-finetuned model's
+        if search.short_epochs > 0:  # it has been trained: without a finetune stage after, the report says so
+            state.finetuned = True
     elif chosen > 0:
         record_pruning(search.prune(state.model, chosen), context, state)
     search.kept = None

@@ -95,6 +95,7 @@ def test_the_short_finetunes_of_a_quality_search_report_progress_and_can_be_canc
     data = context(SPEC, teacher=None).data
     assert 100 * evaluate(state.model, data.x_val, data.y_val) == pytest.approx(chosen["accuracy"])
     assert 100 * state.pruned_accuracy == pytest.approx(chosen["accuracy_pruned"])
+    assert state.finetuned  # the report compares the trained candidate, even with no finetune stage after
     with pytest.raises(Cancelled):
         search(dense, {"max_accuracy_drop": 2.0, "steps": 3}, hooks=TrainHooks(should_cancel=lambda: True))
 
