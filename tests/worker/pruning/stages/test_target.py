@@ -140,3 +140,16 @@ def test_the_search_plans_its_short_finetunes_as_half_the_following_finetune_unl
     assert runner.planned_epochs(stepped, 1000, 100, FinetuneParams(epochs=10)) == 3 * 3
     assert runner.planned_epochs(PruneChannelsParams(target={"macs": 0.3}), 1000, 100, FinetuneParams()) == 0
     assert runner.planned_epochs(PruneChannelsParams(), 1000, 100, FinetuneParams()) == 0
+
+
+def test_a_search_run_again_on_its_checkpoints_resumes_every_candidate_to_the_same_model(tmp_path):
+    dense = trained()
+    target = {"max_accuracy_drop": 2.0, "steps": 6, "candidates": 3}
+    first = search(dense, target, hooks=TrainHooks(checkpoint_dir=tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [f"0-stage.candidate-{k}.pt" for k in (1, 2, 3)]
+    events: list[dict] = []
+    again = search(dense, target, hooks=TrainHooks(events.append, checkpoint_dir=tmp_path))
+    assert events == []  # every candidate's training was restored, none re-run
+    assert again.extras["target"]["chosen_ratio"] == first.extras["target"]["chosen_ratio"]
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key])
