@@ -143,6 +143,12 @@ class FinetuneParams(Strict):
         description="Re-estimate BatchNorm running statistics on training batches before "
         "finetuning (stale after channel surgery); no effect without BatchNorm.",
     )
+    reinsert_bn: bool = Field(
+        False,
+        description="For a model without BatchNorm (an export in eval mode folds BN into the convs): attach an "
+        "identity-initialised BatchNorm after every convolution for finetuning and fold it back afterwards "
+        "(the exported model keeps its layers).",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> FinetuneParams:

@@ -20,6 +20,9 @@ from worker.pruning.training import (
     FreezeMasks,
     RestoreBest,
     Warmup,
+    fold_batchnorm,
+    has_batchnorm,
+    insert_batchnorm,
     train,
 )
 
@@ -75,12 +78,20 @@ class FinetuneRunner:
             loss = Distillation(teacher, params.distill, params.distill_temperature)
         elif params.distill > 0:
             loss = reference.distillation(context.device, params.distill)
-        history = train(state.model, context.data, config, [*callbacks, *context.callbacks()], loss=loss)
+        inserted = 0
+        if params.reinsert_bn and not has_batchnorm(state.model):
+            inserted = insert_batchnorm(state.model, context.data.x_train, config.batch_size, seed=config.seed)
+        try:
+            history = train(state.model, context.data, config, [*callbacks, *context.callbacks()], loss=loss)
+        finally:
+            if inserted:
+                fold_batchnorm(state.model)
         state.finetuned = True
         state.extras.setdefault("finetune", []).append(
             {
                 "epochs_trained": len(history),
                 "max_epochs": epochs,
                 "best_epoch": best.best_epoch if best is not None else None,
+                "reinserted_batchnorms": inserted,
             }
         )
