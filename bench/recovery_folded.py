@@ -153,6 +153,7 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
         "macs_ratio": macs / macs_dense,
         "pruned_val": pruned_val,
         "val": 100 * evaluate(state.model, data.x_val, data.y_val),
+        "test": 100 * evaluate(state.model, data.x_test, data.y_test) if data.x_test is not None else None,
         "extras": state.extras.get("finetune"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -183,16 +184,20 @@ def main(argv: list[str] | None = None) -> int:
         dense, info = folded_dense(name, data, args.seed, Path(args.cache))
         row = report["models"].setdefault(name, {})
         row.update(info, held_out=name in HELD_OUT, dense_val=100 * evaluate(dense, data.x_val, data.y_val))
+        if data.x_test is not None:
+            row["dense_test"] = 100 * evaluate(dense, data.x_test, data.y_test)
         print(f"[{name}] folded dense val {row['dense_val']:.2f} (BN layers left: {info['batchnorm_layers']})", flush=True)
         for recipe, text in recipes.items():
             given = json.loads(text)
             prune, finetune = (given["prune"], given["finetune"]) if "finetune" in given else ({}, given)
             result = run_recipe(dense, data, args.seed, prune, finetune)
             result["val_drop"] = row["dense_val"] - result["val"]
+            if result["test"] is not None:
+                result["test_drop"] = row["dense_test"] - result["test"]
             row[recipe] = result
             print(
                 f"[{name}] {recipe}: pruned {result['pruned_val']:.1f} -> {result['val']:.2f} "
-                f"(drop {result['val_drop']:.2f}), MACs {100 * result['macs_ratio']:.1f}%, "
+                f"(drop {result['val_drop']:.2f}; test drop {result.get('test_drop', float('nan')):.2f}), MACs {100 * result['macs_ratio']:.1f}%, "
                 f"{result['extras']} ({result['seconds']}s)",
                 flush=True,
             )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams
+from service.core.spec import (
+    DEFAULT_FINETUNE_LR,
+    REINSERTED_BN_FINETUNE_LR,
+    FinetuneParams,
+    JobSpec,
+    PruneChannelsParams,
+)
 from tests.worker.pruning.stages.test_registry import context
 from tests.worker.pruning.tiny import ConvBN1d, TinyResNet, make_data, randomize_bn, to_graph_module
 from worker.pruning.stages import EngineState, runner_for
@@ -62,9 +68,10 @@ def test_finetune_reinserts_batchnorm_in_a_folded_pruned_model_and_exports_none(
     spec = JobSpec(seed=0)
     prune = PruneChannelsParams(ratio=0.5, probes=16)
     runner_for(prune).run(prune, context(spec, teacher=dense), state)
-    params = FinetuneParams(epochs=2, reinsert_bn=True)
+    params = FinetuneParams(epochs=2)  # reinsert_bn is on by default
     runner_for(params).run(params, context(spec, teacher=dense), state)
     assert state.extras["finetune"][0]["reinserted_batchnorms"] == 2
+    assert state.extras["finetune"][0]["lr"] == REINSERTED_BN_FINETUNE_LR  # the default lr after re-insertion
     assert not has_batchnorm(state.model)
     assert not any(hasattr(m, "reinserted_bn") for m in state.model.modules())
     assert len(state.model(DATA_1D.x_val)) == len(DATA_1D.x_val)
@@ -72,7 +79,8 @@ def test_finetune_reinserts_batchnorm_in_a_folded_pruned_model_and_exports_none(
 
 def test_finetune_inserts_nothing_into_a_model_that_has_batchnorm():
     state = EngineState(model=ConvBN1d())
-    params = FinetuneParams(epochs=1, reinsert_bn=True)
+    params = FinetuneParams(epochs=1)
     runner_for(params).run(params, context(JobSpec(seed=0), teacher=ConvBN1d()), state)
     assert state.extras["finetune"][0]["reinserted_batchnorms"] == 0
+    assert state.extras["finetune"][0]["lr"] == DEFAULT_FINETUNE_LR
     assert isinstance(state.model.bn1, nn.BatchNorm1d)
