@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         row.update(info, held_out=name in HELD_OUT, dense_val=100 * evaluate(dense, data.x_val, data.y_val))
         if data.x_test is not None:
             row["dense_test"] = 100 * evaluate(dense, data.x_test, data.y_test)
-        print(f"[{name}] folded dense val {row['dense_val']:.2f} (BN layers left: {info['batchnorm_layers']})", flush=True)
+        print(
+            f"[{name}] folded dense val {row['dense_val']:.2f} (BN layers left: {info['batchnorm_layers']})", flush=True
+        )
         for recipe, text in recipes.items():
             given = json.loads(text)
             prune, finetune = (given["prune"], given["finetune"]) if "finetune" in given else ({}, given)
