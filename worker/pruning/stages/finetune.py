@@ -42,7 +42,7 @@ def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:
 
 
 class FinetuneRunner:
-    def planned_epochs(self, params: FinetuneParams, n_train: int, batch_size: int) -> int:
+    def planned_epochs(self, params: FinetuneParams, n_train: int, batch_size: int, next_params: object = None) -> int:
         return finetune_epochs(params, n_train, batch_size)
 
     def run(self, params: FinetuneParams, context: StageContext, state: EngineState) -> None:
