@@ -8,7 +8,7 @@ names, the graph and masks keyed by layer name are unchanged), initialised on tr
 to the identity in eval mode (running statistics = the conv output's statistics, γ = √(var+ε),
 β = mean), so the model starts exactly where pruning left it. Each filter is also rescaled to
 the norm of PyTorch's default initialisation (1/√3), the BN compensating: a folded filter
-carries its old BN scale (norms 2–10× the initial ones were measured on folded exports), and
+carries its old BN scale (layer means up to 9× the initial norm were measured on folded exports), and
 behind a BatchNorm the effective learning rate of a filter falls with the square of its norm
 (van Laarhoven 2017), so without it finetuning crawls. :func:`fold_batchnorm` folds each
 BN back into its conv (W ← W·γ/√(var+ε), b ← (b − mean)·γ/√(var+ε) + β) and removes it: the
