@@ -225,7 +225,11 @@ def deployment(
             dep.procs.append(dep.api)
             dep.base = f"http://127.0.0.1:{port}"
             servers.wait_until(
-                lambda: dep.api.ensure_alive() and httpx.get(f"{dep.base}/readyz", timeout=5).is_success,
+                # /readyz needs a live worker: without workers, the API's own liveness probe
+                lambda: (
+                    dep.api.ensure_alive()
+                    and httpx.get(f"{dep.base}/{'readyz' if workers else 'healthz'}", timeout=5).is_success
+                ),
                 90,
                 "uvicorn api",
             )
