@@ -217,12 +217,13 @@ def prepare_case(case: str, work: Path, size: str) -> dict:
     }
 
 
-def job_spec(epochs: int) -> dict:
-    """The Shears spec equal to the bare script's recipe."""
+def job_spec(epochs: int, distill: float = 0.0) -> dict:
+    """The Shears spec equal to the bare script's recipe: plain cross-entropy finetuning
+    (``distill`` 0; Shears' default, 0.9, also runs the dense model on every batch)."""
     return {
         "pipeline": [
             {"prune_channels": {"criterion": "l1", "ratio": 0.5, "scope": "layerwise"}},
-            {"finetune": {"epochs": epochs, "lr": 0.01}},
+            {"finetune": {"epochs": epochs, "lr": 0.01, "distill": distill}},
         ],
         "training": {"batch_size": 128, "weight_decay": 5e-4},
         "export": {"formats": ["onnx"]},
@@ -273,7 +274,7 @@ def run_bare(info: dict, out: Path, device: str) -> dict:
 
 def run_prune(info: dict, out: Path, device: str) -> dict:
     spec = out.with_suffix(".spec.json")
-    spec.write_text(json.dumps(job_spec(info["epochs"])))
+    spec.write_text(json.dumps(job_spec(info["epochs"], info.get("distill", 0.0))))
     argv = [
         sys.executable,
         "-m",
@@ -367,7 +368,11 @@ def run_api(info: dict, out: Path, device: str) -> dict:
             inspected = time.perf_counter()
             inspect_peak = max(_hwm_mib(p) for p in _tree(worker.pid))
             _reset_hwm(_tree(worker.pid))
-            spec = {**job_spec(info["epochs"]), "model_id": ids["models"], "dataset_id": ids["datasets"]}
+            spec = {
+                **job_spec(info["epochs"], info.get("distill", 0.0)),
+                "model_id": ids["models"],
+                "dataset_id": ids["datasets"],
+            }
             job = client.post("/v1/jobs", json=spec)
             job.raise_for_status()
             job_id = job.json()["id"]
@@ -421,6 +426,7 @@ def side_by_side(
     device: str = "cpu",
     size: str = "full",
     work: Path | None = None,
+    distill: float = 0.0,
 ) -> dict:
     """Run every case on every path ``repeats`` times, interleaved; return the results."""
     work = Path(work or tempfile.mkdtemp(prefix="shears-sbs-"))
@@ -433,7 +439,7 @@ def side_by_side(
         "cases": {},
     }
     for case in cases:
-        info = prepare_case(case, work / case.replace(":", "_").replace("/", "_"), size)
+        info = {**prepare_case(case, work / case.replace(":", "_").replace("/", "_"), size), "distill": distill}
         runs: dict[str, list[dict]] = {p: [] for p in paths}
         for repeat in range(repeats):
             order = paths[repeat % len(paths) :] + paths[: repeat % len(paths)]  # rotate who goes first
@@ -467,10 +473,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--distill", type=float, default=0.0, help="finetune.distill of the Shears job (default 0)")
     parser.add_argument("--json", help="write the results here too (e.g. bench/results/side_by_side.json)")
     args = parser.parse_args(argv)
     header("side by side: bare Torch-Pruning script vs shears prune vs API job")
-    write_json(args.json, side_by_side(args.cases, args.paths, args.repeats, args.device, args.size))
+    write_json(
+        args.json, side_by_side(args.cases, args.paths, args.repeats, args.device, args.size, distill=args.distill)
+    )
 
 
 if __name__ == "__main__":
