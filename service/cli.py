@@ -1,7 +1,7 @@
 """The ``shears`` command line.
 
     shears up                      run the embedded service (API + one worker), no servers needed
-    shears submit MODEL --dataset D --spec job.yaml --wait --download out/
+    shears submit MODEL --dataset D --spec job.yaml --wait --download out/   (D: file, s3:// URI, ds_ id, builtin)
     shears status JOB | cancel JOB | download JOB out/
     shears prune MODEL --dataset D --spec job.yaml --out DIR     (the pipeline locally, no server)
     shears hash-key KEY            the digest to put in SHEARS_API_KEYS
@@ -222,6 +222,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec["model_id"] = _wait_ready(client, "models", model)["id"]
     if args.dataset in {"mnist1d", "digits"}:
         spec["dataset"] = {"builtin": args.dataset}
+    elif args.dataset.startswith("s3://"):  # registered by reference: the data stay in the bucket
+        spec["dataset_id"] = _wait_ready(client, "datasets", client.post("/v1/datasets", {"uri": args.dataset}))["id"]
+    elif args.dataset.startswith("ds_"):  # registered or uploaded before
+        spec["dataset_id"] = _wait_ready(client, "datasets", client.get(f"/v1/datasets/{args.dataset}"))["id"]
     elif args.dataset:
         spec["dataset_id"] = _wait_ready(client, "datasets", client.upload("datasets", Path(args.dataset)))["id"]
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
@@ -330,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit = remote("submit", "upload a model (+ dataset), create a job, optionally wait and download")
     submit.add_argument("model")
     submit.add_argument(
-        "--dataset", required=True, help="a .npz/.safetensors file, a .zip/.tar of images, or mnist1d / digits"
+        "--dataset",
+        required=True,
+        help="a .npz/.safetensors file, a .zip/.tar of images, mnist1d / digits, s3://bucket/prefix/ "
+        "(registered by reference, see SHEARS_DATASET_REFERENCE_PREFIXES) or the id ds_... of a dataset",
     )
     submit.add_argument("--spec", help="job spec YAML/JSON (model and dataset ids are filled in)")
     submit.add_argument("--architecture", help="zoo architecture of a safetensors model")

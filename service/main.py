@@ -17,6 +17,7 @@ from service.api import health, jobs, metrics
 from service.api.contract import authenticated_operations, complete_contract
 from service.api.deps import get_tenant
 from service.api.errors import install_error_handlers
+from service.api.schemas import DatasetReference
 from service.api.uploads import remove_orphan_uploads
 from service.api.uploads_router import datasets_router, models_router
 from service.core.config import Settings, get_settings
@@ -86,13 +87,16 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
 
 
 def _openapi_with_job_spec(app: FastAPI, authenticated: set[tuple[str, str]]) -> dict:
-    """The generated spec, plus the JobSpec schema that POST /v1/jobs references (its body
-    is parsed by hand to accept JSON and multipart alike)."""
+    """The generated spec, plus the JobSpec and DatasetReference schemas that POST /v1/jobs
+    and POST /v1/datasets reference (their bodies are parsed by hand to accept JSON and
+    multipart alike)."""
     if app.openapi_schema is None:
         spec = get_openapi(
             title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
         )
-        _, definitions = models_json_schema([(JobSpec, "validation")], ref_template=REF_TEMPLATE)
+        _, definitions = models_json_schema(
+            [(JobSpec, "validation"), (DatasetReference, "validation")], ref_template=REF_TEMPLATE
+        )
         spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
         app.openapi_schema = complete_contract(spec, authenticated)
     return app.openapi_schema

@@ -1,6 +1,6 @@
 """Training checkpoints mirrored to the artifact store, so a job resumes on any worker host.
 
-The training loop (worker.training) saves ``<stage>.pt`` into a local directory at every
+The training loop (worker.pruning.training) saves ``<stage>.pt`` into a local directory at every
 epoch boundary and then reports the epoch. :class:`CheckpointMirror` sits between that report
 and the job's progress: it uploads every checkpoint file that changed to
 ``jobs/{id}/checkpoints/<file>`` (one object per stage, overwritten each epoch: the last one

@@ -47,9 +47,9 @@ def sample_inputs(module: torch.nn.Module, input_shape: tuple[int, ...], n: int,
 
 def run_model(path: Path, input_shape: tuple[int, ...], out_dir: Path, *, ratio: float = 0.3, seed: int = 0) -> dict:
     """Inspect, prune ``ratio`` of the channels, export, check parity; one result row."""
+    from service.core.intake import Rejected
     from worker.export import check_onnx_parity, export_onnx, onnx_export_info
     from worker.io.data import DataSplits
-    from worker.io.errors import ModelRejected
     from worker.io.models import inspect_model, load_model
     from worker.pruning.channels import prune_channels
     from worker.pruning.exclusion import NothingToPrune
@@ -63,7 +63,7 @@ def run_model(path: Path, input_shape: tuple[int, ...], out_dir: Path, *, ratio:
     del proto
     try:
         loaded = load_model(path, input_shape=tuple(input_shape))
-    except ModelRejected as exc:
+    except Rejected as exc:
         return {**row, "status": "refused", "reason": f"{exc.code}: {exc}", "seconds": time.perf_counter() - start}
     module = loaded.module.float()
     inspection = inspect_model(module, loaded.input_shape)

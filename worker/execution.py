@@ -172,23 +172,29 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
     clock = JobClock(spec.time_limit_s)
     mirror = CheckpointMirror(store, job_id, checkpoints, attempt, may_write=lambda: not heartbeat.lost)
     status = "unrecorded"  # until the row says otherwise: checkpoints are kept for a retry
+    images = None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         resumed_from = mirror.restore()  # the stored checkpoints, whichever host wrote them
         model_path = workdir / "input-model"
         _fetch(store, model_row, "model", model_path)
-        dataset_path = None
-        if dataset_row is not None:
+        dataset_path = images = None
+        if dataset_row is not None and dataset_row.source_uri:  # registered by reference: read where it lives
+            from worker.references import open_reference
+
+            dataset_path, images = open_reference(dataset_row, settings, store, workdir)
+        elif dataset_row is not None:
             dataset_path = workdir / f"input-dataset{Path(dataset_row.filename).suffix.lower()[:16]}"
             _fetch(store, dataset_row, "dataset", dataset_path)
         from worker.pipeline import PipelineInputs, run_pipeline
-        from worker.training import Cancelled
+        from worker.pruning.training import Cancelled
 
         inputs = PipelineInputs(
             model_path=model_path,
             architecture=spec.architecture or model_row.architecture,
             dataset_path=dataset_path,
             builtin_dataset=spec.dataset.builtin if spec.dataset else None,
+            images=images,
             allow_torchscript=settings.allow_torchscript_upload,
             device=settings.device,
             job_id=job_id,
@@ -234,6 +240,8 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
         else:
             status = "lost"
     finally:
+        if images is not None:
+            images.source.close()  # its reader threads
         shutil.rmtree(workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
             workdir.parent.rmdir()  # work/<job_id>, once no attempt uses it

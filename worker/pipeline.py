@@ -25,6 +25,7 @@ import torch
 
 from service.core.spec import JobSpec
 from worker.io.data import DataSplits
+from worker.io.images import IndexedImages
 from worker.measure import measure
 from worker.pruning.stages import EngineState, StageContext, runner_for
 from worker.pruning.teacher import Teacher
@@ -37,6 +38,7 @@ class PipelineInputs:
     architecture: str | None = None
     dataset_path: Path | None = None
     builtin_dataset: str | None = None
+    images: IndexedImages | None = None  # a prefix of images registered by reference, read lazily
     allow_torchscript: bool = False
     device: str = "auto"
     job_id: str | None = None  # written into report.json / report.html
@@ -96,10 +98,20 @@ def _total_epochs(spec: JobSpec, n_train: int) -> int:
 def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:
     """The model (as a trainable module), the data, and the model's format."""
     from worker.io.datasets import builtin_dataset, load_dataset_file
+    from worker.io.images import load_image_index
     from worker.io.models import load_model
 
     if inputs.builtin_dataset:
         data = builtin_dataset(inputs.builtin_dataset, seed=spec.seed)
+    elif inputs.images is not None:
+        data = load_image_index(
+            inputs.images.index,
+            inputs.images.source,
+            spec.preprocessing,
+            val_fraction=spec.training.val_fraction,
+            seed=spec.seed,
+            max_pixels=inputs.images.max_pixels,
+        )
     else:
         data = load_dataset_file(
             inputs.dataset_path,
@@ -283,7 +295,9 @@ def run_pipeline(
         else None,
         model={"name": inputs.model_path.name, "format": model_format, "input_shape": list(data.input_shape)},
         dataset={
-            "name": inputs.builtin_dataset or (inputs.dataset_path.name if inputs.dataset_path else None),
+            "name": inputs.builtin_dataset
+            or (inputs.images.name if inputs.images else None)
+            or (inputs.dataset_path.name if inputs.dataset_path else None),
             "num_classes": data.num_classes,
             "labelled": data.labelled,
             "train": len(data.x_train),

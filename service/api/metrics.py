@@ -8,9 +8,8 @@ import time
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
 
-from service.core.models import JobRecord
+from service.core import crud
 
 router = APIRouter(tags=["health"])
 
@@ -30,13 +29,8 @@ class JobCollector:
         )
         depth = GaugeMetricFamily("shears_queue_depth", "Jobs queued and not yet started.")
         with self.app.state.sessions() as session:
-            counts = dict(session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
-            recent = session.scalars(
-                select(JobRecord.result)
-                .where(JobRecord.status == "succeeded")
-                .order_by(JobRecord.finished_at.desc())
-                .limit(1000)
-            ).all()
+            counts = crud.job_counts_by_status(session)
+            recent = crud.recent_succeeded_results(session, limit=1000)
         for status in ("queued", "running", "cancelling", "succeeded", "failed", "cancelled"):
             by_status.add_metric([status], counts.get(status, 0))
         depth.add_metric([], counts.get("queued", 0))

@@ -47,7 +47,25 @@ class ModelOut(UploadOut):
 
 
 class DatasetOut(UploadOut):
-    pass
+    source_uri: str | None = Field(
+        None,
+        description="Set when the dataset was registered by reference: the data stay there, and `sha256` is "
+        "the digest of the manifest (every key with its ETag and size) the inspection recorded.",
+    )
+
+
+class DatasetReference(BaseModel):
+    """Register a dataset where it lives instead of uploading it (POST /v1/datasets as JSON)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"uri": "s3://datasets/pets/"}]})
+
+    uri: str = Field(
+        min_length=1,
+        max_length=1100,
+        description="`s3://bucket/prefix/` (a folder of images: class folders are labelled, a flat folder is "
+        "unlabelled, `train/` + `val/` give the split) or `s3://bucket/key` of one `.npz`, `.safetensors`, "
+        "`.zip` or `.tar`; under a prefix the operator allows (SHEARS_DATASET_REFERENCE_PREFIXES).",
+    )
 
 
 class ModelList(BaseModel):

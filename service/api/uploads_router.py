@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from service.api.errors import Problem
-from service.api.schemas import DatasetList, DatasetOut, ModelList, ModelOut
+from service.api.schemas import DatasetList, DatasetOut, DatasetReference, ModelList, ModelOut
 from service.api.uploads import ReceivedFile, receive_form
 from service.core import crud, intake
 from service.core.config import Settings
+from service.core.intake.references import check_reference
 from service.core.models import DatasetRecord, ModelRecord
 from service.core.queue import INSPECT_DATASET_TASK, INSPECT_MODEL_TASK, send
 from service.core.storage import ArtifactStore
@@ -20,20 +22,56 @@ INSPECT_TASKS = {ModelRecord: INSPECT_MODEL_TASK, DatasetRecord: INSPECT_DATASET
 _PROBLEM = {"content": {"application/problem+json": {}}}
 
 
-def _multipart_body(description: str, extra_fields: dict) -> dict:
+def _multipart_body(description: str, extra_fields: dict, json_schema: str | None = None) -> dict:
     properties = {"file": {"type": "string", "format": "binary", "description": description}}
     properties.update(extra_fields)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"], "properties": properties},
-                    "example": {"file": "model.onnx"},
-                }
-            },
+    content: dict = {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": properties},
+            "example": {"file": "model.onnx"},
         }
     }
+    if json_schema is not None:
+        content["application/json"] = {
+            "schema": {"$ref": f"#/components/schemas/{json_schema}"},
+            "example": {"uri": "s3://datasets/pets/"},
+        }
+    return {"requestBody": {"required": True, "content": content}}
+
+
+MAX_REFERENCE_BODY = 64 * 1024
+_REFERENCE_FORBIDDEN = {"references-disabled", "reference-not-allowed"}  # the operator's policy: 403
+
+
+async def register_reference(request: Request, tenant: str, settings: Settings) -> DatasetRecord:
+    """POST /v1/datasets with ``{"uri": "s3://bucket/prefix/"}``: check the URI against the
+    operator's allowlist, commit a ``validating`` row and queue its inspection (a worker lists
+    and checks the data where they are, with its own credentials). Nothing is copied here."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_REFERENCE_BODY:
+            raise Problem(413, "body-too-large", f"The JSON body is over {MAX_REFERENCE_BODY} bytes; send only `uri`.")
+    try:
+        body = DatasetReference.model_validate_json(bytes(raw))
+    except ValidationError as error:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in error.errors()
+        ]
+        raise Problem(
+            422,
+            "invalid-request",
+            'Send {"uri": "s3://bucket/prefix/"} as application/json, or the dataset file as multipart/form-data.',
+            errors=errors,
+        ) from error
+    try:
+        reference = check_reference(body.uri, settings.dataset_reference_prefixes, settings.resolved_storage_uri)
+    except intake.Rejected as error:
+        status = 403 if error.code in _REFERENCE_FORBIDDEN else 422
+        raise Problem(status, error.code, str(error), errors=[{"field": "uri", "message": error.code}]) from error
+    row = crud.new_reference(tenant, reference.uri, reference.name)
+    await store_and_inspect(request, [(row, None)])
+    return row
 
 
 async def check_received(kind: str, received: ReceivedFile, settings: Settings) -> str:
@@ -49,13 +87,15 @@ async def check_received(kind: str, received: ReceivedFile, settings: Settings) 
         raise Problem(422, error.code, str(error)) from error
 
 
-async def store_and_inspect(request: Request, uploads: list[tuple[object, ReceivedFile]]) -> None:
+async def store_and_inspect(request: Request, uploads: list[tuple[object, ReceivedFile | None]]) -> None:
     """Store checked files, commit their ``validating`` rows and queue their inspections: the
-    one path every upload takes (POST /v1/models, /v1/datasets and multipart jobs). When the
-    broker is down, nothing is kept and the client gets 503 with Retry-After."""
+    one path every upload takes (POST /v1/models, /v1/datasets and multipart jobs; a dataset
+    registered by reference has no file). When the broker is down, nothing is kept and the
+    client gets 503 with Retry-After."""
     state = request.app.state
     for row, received in uploads:
-        await run_in_threadpool(state.store.put_file, row.storage_key, received.path)
+        if received is not None:
+            await run_in_threadpool(state.store.put_file, row.storage_key, received.path)
     rows = [row for row, _ in uploads]
 
     def save() -> None:
@@ -88,19 +128,31 @@ def build_router(
     out: type,
     listing: type,
     extra_fields: dict,
+    summary: str,
+    description: str,
+    json_schema: str | None = None,
 ) -> APIRouter:
-    """The upload resource ``/v1/{kind}s`` (models or datasets)."""
+    """The upload resource ``/v1/{kind}s`` (models or datasets; ``json_schema``: the body of
+    a JSON registration, datasets by reference)."""
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
+    responses = {413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM}
+    if json_schema is not None:
+        responses[403] = {**_PROBLEM, "description": "Registering by reference is off, or the URI is not allowed."}
 
     @router.post(
         "",
         status_code=202,
         response_model=out,
-        summary=f"Upload a {kind}",
-        responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
-        openapi_extra=_multipart_body(f"The {kind} file.", extra_fields),
+        summary=summary,
+        description=description,
+        responses=responses,
+        openapi_extra=_multipart_body(f"The {kind} file.", extra_fields, json_schema),
     )
     async def upload(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep):
+        if json_schema is not None and request.headers.get("content-type", "").startswith("application/json"):
+            row = await register_reference(request, tenant, settings)
+            response.headers["Location"] = f"/v1/{kind}s/{row.id}"
+            return row
         form = await receive_form(request, settings.max_upload_bytes, settings.data_dir / "tmp")
         try:
             received = form.files.get("file")
@@ -131,6 +183,10 @@ def build_router(
         status_code=204,
         responses={404: _PROBLEM, 409: _PROBLEM},
         summary=f"Delete a {kind} (409 while a queued or running job uses it)",
+        description="Removes the record and what Shears stored for it; the objects of a dataset "
+        "registered by reference are never touched."
+        if kind == "dataset"
+        else None,
     )
     def delete(item_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
         row = _owned(session, item_id, tenant, kind)
@@ -165,5 +221,20 @@ models_router = build_router(
     out=ModelOut,
     listing=ModelList,
     extra_fields={"architecture": {"type": "string", "description": "Zoo architecture of a safetensors state dict."}},
+    summary="Upload a model",
+    description="multipart/form-data with the model file as `file`; 202 `validating` until a worker inspects it.",
 )
-datasets_router = build_router(kind="dataset", out=DatasetOut, listing=DatasetList, extra_fields={})
+datasets_router = build_router(
+    kind="dataset",
+    out=DatasetOut,
+    listing=DatasetList,
+    extra_fields={},
+    summary="Upload a dataset, or register one where it lives",
+    description="multipart/form-data with the dataset file as `file`, or application/json "
+    '`{"uri": "s3://bucket/prefix/"}` to register data that stay in object storage under a prefix the '
+    "operator allows (SHEARS_DATASET_REFERENCE_PREFIXES; otherwise 403 `references-disabled` or "
+    "`reference-not-allowed`). Either way 202 `validating`: a worker checks the data (for a reference: "
+    "lists it with its own credentials, decodes a sample and records every key's ETag, so jobs read "
+    "that snapshot) and sets `ready` or `invalid` with a named `error.code`.",
+    json_schema="DatasetReference",
+)

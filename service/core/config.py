@@ -126,6 +126,24 @@ class Settings(BaseSettings):
     archive_max_total_bytes: int = Field(16 << 30, ge=1, description="Largest expanded size of an image archive.")
     archive_max_ratio: int = Field(200, ge=1, description="Largest compression ratio of a zip member (zip bombs).")
     image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) decoded.")
+    dataset_reference_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Object-storage prefixes (`s3://bucket/prefix/`) under which datasets may be registered by "
+        'reference (POST /v1/datasets with `{"uri": ...}`) instead of uploaded; workers read them with their '
+        "own S3 settings (SHEARS_S3_*). Empty: registering by reference is off.",
+    )
+    dataset_reference_sample: int = Field(
+        64, ge=1, description="Images of a referenced prefix that the inspection decodes (spread over the listing)."
+    )
+    dataset_reference_max_object_bytes: int = Field(
+        16 << 30, ge=1, description="Largest single object (.npz, .safetensors, .zip, .tar) registered by reference."
+    )
+    dataset_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Local disk a job may fill with images of a referenced prefix (keyed by key and ETag), "
+        "so later epochs do not fetch them again; 0: always read from the bucket.",
+    )
 
     def archive_limits(self):
         """The image-archive bounds as the (torch-free) checker takes them."""
@@ -179,6 +197,14 @@ class Settings(BaseSettings):
         50.0, gt=0, description="Sustained requests per second per API key (token bucket); more answer 429."
     )
     rate_limit_burst: int = Field(200, ge=1, description="Requests per API key allowed in a burst above the rate.")
+
+    @field_validator("dataset_reference_prefixes")
+    @classmethod
+    def _reference_prefixes(cls, value: list[str]) -> list[str]:
+        """Each entry is ``s3://bucket/`` or ``s3://bucket/prefix/`` (a trailing ``/`` is added)."""
+        from service.core.intake.references import normalise_allowed_prefix
+
+        return [normalise_allowed_prefix(entry) for entry in value]
 
     @field_validator("data_dir")
     @classmethod

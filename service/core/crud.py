@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +38,12 @@ def new_upload(
     )
     row.storage_key = f"uploads/{kind}s/{row.id}"
     return row
+
+
+def new_reference(tenant: str, uri: str, name: str) -> DatasetRecord:
+    """An unsaved dataset row registered by reference: no file is stored; the inspection stores
+    the manifest under ``storage_key`` and sets ``sha256`` (of the manifest) and ``size_bytes``."""
+    return new_upload("dataset", tenant, name[:255] or "dataset", "", 0, source_uri=uri)
 
 
 def owned_upload(session: Session, kind: str, item_id: str, tenant: str) -> ModelRecord | DatasetRecord | None:
@@ -108,3 +114,23 @@ def page_jobs(
             or_(JobRecord.created_at < created, and_(JobRecord.created_at == created, JobRecord.id < job_id))
         )
     return list(session.scalars(query.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit + 1)))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def job_counts_by_status(session: Session) -> dict[str, int]:
+    """How many jobs are in each status (statuses without jobs are absent)."""
+    return dict(session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
+
+
+def recent_succeeded_results(session: Session, limit: int) -> list[dict | None]:
+    """The ``result`` of the ``limit`` most recently finished succeeded jobs, newest first."""
+    return list(
+        session.scalars(
+            select(JobRecord.result)
+            .where(JobRecord.status == "succeeded")
+            .order_by(JobRecord.finished_at.desc())
+            .limit(limit)
+        ).all()
+    )

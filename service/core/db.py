@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from service.core.config import Settings
@@ -51,11 +51,32 @@ def create_schema(engine: Engine) -> None:
     import service.core.models  # noqa: F401  (registers the tables on Base)
 
     if engine.dialect.name != "postgresql":
-        Base.metadata.create_all(engine)
+        with engine.begin() as connection:
+            Base.metadata.create_all(connection)
+            add_missing_columns(connection)
         return
     with engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK})
         Base.metadata.create_all(connection)
+        add_missing_columns(connection)
+
+
+def add_missing_columns(connection) -> list[str]:
+    """Add nullable columns that newer versions declare to tables an older version created
+    (``datasets.source_uri``); ``create_all`` only creates missing tables. Returns what it added."""
+    present = inspect(connection)
+    added = []
+    for table in Base.metadata.sorted_tables:
+        if not present.has_table(table.name):
+            continue
+        have = {column["name"] for column in present.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def check_database(engine: Engine) -> None:

@@ -45,6 +45,9 @@ class DatasetRecord(Upload, Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ds"))
+    # Registered by reference (s3://bucket/prefix/ or one object): the data stay there and the
+    # stored object under storage_key is the manifest the inspection recorded, not the data.
+    source_uri: Mapped[str | None] = mapped_column(String(1100), nullable=True)
 
 
 class JobRecord(Base):

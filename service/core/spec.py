@@ -249,7 +249,7 @@ Size = Annotated[int, Field(ge=1, le=8192)]
 
 
 class PreprocessingParams(Strict):
-    """How images of an image-archive dataset become the model's input tensor.
+    """How images of an image dataset (an archive, or a prefix registered by reference) become the model's input.
 
     Order: decode (Pillow) → colour → resize → centre crop → scale to [0, 1] (float dtypes)
     → (x − mean) / std → channel order → layout → dtype.
@@ -305,7 +305,11 @@ class JobSpec(Strict):
     """What to do to a model. Stages run in order; each is optional."""
 
     model_id: Annotated[str, StringConstraints(pattern=r"^mdl_[0-9a-f]{24}$")] | None = None
-    dataset_id: Annotated[str, StringConstraints(pattern=r"^ds_[0-9a-f]{24}$")] | None = None
+    dataset_id: Annotated[str, StringConstraints(pattern=r"^ds_[0-9a-f]{24}$")] | None = Field(
+        None,
+        description="A dataset of POST /v1/datasets: an uploaded file, or data registered by reference "
+        '(`{"uri": "s3://bucket/prefix/"}`), which jobs read where they are.',
+    )
     dataset: BuiltinDataset | None = None
     architecture: Annotated[str, StringConstraints(max_length=64)] | None = Field(
         None, description="Zoo architecture of a safetensors model; ignored for ONNX."
@@ -323,7 +327,9 @@ class JobSpec(Strict):
     acceptance: AcceptanceParams = Field(default_factory=AcceptanceParams)
     distillation: DistillationParams = Field(default_factory=DistillationParams)
     preprocessing: PreprocessingParams | None = Field(
-        None, description="Required for image-archive datasets: how images become the model's input."
+        None,
+        description="For image datasets (archives, or prefixes registered by reference): how images become "
+        "the model's input.",
     )
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     time_limit_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 6 * 3600

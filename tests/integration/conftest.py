@@ -19,6 +19,8 @@ from tests.servers import REPO_ROOT
 
 API_KEY = "e2e-key-0123456789abcdef"
 WEBHOOK_SECRET = "whsec-test-0123456789"
+REFERENCE_BUCKET = "shears-user-data"  # "the user's" bucket on moto, apart from the artifact store's
+REFERENCE_PREFIX = f"s3://{REFERENCE_BUCKET}/allowed/"
 
 
 def _compose_command(service: str) -> list[str]:
@@ -49,6 +51,7 @@ def deployment_compose(service_settings: Settings, server_logs: Path, announce):
             "progress_interval_s": 0.2,
             "webhook_secret": WEBHOOK_SECRET,
             "allow_private_callbacks": True,  # receivers run on loopback here
+            "dataset_reference_prefixes": [REFERENCE_PREFIX],  # tests/integration/test_dataset_references.py
             # its own Redis database: the session's other worker must not take these jobs
             "broker_url": service_settings.broker_url.rsplit("/", 1)[0] + "/1",
         }

@@ -92,7 +92,10 @@ def export_onnx(
     """Export ``model`` to ONE ``.onnx`` file (no external data), input ``input``, output ``output``.
 
     Tries torch's dynamo exporter (``dynamic_shapes`` on the batch axis) first and falls
-    back to the legacy TorchScript exporter (``dynamic_axes``). The exporter used is
+    back to the legacy TorchScript exporter (``dynamic_axes``); a model converted from an
+    uploaded ONNX file (``shears_onnx_io``: an onnx2torch graph, no Python control flow of its
+    own) goes the other way round, legacy first: dynamo fails on most such graphs and costs
+    seconds when it succeeds (8.2 s vs 0.09 s on the e2e's digits CNN). The exporter used is
     recorded in the model's ``metadata_props`` under ``shears.exporter`` (read it with
     ``onnx_export_info``). The result passes ``onnx.checker.check_model``.
     """
@@ -105,7 +108,7 @@ def export_onnx(
         example = torch.cat([example, example], 0)
     errors: list[str] = []
     try:
-        for name, exporter in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+        for name, exporter in _exporters(model):
             for leftover in (path, path.with_name(path.name + ".data")):
                 leftover.unlink(missing_ok=True)
             try:
@@ -135,6 +138,12 @@ def export_onnx(
     finally:
         model.train(was_training)
     raise ExportError("ONNX export failed with both exporters: " + "; ".join(errors))
+
+
+def _exporters(model: nn.Module) -> list[tuple[str, Any]]:
+    """The exporters to try, in order (see :func:`export_onnx`)."""
+    order = [("dynamo", _export_dynamo), ("legacy", _export_legacy)]
+    return order[::-1] if getattr(model, "shears_onnx_io", None) is not None else order
 
 
 def _opset(proto: onnx.ModelProto) -> int:

@@ -3,23 +3,34 @@
 :class:`LazyImages` behaves like the ``(N, ...)`` input tensor the engine indexes
 (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``) and is also a ``torch.utils.data.Dataset``
 (``x[i]`` is one sample), so a ``DataLoader`` can decode in worker processes. Nothing is
-cached or extracted: memory holds one batch, whatever the dataset's size. The archive was
-checked on upload (service.core.intake.archives) and is indexed again here with the same checks.
+extracted: memory holds one batch, whatever the dataset's size. The archive was checked on
+upload (service.core.intake.archives) and is indexed again here with the same checks. The
+images of a prefix registered by reference come from object storage the same way
+(``load_image_index`` with the manifest's index and a ``PrefixObjects`` source).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.core.intake.archives import ArchiveLimits, ImageMember, MemberReader, decode_image, index_image_archive
+from service.core.intake import Rejected
+from service.core.intake.archives import (
+    ArchiveLimits,
+    ImageIndex,
+    ImageMember,
+    MemberReader,
+    decode_image,
+    index_image_archive,
+)
 from service.core.spec import PreprocessingParams
 from worker.io.data import DataSplits
-from worker.io.errors import DatasetRejected
 
 
 def preprocess(image, params: PreprocessingParams) -> np.ndarray:
@@ -42,7 +53,7 @@ def preprocess(image, params: PreprocessingParams) -> np.ndarray:
         )
         width, height = image.size
         if crop_w > width or crop_h > height:
-            raise DatasetRejected(
+            raise Rejected(
                 "bad-preprocessing",
                 f"center_crop {crop_h}x{crop_w} is larger than an image of "
                 f"{height}x{width} (after resize); resize first or crop less.",
@@ -65,32 +76,35 @@ def preprocess(image, params: PreprocessingParams) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+class MemberSource(Protocol):
+    """Where member bytes come from: an archive file (``MemberReader``) or a referenced
+    prefix in object storage (``service.core.storage.bucket.PrefixObjects``, which also has
+    ``read_many`` to fetch a batch in parallel). Picklable: DataLoader workers open their own."""
+
+    def read(self, member: ImageMember) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class LazyImages(Dataset):
-    """Images of an archive as a lazily decoded ``(N, ...)`` tensor (see the module docstring)."""
+    """Images as a lazily decoded ``(N, ...)`` tensor (see the module docstring)."""
 
     def __init__(
-        self, path: Path, kind: str, members: Sequence[ImageMember], params: PreprocessingParams, max_pixels: int
+        self, source: MemberSource, members: Sequence[ImageMember], params: PreprocessingParams, max_pixels: int
     ) -> None:
-        self.path, self.kind, self.members, self.params, self.max_pixels = (
-            Path(path),
-            kind,
-            list(members),
-            params,
-            max_pixels,
-        )
-        self._reader = MemberReader(self.path, kind)
+        self.source, self.members, self.params, self.max_pixels = source, list(members), params, max_pixels
         self._sample_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def _decode(self, index: int) -> torch.Tensor:
+    def _decode(self, index: int, data: bytes | None = None) -> torch.Tensor:
         member = self.members[index]
-        image = decode_image(self._reader.read(member), member.name, self.max_pixels)
+        image = decode_image(self.source.read(member) if data is None else data, member.name, self.max_pixels)
         with image:
             sample = torch.from_numpy(preprocess(image, self.params).astype(np.float32, copy=False))
         if self._sample_shape is not None and tuple(sample.shape) != self._sample_shape:
-            raise DatasetRejected(
+            raise Rejected(
                 "mixed-image-sizes",
                 f"image {member.name[:200]!r} gives an input of shape "
                 f"{list(sample.shape)} but others {list(self._sample_shape)}; declare "
@@ -110,7 +124,11 @@ class LazyImages(Dataset):
             positions = list(index)
         if not positions:
             return torch.empty((0, *self.shape[1:]), dtype=self.dtype)
-        return torch.stack([self._decode(int(i)) for i in positions])
+        read_many = getattr(self.source, "read_many", None)
+        if read_many is None:
+            return torch.stack([self._decode(int(i)) for i in positions])
+        datas = read_many([self.members[int(i)] for i in positions])  # one batch of bytes in memory
+        return torch.stack([self._decode(int(i), data) for i, data in zip(positions, datas, strict=True)])
 
     @property
     def shape(self) -> torch.Size:
@@ -124,10 +142,20 @@ class LazyImages(Dataset):
         return torch.float32
 
     def subset(self, positions: Sequence[int]) -> LazyImages:
-        return LazyImages(self.path, self.kind, [self.members[i] for i in positions], self.params, self.max_pixels)
+        return LazyImages(self.source, [self.members[i] for i in positions], self.params, self.max_pixels)
 
     def close(self) -> None:
-        self._reader.close()
+        self.source.close()
+
+
+@dataclass(frozen=True)
+class IndexedImages:
+    """Images indexed already (a referenced prefix's manifest) and the source to read them from."""
+
+    index: ImageIndex
+    source: MemberSource
+    name: str
+    max_pixels: int = ArchiveLimits.max_pixels
 
 
 def _split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -154,10 +182,30 @@ def load_image_archive(
     limits: ArchiveLimits | None = None,
 ) -> DataSplits:
     """``DataSplits`` whose inputs are :class:`LazyImages` (labels when the archive has class folders)."""
-    params = params or PreprocessingParams()
     limits = limits or ArchiveLimits()
     index = index_image_archive(path, limits)
-    images = LazyImages(path, index.kind, index.members, params, limits.max_pixels)
+    return load_image_index(
+        index,
+        MemberReader(path, index.kind),
+        params,
+        val_fraction=val_fraction,
+        seed=seed,
+        max_pixels=limits.max_pixels,
+    )
+
+
+def load_image_index(
+    index: ImageIndex,
+    source: MemberSource,
+    params: PreprocessingParams | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_pixels: int = ArchiveLimits.max_pixels,
+) -> DataSplits:
+    """``DataSplits`` of indexed images read from ``source`` (an archive, or a referenced prefix)."""
+    params = params or PreprocessingParams()
+    images = LazyImages(source, index.members, params, max_pixels)
     class_ids = {name: i for i, name in enumerate(index.classes)}
     labels = np.array([class_ids[m.label] for m in index.members], dtype=np.int64) if index.labelled else None
     if index.has_split:
@@ -166,7 +214,7 @@ def load_image_archive(
     else:
         train, val = _split(labels, len(index.members), val_fraction, seed)
     if len(train) < 2 or len(val) < 1:
-        raise DatasetRejected(
+        raise Rejected(
             "too-few-samples", f"{len(train)} training and {len(val)} validation images; need at least 2 and 1."
         )
     as_y = lambda ids: None if labels is None else torch.from_numpy(labels[ids])  # noqa: E731

@@ -59,6 +59,7 @@ class ImageMember:
     offset: int = -1  # start of the data in an uncompressed tar
     label: str | None = None
     split: str | None = None
+    etag: str | None = None  # an object of a referenced prefix: the ETag it had when it was listed
 
 
 @dataclass
@@ -268,7 +269,8 @@ def index_image_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> 
     return _layout(kind, entries)
 
 
-def _layout(kind: str, entries: list[tuple[list[str], str, int, int]]) -> ImageIndex:
+def _layout(kind: str, entries: list[tuple[list[str], str, int, int]], noun: str = "archive member") -> ImageIndex:
+    """Labels and splits from the paths (``noun`` names an entry in messages: archive member, object)."""
     tops = {parts[0] for parts, *_ in entries}
     if len(tops) == 1 and all(len(parts) > 1 for parts, *_ in entries) and next(iter(tops)) not in _SPLITS:
         entries = [(parts[1:], *rest) for parts, *rest in entries]  # one common top folder
@@ -278,7 +280,7 @@ def _layout(kind: str, entries: list[tuple[list[str], str, int, int]]) -> ImageI
         raise _refuse("bad-archive-layout", f"some images are under train/ or val/ and others are not. {LAYOUT_HELP}")
     if use_split and {_SPLITS[t] for t in split_tops} != {"train", "val"}:
         raise _refuse(
-            "bad-archive-layout", "the archive has a train/ or a val/ folder but not both; give both or neither."
+            "bad-archive-layout", "the dataset has a train/ or a val/ folder but not both; give both or neither."
         )
     members, depths = [], set()
     for parts, name, size, offset in entries:
@@ -286,7 +288,7 @@ def _layout(kind: str, entries: list[tuple[list[str], str, int, int]]) -> ImageI
         rest = parts[1:] if use_split else parts
         depths.add(len(rest))
         if len(rest) > 2:
-            raise _refuse("bad-archive-layout", f"archive member {name[:200]!r} is nested too deep. {LAYOUT_HELP}")
+            raise _refuse("bad-archive-layout", f"{noun} {name[:200]!r} is nested too deep. {LAYOUT_HELP}")
         members.append(
             ImageMember(name=name, size=size, offset=offset, label=rest[0] if len(rest) == 2 else None, split=split)
         )

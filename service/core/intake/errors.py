@@ -57,6 +57,17 @@ CODES = frozenset(
         "corrupt-image",
         "mixed-image-sizes",
         "bad-preprocessing",
+        # datasets registered by reference (service.core.intake.references, service.core.storage.bucket)
+        "invalid-reference",
+        "references-disabled",
+        "reference-not-allowed",
+        "reference-not-found",
+        "reference-unreadable",
+        "too-many-objects",
+        "unsafe-object-key",
+        "reference-too-large",
+        "input-changed",
+        "input-deleted",
     }
 )
 

@@ -32,9 +32,10 @@ create_schema(app.state.engine)
 beat(app.state.engine, "fuzz-worker", 1)  # one heartbeat that never goes stale: /readyz is 200, as with a worker
 # A schema-valid request can still be refused for what no schema can express: the bytes of an
 # uploaded file (422 unsupported-format), an id that does not exist (422 model-not-found), an
-# opaque cursor this API never issued (400 invalid-cursor), a job that has not finished (409).
+# opaque cursor this API never issued (400 invalid-cursor), a job that has not finished (409),
+# a dataset reference while the operator allows none (403 references-disabled).
 CONFIG = SchemathesisConfig.from_dict(
-    {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404", "409", "422"]}}}
+    {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "409", "422"]}}}
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
 

@@ -79,6 +79,17 @@ def test_a_model_the_dynamo_exporter_cannot_capture_falls_back_to_the_legacy_exp
     assert check_onnx_parity(model, path, torch.randn(5, 6))["passed"]
 
 
+def test_a_model_converted_from_an_uploaded_onnx_file_is_exported_by_the_legacy_exporter_first(
+    small_resnet, exported, tmp_path
+):
+    from worker.io.onnx.convert import load_onnx
+
+    imported = load_onnx(exported).eval()  # an onnx2torch graph carrying the file's signature
+    path = export_onnx(imported, torch.randn(2, 3, 32, 32), tmp_path / "again.onnx")
+    assert onnx_export_info(path)["exporter"] == "legacy"
+    assert check_onnx_parity(small_resnet, path, torch.randn(3, 3, 32, 32))["passed"]
+
+
 def test_torchscript_export_reloads_and_matches_at_two_batch_sizes(small_resnet, tmp_path):
     result = export_torchscript(small_resnet, torch.randn(2, 3, 32, 32), tmp_path / "model.torchscript.pt")
     assert result["passed"] and result["method"] in ("trace", "script")

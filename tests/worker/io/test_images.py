@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from service.core.intake import Rejected
 from service.core.spec import PreprocessingParams
 from tests.images import flat_folder, image_folder, png_bytes, tar_bytes, zip_bytes
 from worker.io.datasets import load_dataset_file
-from worker.io.errors import DatasetRejected
 from worker.io.images import preprocess
 
 
@@ -63,7 +63,7 @@ def test_preprocessing_resizes_crops_normalises_and_reorders_like_torchvision():
 def test_images_of_mixed_sizes_without_a_resize_are_explained(tmp_path):
     members = [("images/a.png", png_bytes(8, 8)), ("images/b.png", png_bytes(9, 8)), ("images/c.png", png_bytes(8, 8))]
     data = load_dataset_file(_write(tmp_path, zip_bytes(members)), val_fraction=0.34)
-    with pytest.raises(DatasetRejected, match="preprocessing.resize"):
+    with pytest.raises(Rejected, match="preprocessing.resize"):
         data.x_train[0 : len(data.x_train)]
         data.x_val[0:1]
     fixed = load_dataset_file(_write(tmp_path, zip_bytes(members)), preprocessing=PreprocessingParams(resize=(8, 8)))

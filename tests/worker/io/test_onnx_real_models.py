@@ -13,9 +13,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from service.core.intake import Rejected
 from worker.export import check_onnx_parity, export_onnx, onnx_export_info
 from worker.io.data import DataSplits
-from worker.io.errors import ModelRejected
 from worker.io.models import inspect_model, load_model
 from worker.io.onnx import load_onnx
 from worker.pruning.channels import prune_channels
@@ -85,7 +85,7 @@ def test_an_opset_7_or_9_batchnorm_with_spatial_and_a_global_max_pool_convert_li
 
 def test_a_per_activation_batchnorm_is_refused_naming_the_operator(tmp_path):
     path = _save(_conv_bn_net(7, {"spatial": 0}, ["N", 3, 8, 8]), tmp_path / "spatial0.onnx")
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_onnx(path, input_shape=(3, 8, 8))
     assert err.value.code == "unsupported-operator" and "BatchNormalization" in str(err.value)
     assert "spatial=0" in str(err.value)
@@ -93,13 +93,13 @@ def test_a_per_activation_batchnorm_is_refused_naming_the_operator(tmp_path):
 
 def test_symbolic_height_and_width_need_an_input_shape_and_convert_with_one(tmp_path):
     path = _save(_conv_bn_net(13, {}, ["batch", 3, "height", "width"]), tmp_path / "sym.onnx")
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_model(path)
     assert err.value.code == "input-shape-required" and "input_shape" in str(err.value)
     loaded = load_model(path, input_shape=(3, 16, 12))
     assert loaded.input_shape == (3, 16, 12)
     assert loaded.details["io"]["inputs"][0]["dims"] == ["batch", 3, "height", "width"]
-    with pytest.raises(ModelRejected) as err:
+    with pytest.raises(Rejected) as err:
         load_model(path, input_shape=(1, 16, 12))
     assert err.value.code == "input-shape-mismatch"
 

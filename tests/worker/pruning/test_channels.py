@@ -22,7 +22,7 @@ from tests.worker.pruning.tiny import (
 )
 from worker.pruning.channels import CRITERIA, coupled_sets, prune_channels, remove_channels
 from worker.pruning.layers import discover_layers
-from worker.training import count_macs_params
+from worker.pruning.training import count_macs_params
 
 IMAGES = make_data((1, 8, 8), n_train=64, n_val=16)
 SIGNALS = make_data((1, 16), n_train=64, n_val=16)

@@ -11,7 +11,7 @@ from onnx import helper
 from torch import fx
 
 import worker.io.onnx.converters  # noqa: F401  (registers our converters)
-from worker.io.errors import ModelRejected
+from service.core.intake import Rejected
 from worker.io.onnx.channel_constants import rewrite_channel_constants
 from worker.io.onnx.inputs import io_signature, real_inputs, resolve_input_shape
 from worker.io.onnx.passes import (
@@ -104,17 +104,17 @@ def check_operators(model: onnx.ModelProto) -> None:
         domain = node.domain if node.domain != "ai.onnx" else ""
         label = _node_label(node)
         if torchvision_missing and node.operation_type in _STUBBED_OPS:
-            raise ModelRejected(
+            raise Rejected(
                 "unsupported-operator",
                 f"unsupported {label}: it needs torchvision, which this worker does not ship. "
                 "Remove detection post-processing from the graph before uploading.",
             )
         if domain not in opsets:
-            raise ModelRejected("unsupported-operator", f"unsupported {label}: its domain is not imported.")
+            raise Rejected("unsupported-operator", f"unsupported {label}: its domain is not imported.")
         try:
             converter = get_converter(operation_type=node.operation_type, version=opsets[domain], domain=domain)
         except NotImplementedError as exc:
-            raise ModelRejected(
+            raise Rejected(
                 "unsupported-operator",
                 f"unsupported {label} (opset {opsets[domain]}): Shears cannot convert it to an "
                 "editable torch graph. Replace it with standard layers or export the model at "
@@ -123,7 +123,7 @@ def check_operators(model: onnx.ModelProto) -> None:
         try:
             converter(node, graph)
         except (NotImplementedError, KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise ModelRejected(
+            raise Rejected(
                 "unsupported-operator",
                 f"unsupported {label} (opset {opsets[domain]}): {str(exc)[:200] or type(exc).__name__}. "
                 "Shears supports constant weights and the attribute values torch exporters write.",
@@ -156,10 +156,10 @@ def convert_model(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = 
     check_operators(prepared)
     try:
         module = _onnx2torch_convert(prepared)
-    except ModelRejected:
+    except Rejected:
         raise
     except Exception as exc:
-        raise ModelRejected(
+        raise Rejected(
             "unsupported-operator",
             f"conversion to torch failed: {str(exc)[:300] or type(exc).__name__}.",
         ) from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from worker.io.errors import ModelRejected
+from service.core.intake import Rejected
 
 BATCH = "batch"
 
@@ -89,7 +89,7 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
     """Make the single input's per-sample dims concrete (in place) and its batch symbolic.
 
     Static dims must agree with ``sample_shape``; symbolic ones take its values. Raises
-    ``ModelRejected``: ``multiple-inputs`` (Shears feeds one tensor), ``input-shape-required``
+    ``Rejected``: ``multiple-inputs`` (Shears feeds one tensor), ``input-shape-required``
     (a symbolic dim and no shape given), ``input-shape-mismatch``. Output shapes and
     ``value_info`` are cleared so shape inference recomputes them for the concrete input.
     Returns the per-sample shape.
@@ -97,7 +97,7 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
     inputs = real_inputs(model)
     if len(inputs) != 1:
         names = ", ".join(repr(v.name) for v in inputs)
-        raise ModelRejected(
+        raise Rejected(
             "multiple-inputs",
             f"the model has {len(inputs)} inputs ({names}); Shears prunes models that take one input "
             "tensor. Export the model with its state/auxiliary inputs folded into constants.",
@@ -105,7 +105,7 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
     value = inputs[0]
     dims = _dims(value)
     if len(dims) < 2:
-        raise ModelRejected(
+        raise Rejected(
             "input-shape-required",
             f"input {value.name!r} has rank {len(dims)}; Shears needs a batch dimension plus at least "
             "one per-sample dimension.",
@@ -113,7 +113,7 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
     per_sample = dims[1:]
     if sample_shape is None:
         if not all(isinstance(d, int) for d in per_sample):
-            raise ModelRejected(
+            raise Rejected(
                 "input-shape-required",
                 f"input {value.name!r} has symbolic dimensions {list(dims)}: the spatial size cannot be "
                 "known from the model. Pass input_shape (per sample, without the batch, e.g. "
@@ -126,7 +126,7 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
         if len(shape) != len(per_sample) or any(
             isinstance(d, int) and d != s for d, s in zip(per_sample, shape, strict=True)
         ):
-            raise ModelRejected(
+            raise Rejected(
                 "input-shape-mismatch",
                 f"input {value.name!r} is declared {list(dims)} but the given per-sample shape is "
                 f"{list(shape)}; pass a shape that matches the model's static dimensions.",

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx import TensorProto
 
-from worker.io.errors import ModelRejected
+from service.core.intake import Rejected
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes one serialized ModelProto can hold
 
@@ -48,7 +48,7 @@ def _external_location_ok(location: str) -> bool:
 def check_external_data(model: onnx.ModelProto, base_dir: Path) -> int:
     """Validate every external-data reference against ``base_dir``; return the bytes referenced.
 
-    Raises ``ModelRejected("external-data-outside-upload")`` when a location is absolute,
+    Raises ``Rejected("external-data-outside-upload")`` when a location is absolute,
     contains ``..``, resolves (symlinks followed) outside ``base_dir``, is not a regular
     file, or when offset/length fall outside that file.
     """
@@ -64,20 +64,20 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path) -> int:
             "re-export with save_as_external_data=True and a plain file name, or as one file."
         )
         if not _external_location_ok(location):
-            raise ModelRejected(
+            raise Rejected(
                 "external-data-outside-upload",
                 f"tensor {tensor.name!r} points its external data at {location!r}, an absolute or "
                 f"parent-relative path. {fix}",
             )
         target = (base / location).resolve()
         if target != base and base not in target.parents:
-            raise ModelRejected(
+            raise Rejected(
                 "external-data-outside-upload",
                 f"tensor {tensor.name!r} external data {location!r} resolves outside the upload "
                 f"directory (a symbolic link?). {fix}",
             )
         if not target.is_file():
-            raise ModelRejected(
+            raise Rejected(
                 "external-data-outside-upload",
                 f"tensor {tensor.name!r} external data file {location!r} is missing from the upload. {fix}",
             )
@@ -85,11 +85,11 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path) -> int:
             offset = int(info.get("offset", "0") or 0)
             length = int(info["length"]) if info.get("length") else target.stat().st_size - offset
         except ValueError as exc:
-            raise ModelRejected(
+            raise Rejected(
                 "invalid-onnx", f"tensor {tensor.name!r} has a non-integer external-data offset/length."
             ) from exc
         if offset < 0 or length < 0 or offset + length > target.stat().st_size:
-            raise ModelRejected(
+            raise Rejected(
                 "invalid-onnx",
                 f"tensor {tensor.name!r} external data range [{offset}, {offset + length}) lies outside "
                 f"{location!r}; the data file is truncated or does not belong to this model.",
@@ -103,7 +103,7 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     path = Path(path)
     size = path.stat().st_size
     if size > PROTOBUF_LIMIT:
-        raise ModelRejected(
+        raise Rejected(
             "model-too-large",
             f"the ONNX file is {size} bytes; protobuf cannot parse one message over 2 GiB. Export "
             "the weights as external data (onnx.save_model(..., save_as_external_data=True)) and "
@@ -112,19 +112,19 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelRejected(
+        raise Rejected(
             "invalid-onnx",
             f"the file does not parse as an ONNX model ({type(exc).__name__}); upload a "
             "file written by torch.onnx.export or onnx.save_model.",
         ) from exc
     if not model.HasField("graph") or model.ir_version < 3:
-        raise ModelRejected(
+        raise Rejected(
             "invalid-onnx", "the file is not an ONNX model with a graph (IR version 3 or newer); re-export it."
         )
     external = check_external_data(model, path.parent)
     if external:
         if external + size > PROTOBUF_LIMIT:
-            raise ModelRejected(
+            raise Rejected(
                 "model-too-large",
                 f"model and external data total {external + size} bytes, above protobuf's 2 GiB limit "
                 "that conversion needs; prune or quantize the model elsewhere first, or upload a "
@@ -133,12 +133,12 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         try:
             onnx.load_external_data_for_model(model, str(path.parent.resolve()))
         except Exception as exc:
-            raise ModelRejected("invalid-onnx", f"external data could not be read ({type(exc).__name__}).") from exc
+            raise Rejected("invalid-onnx", f"external data could not be read ({type(exc).__name__}).") from exc
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelRejected(
+        raise Rejected(
             "invalid-onnx", f"onnx.checker rejects the model: {first_line}. Re-export it with a current exporter."
         ) from exc
     return model

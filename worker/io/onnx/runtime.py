@@ -7,7 +7,7 @@ import sys
 import types
 from typing import Any
 
-from worker.io.errors import ModelRejected
+from service.core.intake import Rejected
 
 SHEARS_DOMAIN = "shears"  # custom ops of our graph passes (no dot: it prefixes module names)
 _STUBBED_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})  # need torchvision, absent here
@@ -20,7 +20,7 @@ _STUBBED_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})  # need torchvision,
 
 def _unsupported_torchvision_op(name: str):
     def raiser(*args: Any, **kwargs: Any) -> Any:
-        raise ModelRejected(
+        raise Rejected(
             "unsupported-operator",
             f"unsupported operator {name}: it needs torchvision, which this worker does not "
             "ship. Remove detection post-processing (NonMaxSuppression/RoiAlign) from the "
