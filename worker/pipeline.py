@@ -15,6 +15,7 @@ it. Labelled classification works as before and reports fidelity too.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -86,13 +87,21 @@ class _Run:
 
     def epoch_progress(self, event: dict) -> None:
         self.epochs_done += 1
-        self.history.setdefault(event.get("stage", "train"), []).append(event)
+        stage = event.get("stage", "train")
+        if ".candidate-" not in stage:  # a target search's short finetunes have their own plot
+            self.history.setdefault(stage, []).append(event)
         self.emit(event)
 
 
 def _total_epochs(spec: JobSpec, n_train: int) -> int:
     batch = spec.training.batch_size
-    return sum(runner_for(stage.params).planned_epochs(stage.params, n_train, batch) for stage in spec.pipeline)
+    stages = spec.pipeline
+    return sum(
+        runner_for(stage.params).planned_epochs(
+            stage.params, n_train, batch, stages[i + 1].params if i + 1 < len(stages) else None
+        )
+        for i, stage in enumerate(stages)
+    )
 
 
 def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:
@@ -156,6 +165,9 @@ def _needs_dense_model(spec: JobSpec, data: DataSplits) -> bool:
         return True
     if spec.acceptance.min_agreement is not None or spec.acceptance.max_relative_error is not None:
         return True
+    targets = [getattr(stage.params, "target", None) for stage in spec.pipeline]
+    if any(target is not None and not target.is_cost for target in targets):
+        return True  # the search's short finetunes distil; fidelity bounds are measured against it
     n_train, batch = len(data.x_train), spec.training.batch_size
     return any(
         getattr(stage.params, "distill", 0) > 0
@@ -232,6 +244,7 @@ def run_pipeline(
             stage_id=f"{index}-{stage.name}",
             next_params=stages[index + 1].params if index + 1 < len(stages) else None,
             outputs=teacher,
+            dense_accuracy=dense["accuracy"],
         )
         with run.stage(stage.name):
             runner_for(stage.params).run(stage.params, context, state)
@@ -264,6 +277,7 @@ def run_pipeline(
 
     from worker.pruning.fidelity import check_bounds
 
+    target = _confirm_target(state.extras.get("target"), model, dense, final, fidelity, data, spec, out_dir)
     report = build_report(
         fidelity=fidelity,
         fidelity_checks=check_bounds(
@@ -306,6 +320,7 @@ def run_pipeline(
         },
         spec=spec.model_dump(mode="json"),
         job_id=inputs.job_id,
+        target=target,
     )
     report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
     json_path, html_path = write_report(report, out_dir)
@@ -323,6 +338,41 @@ def run_pipeline(
         "fidelity": {k: (v or {}).get("fidelity") for k, v in fidelity.items()},
     }
     return PipelineOutcome(files=files, summary=summary, report=report)
+
+
+def _confirm_target(
+    info: dict | None,
+    model: torch.nn.Module,
+    dense: dict,
+    final: dict,
+    fidelity: dict,
+    data: DataSplits,
+    spec: JobSpec,
+    out_dir: Path,
+) -> dict | None:
+    """The target search's report section with the final model checked against its bound
+    (``confirmed``): the accuracy drop, fidelity or MACs of the final model, or the onnxruntime
+    latency of the exported ``model.onnx`` at the target's batch."""
+    if info is None:
+        return None
+    from worker.export import export_onnx, onnxruntime_latency
+    from worker.pruning.stages.target import confirm_target
+
+    latency = None
+    if info["bound"] == "latency_ms":
+        with tempfile.TemporaryDirectory(prefix="shears-confirm-") as tmp:
+            path = out_dir / "model.onnx"  # the delivered file (exported even when not delivered)
+            if info["batch"] != 1 and not spec.export.dynamic_batch:  # it takes batch 1 only
+                path = export_onnx(model, data.x_val[:1].float(), Path(tmp) / "model.onnx", opset=spec.export.opset)
+            latency = onnxruntime_latency(path, tuple(data.input_shape), batch_sizes=(info["batch"],), seed=spec.seed)
+    drop = None
+    if dense["accuracy"] is not None and final["accuracy"] is not None:
+        drop = _percent(dense["accuracy"]) - _percent(final["accuracy"])  # as the report's gate computes it
+    macs_fraction = final["macs"] / dense["macs"] if dense["macs"] else None
+    confirmed = confirm_target(
+        info, accuracy_drop=drop, macs_fraction=macs_fraction, fidelity=fidelity.get("final"), latency=latency
+    )
+    return {**info, "confirmed": confirmed}
 
 
 def _percent(fraction: float | None) -> float | None:

@@ -134,3 +134,9 @@ class JobReport(_Open):
     versions: dict[str, str | None] = Field(default_factory=dict)
     fidelity: FidelityReport = Field(default_factory=FidelityReport)
     acceptance: Acceptance
+    target: dict | None = Field(
+        None,
+        description="prune_channels.target's search: {bound, value, batch, kind, dense, points: [{ratio, "
+        "macs_fraction, latency_ms, accuracy_pruned, accuracy, measured, passed, chosen}], chosen_ratio, "
+        "confirmed: {name, bound, measured, passed}} (None without a target).",
+    )

@@ -70,8 +70,88 @@ class EarlyBirdParams(Strict):
         return self
 
 
+DEFAULT_CHANNEL_RATIO = 0.5
+"""``prune_channels.ratio`` when neither ``ratio`` nor ``target`` is given."""
+
+QUALITY_BOUNDS = ("max_accuracy_drop", "min_agreement", "max_relative_error")
+COST_BOUNDS = ("macs", "latency_ms")
+
+
+class TargetParams(Strict):
+    """A bound instead of a ratio: ``prune_channels`` searches the channel ratio (one bound).
+
+    Quality bounds (``max_accuracy_drop``, ``min_agreement``, ``max_relative_error``, the
+    acceptance gate's measures): the largest ratio whose candidate, pruned and briefly
+    finetuned (``steps``: half the following finetune's budget by default; distilled from the
+    dense model), still meets the bound — bisection
+    over (0, ``max_ratio``] with ``candidates`` candidates. Cost bounds (``macs``: fraction of
+    the dense MACs; ``latency_ms`` at ``batch``, onnxruntime on the worker, one thread): the
+    smallest ratio whose pruned model meets the bound (no training: cost does not depend on the
+    weights; a smaller ratio keeps more channels, the most accurate model under the bound).
+    The final model is checked against the bound again by the acceptance gate (``checks.target``).
+    """
+
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Most compression whose validation accuracy is at most this many points below the dense model.",
+    )
+    min_agreement: OpenFraction | None = Field(
+        None, description="Most compression whose top-1 agreement with the dense model is at least this."
+    )
+    max_relative_error: Positive | None = Field(
+        None, description="Most compression whose relative L2 error to the dense model's outputs is at most this."
+    )
+    macs: OpenFraction | None = Field(
+        None, description="Most accurate model with at most this fraction of the dense model's MACs."
+    )
+    latency_ms: Annotated[float, Field(gt=0.0, le=3_600_000.0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Most accurate model whose onnxruntime latency (median, one intra-op thread, on the worker) "
+        "at `batch` is at most this many milliseconds.",
+    )
+    batch: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        None, description="Batch size of `latency_ms` (default 1); only with `latency_ms`."
+    )
+    candidates: Annotated[int, Field(ge=1, le=12)] = Field(
+        5, description="Quality bounds: ratios tried (each pruned and briefly finetuned); bisection, so 5 → 1/32."
+    )
+    steps: Annotated[int, Field(ge=0, le=10_000_000)] | None = Field(
+        None,
+        description="Quality bounds: optimizer steps of each candidate's short finetune (rounded up to whole "
+        "epochs; 0: judge the candidates right after pruning). Default (null): half the budget of the "
+        "`finetune` stage that follows (500 steps with the default finetune): with 200 a candidate at 50% "
+        "measured 1.1 points more drop than the full finetune gave (BENCHMARKS.md).",
+    )
+    max_ratio: OpenFraction = Field(0.9, description="Largest channel ratio the search may choose.")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> TargetParams:
+        given = [name for name in (*QUALITY_BOUNDS, *COST_BOUNDS) if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "target takes exactly one bound, one of "
+                + ", ".join((*QUALITY_BOUNDS, *COST_BOUNDS))
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        if self.latency_ms is None and self.batch is not None:
+            raise ValueError("target.batch is the batch size of target.latency_ms; give it with latency_ms only")
+        if self.latency_ms is not None and self.batch is None:
+            self.batch = 1
+        return self
+
+    @property
+    def bound(self) -> str:
+        """The name of the one bound given."""
+        return next(n for n in (*QUALITY_BOUNDS, *COST_BOUNDS) if getattr(self, n) is not None)
+
+    @property
+    def is_cost(self) -> bool:
+        return self.bound in COST_BOUNDS
+
+
 class PruneChannelsParams(Strict):
-    """Structured pruning: whole channels removed physically ([SPLINE] §3)."""
+    """Structured pruning: whole channels removed physically ([SPLINE] §3), at a fixed
+    ``ratio`` or at the ratio a ``target`` search chooses."""
 
     criterion: Literal[CRITERION_NAMES] = "spline"  # type: ignore[valid-type]  (the registered criteria)
     scope: Literal["global", "layerwise"] = Field(
@@ -79,11 +159,30 @@ class PruneChannelsParams(Strict):
         description="layerwise: the same ratio in every layer (measured best, BENCHMARKS.md); "
         "global: one pool of all channels.",
     )
-    ratio: OpenFraction = 0.5
+    ratio: OpenFraction | None = Field(
+        None,
+        description="Fraction of the channels removed. Default (null): 0.5 without `target`; null with `target` "
+        "(the search chooses it; give one or the other).",
+    )
+    target: TargetParams | None = Field(
+        None,
+        description="Search the ratio for a bound instead of giving it: a quality bound (most compression "
+        "within it) or a cost bound (most accurate model within it). Excludes `ratio`.",
+    )
     round_to: Annotated[int, Field(ge=1, le=256)] = 1
     min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
     exclude: list[LayerName] = Field(default_factory=lambda: ["last"], max_length=1000)
     probes: Annotated[int, Field(ge=16, le=20000)] = 512
+
+    @model_validator(mode="after")
+    def _ratio_or_target(self) -> PruneChannelsParams:
+        if self.target is not None and self.ratio is not None:
+            raise ValueError(
+                "give prune_channels.ratio or prune_channels.target, not both (the target search chooses the ratio)"
+            )
+        if self.target is None and self.ratio is None:
+            self.ratio = DEFAULT_CHANNEL_RATIO
+        return self
 
 
 class ProbMaskParams(Strict):
@@ -356,6 +455,15 @@ class JobSpec(Strict):
                     f"ProbMask masked); put '{late[0]}' before 'probmask', e.g. "
                     f"[{late[0]}, probmask, finetune]"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _one_target(self) -> JobSpec:
+        """One target per job: the acceptance gate confirms the final model against it, and a
+        second search would start from a model the first one already sized for the same job."""
+        targets = [s for s in self.pipeline if getattr(s.params, "target", None) is not None]
+        if len(targets) > 1:
+            raise ValueError("pipeline: at most one prune_channels stage may have a target")
         return self
 
     def stage_names(self) -> list[str]:

@@ -148,3 +148,19 @@ def test_the_dense_model_is_kept_to_distil_without_labels_or_for_fidelity_bounds
     assert _needs_dense_model(JobSpec.model_validate({"pipeline": distils}), _splits(labelled=True))
     no_budget = [{"prune_channels": {"criterion": "l1", "ratio": 0.3}}, {"finetune": {"epochs": 0, "distill": 0.9}}]
     assert not _needs_dense_model(JobSpec.model_validate({"pipeline": no_budget}), _splits(labelled=True))
+
+
+def test_a_fidelity_target_searches_an_unlabelled_model_and_an_accuracy_target_needs_labels(detector_job):
+    inputs, out = detector_job
+    target = {"max_relative_error": 0.9, "candidates": 2, "steps": 4}
+    pipeline = [{"prune_channels": {"criterion": "l1", "target": target}}, {"finetune": {"epochs": 2, "lr": 0.02}}]
+    report = run_pipeline(inputs, _spec(pipeline=pipeline), out).report
+    section = report["target"]
+    assert section["bound"] == "max_relative_error" and len(section["points"]) == 2
+    assert all(p["accuracy"] is None and p["fidelity"] is not None for p in section["points"])
+    check = report["acceptance"]["checks"]["target"]
+    assert check["name"] == "max_relative_error" and check["passed"] == (check["measured"] <= 0.9)
+    accuracy = [{"prune_channels": {"criterion": "l1", "target": {"max_accuracy_drop": 1.0}}}]
+    with pytest.raises(EngineError) as error:
+        run_pipeline(inputs, _spec(pipeline=accuracy), out)
+    assert error.value.code == "labels-required"

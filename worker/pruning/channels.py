@@ -335,6 +335,7 @@ def prune_channels(
     compensate: bool = False,
     min_keep_fraction: float = 0.1,
     normalize: Literal["mean", "none"] | None = None,
+    scores: dict[str, torch.Tensor] | None = None,
 ) -> PruneResult:
     """Score, allocate and physically remove channels (ALGORITHMS §3); in place.
 
@@ -348,6 +349,10 @@ def prune_channels(
     set when ``compensate`` (module docstring; opt-in); in ``global`` scope every layer keeps at
     least ``max(min_channels, ceil(min_keep_fraction × width))`` channels, so no layer
     collapses to a single channel (a relative guard rail on top of the absolute one).
+
+    ``scores``: the :attr:`PruneResult.scores` of an earlier call on this same model (a copy of
+    it), used instead of scoring again — the ratio search prunes many copies at many ratios
+    and the scores do not depend on the ratio (the mean normalizer is idempotent).
     """
     layers = discover_layers(model)
     if not layers:
@@ -375,11 +380,14 @@ def prune_channels(
         raise ValueError("min_keep_fraction must be in [0, 1)")
     importance = get_criterion(criterion) if isinstance(criterion, str) else criterion
     probes = None
-    if importance.needs_probes or compensate:
+    if (importance.needs_probes and scores is None) or compensate:
         probes = select_probes(data.x_train, probes_n, seed, blend, y=data.y_train)
-    scores = score_layers(
-        model, candidates, importance, probes, seed=seed, max_positions=max_positions, redundancy=redundancy
-    )
+    if scores is None:
+        scores = score_layers(
+            model, candidates, importance, probes, seed=seed, max_positions=max_positions, redundancy=redundancy
+        )
+    else:
+        scores = {layer.name: torch.as_tensor(scores[layer.name]) for layer in candidates if layer.name in scores}
     if not scores:
         raise ValueError(f"criterion {importance.name!r} found nothing to score (bn_scale needs BatchNorm layers)")
     if normalize is None:

@@ -31,7 +31,12 @@ versions         {shears, torch, onnx, onnxruntime, torch_pruning, python}
 fidelity         {after_pruning: F | None, final: F | None}; F = {outputs: {name: {kind, shape,
                  relative_error, cosine, agreement}}, fidelity, samples} (worker.pruning.fidelity)
 acceptance       {max_accuracy_drop, measured_drop, reference, compared, passed,
-                  checks: {accuracy?, min_agreement?, max_relative_error?: {bound, measured, passed}}}
+                  checks: {accuracy?, min_agreement?, max_relative_error?, target?: {bound, measured, passed}}}
+target           {bound, value, batch, kind, reference_accuracy, steps, dense: P, points: [P],
+                  chosen_ratio, met_in_search, seconds, warnings, confirmed: {name, bound, measured,
+                  passed}} | None                       # prune_channels.target's search
+                 P = {ratio, macs, macs_fraction, params?, accuracy_pruned, accuracy?, fidelity?,
+                      latency_ms?, latency_ci95_ms?, measured, passed, chosen}
 ```
 
 Label-free datasets (inputs only) have no accuracy: every accuracy is ``None`` and the gate
@@ -54,6 +59,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from worker.pruning.fidelity import DROP_TOLERANCE
 
 SCHEMA_VERSION = 1
 REPORT_FIELDS = (
@@ -80,6 +87,7 @@ REPORT_FIELDS = (
     "versions",
     "fidelity",
     "acceptance",
+    "target",
 )
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -195,6 +203,7 @@ def build_report(
     spec: Mapping[str, Any] | None = None,
     fidelity: Mapping[str, Any] | None = None,
     fidelity_checks: Mapping[str, Any] | None = None,
+    target: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dict (see the module docstring for the schema)."""
     final = next((a for a in (accuracy_finetuned, accuracy_pruned, accuracy_dense) if a is not None), None)
@@ -205,11 +214,13 @@ def build_report(
         checks["accuracy"] = {
             "bound": max_accuracy_drop,
             "measured": drop,
-            "passed": None if drop is None else bool(drop <= max_accuracy_drop),
+            "passed": None if drop is None else bool(drop <= max_accuracy_drop + DROP_TOLERANCE),
         }
         if drop is None:
             checks["accuracy"]["reason"] = "the dataset has no labels: accuracy is not measured"
     checks.update(dict(fidelity_checks or {}))
+    if target and target.get("confirmed"):
+        checks["target"] = dict(target["confirmed"])
     layers = list(layers or [])
     total_weights = sum(row.get("weights", 0) for row in layers)
     nonzero = sum(row.get("nonzero_weights", 0) for row in layers)
@@ -253,7 +264,7 @@ def build_report(
         },
         "early_bird": dict(early_bird) if early_bird else None,
         "probmask": dict(probmask) if probmask else None,
-        "warnings": list((probmask or {}).get("warnings", [])),
+        "warnings": [*(probmask or {}).get("warnings", []), *(target or {}).get("warnings", [])],
         "training_curves": {k: dict(v) for k, v in (training_curves or {}).items()},
         "timings": timings,
         "exports": dict(exports or {}),
@@ -267,6 +278,7 @@ def build_report(
             "passed": all(c["passed"] is not False for c in checks.values()),
             "checks": checks,
         },
+        "target": dict(target) if target else None,
     }
 
 
@@ -368,6 +380,83 @@ def _plot_early_bird(early_bird: Mapping[str, Any] | None) -> str | None:
     return _png(fig)
 
 
+def _plot_target(target: Mapping[str, Any] | None) -> str | None:
+    """The trade-off curve a target search explored: accuracy (or fidelity) against MACs and,
+    where measured, onnxruntime latency; the chosen point starred, the bound dashed."""
+    if not target or not target.get("points"):
+        return None
+    points = sorted([target["dense"], *target["points"]], key=lambda p: p["ratio"])
+    explored = target["points"]  # the dense point has every measure; what the candidates have decides
+    quality = "accuracy" if any(p.get("accuracy") is not None for p in explored) else "accuracy_pruned"
+    if all(p.get(quality) is None for p in explored):
+        quality = "fidelity"
+    label = {"accuracy": "val. accuracy (%)", "accuracy_pruned": "val. accuracy after pruning (%)"}.get(
+        quality, "fidelity"
+    )
+    axes_x = [("macs_fraction", "MACs (fraction of dense)")]
+    if any(p.get("latency_ms") is not None for p in points):
+        axes_x.append(("latency_ms", f"onnxruntime latency, batch {target.get('batch') or 1} (ms)"))
+    fig = _figure()
+    for ax, (key, xlabel) in zip(fig.subplots(1, len(axes_x), squeeze=False)[0], axes_x, strict=True):
+        shown = [p for p in points if p.get(key) is not None and p.get(quality) is not None]
+        ax.plot([p[key] for p in shown], [p[quality] for p in shown], "o-", color="#1f77b4", label="explored")
+        for p in shown:
+            ax.annotate(
+                f"{p['ratio']:.2f}", (p[key], p[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+        chosen = [p for p in shown if p.get("chosen")]
+        if chosen:
+            ax.plot([chosen[0][key]], [chosen[0][quality]], "*", markersize=14, color="#d62728", label="chosen")
+        bound, value = target.get("bound"), target.get("value")
+        if bound == "macs" and key == "macs_fraction" or bound == "latency_ms" and key == "latency_ms":
+            ax.axvline(value, color="#d62728", linestyle="--", label="bound")
+        if bound == "max_accuracy_drop" and quality == "accuracy" and target.get("reference_accuracy") is not None:
+            ax.axhline(target["reference_accuracy"] - value, color="#d62728", linestyle="--", label="bound")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _target_section(target: Mapping[str, Any] | None) -> list[str]:
+    """The search's table: every point explored, the chosen one and the confirmation."""
+    if not target:
+        return []
+    confirmed = target.get("confirmed") or {}
+    verdict = {True: "met", False: "NOT met", None: "not measured"}[confirmed.get("passed")]
+    rows = [
+        (
+            p["ratio"],
+            p.get("macs_fraction"),
+            p.get("latency_ms"),
+            p.get("accuracy_pruned"),
+            p.get("accuracy"),
+            p.get("measured"),
+            p.get("passed"),
+            p.get("chosen"),
+        )
+        for p in sorted([target["dense"], *target.get("points", [])], key=lambda p: p["ratio"])
+    ]
+    header = (
+        "ratio",
+        "MACs fraction",
+        "latency ms",
+        "acc. after pruning",
+        "acc. short finetune",
+        "measured",
+        "meets",
+        "chosen",
+    )
+    return [
+        "<h2>Target search</h2>",
+        f"<p>target.{html.escape(str(target.get('bound')))} = {html.escape(_fmt(target.get('value')))}"
+        + (f" (batch {html.escape(_fmt(target.get('batch')))})" if target.get("bound") == "latency_ms" else "")
+        + f": chosen ratio {html.escape(_fmt(target.get('chosen_ratio')))}; final model measures "
+        f"{html.escape(_fmt(confirmed.get('measured')))}: <b>{verdict}</b>.</p>",
+        _table(rows, header),
+    ]
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -447,7 +536,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         lat_rows.append((f"batch {batch}", b.get("median_ms"), a.get("median_ms"), latency["speedup"].get(batch)))
     if lat_rows:
         parts += ["<h2>onnxruntime latency (median ms)</h2>", _table(lat_rows, ("", "before", "after", "speedup"))]
+    parts += _target_section(report.get("target"))
     plots = [
+        ("Target search: trade-off explored", _plot_target(report.get("target"))),
         ("Layers", _plot_layers(report["layers"])),
         ("Training curves", _plot_curves(report["training_curves"])),
         ("Early-bird detection", _plot_early_bird(report.get("early_bird"))),

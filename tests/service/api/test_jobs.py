@@ -227,3 +227,29 @@ def test_a_channel_stage_after_probmask_is_refused_with_the_order_that_works(cli
     assert client.get("/v1/jobs").json()["items"] == []
     works = [{late: {}}, {"probmask": {"sparsity": 0.9}}, {"finetune": {}}]
     assert client.post("/v1/jobs", json=_spec(model_id, pipeline=works)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        ({"ratio": 0.5, "target": {"macs": 0.3}}, "ratio or prune_channels.target, not both"),
+        ({"target": {"macs": 0.3, "max_accuracy_drop": 1.0}}, "exactly one bound"),
+        ({"target": {"batch": 8, "macs": 0.3}}, "with latency_ms only"),
+        ({"target": {"latency_ms": 0}}, "latency_ms"),
+    ],
+    ids=["ratio-and-target", "two-bounds", "batch-without-latency", "latency-zero"],
+)
+def test_a_target_that_cannot_be_searched_is_refused_with_422_saying_why(client, model_id, prune, message) -> None:
+    response = client.post("/v1/jobs", json=_spec(model_id, pipeline=[{"prune_channels": prune}, {"finetune": {}}]))
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("/invalid-spec")
+    assert message in response.text
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_job_with_a_target_stores_it_resolved_and_no_ratio(client, model_id) -> None:
+    pipeline = [{"prune_channels": {"target": {"latency_ms": 2.5}}}, {"finetune": {}}]
+    response = client.post("/v1/jobs", json=_spec(model_id, pipeline=pipeline))
+    assert response.status_code == 202, response.text
+    stored = response.json()["spec"]["pipeline"][0]["prune_channels"]
+    assert stored["ratio"] is None and stored["target"]["latency_ms"] == 2.5 and stored["target"]["batch"] == 1

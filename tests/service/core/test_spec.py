@@ -104,3 +104,55 @@ def test_preprocessing_is_checked_for_consistency():
     ):
         with pytest.raises(ValidationError):
             JobSpec.model_validate({"preprocessing": bad})
+
+
+def test_prune_channels_takes_a_ratio_or_a_target_and_keeps_the_half_default_without_either():
+    from service.core.spec import PruneChannelsParams
+
+    assert PruneChannelsParams().ratio == 0.5 and PruneChannelsParams().target is None
+    searched = PruneChannelsParams(target={"max_accuracy_drop": 1.0})
+    assert searched.ratio is None and searched.target.bound == "max_accuracy_drop" and not searched.target.is_cost
+    assert PruneChannelsParams(target={"macs": 0.3}).target.is_cost
+    with pytest.raises(ValidationError, match="not both"):
+        PruneChannelsParams(ratio=0.3, target={"macs": 0.3})
+
+
+def test_a_resolved_spec_with_a_target_validates_again_as_stored():
+    spec = JobSpec(pipeline=[{"prune_channels": {"target": {"latency_ms": 3.0, "batch": 8}}}, {"finetune": {}}])
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))
+    assert again.pipeline[0].params.target.batch == 8 and again.pipeline[0].params.ratio is None
+    plain = JobSpec()
+    assert JobSpec.model_validate(plain.model_dump(mode="json")).pipeline[0].params.ratio == 0.5
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({}, "exactly one bound"),
+        ({"max_accuracy_drop": 1.0, "min_agreement": 0.9}, "got max_accuracy_drop, min_agreement"),
+        ({"macs": 0.3, "batch": 4}, "with latency_ms only"),
+        ({"macs": 1.0}, "macs"),
+    ],
+)
+def test_a_target_needs_exactly_one_bound_and_a_batch_only_for_latency(target, message):
+    from service.core.spec import TargetParams
+
+    with pytest.raises(ValidationError, match=message):
+        TargetParams(**target)
+    assert TargetParams(latency_ms=1.0).batch == 1
+
+
+def test_two_stages_with_a_target_in_one_pipeline_are_refused():
+    stage = {"prune_channels": {"target": {"macs": 0.5}}}
+    with pytest.raises(ValidationError, match="at most one prune_channels stage may have a target"):
+        JobSpec(pipeline=[stage, stage])
+
+
+def test_the_target_example_of_the_readme_is_a_valid_spec():
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "shears-job-target.yaml"
+    spec = JobSpec.model_validate(yaml.safe_load(example.read_text()))
+    assert spec.pipeline[0].params.target.max_accuracy_drop == 1.0 and spec.pipeline[0].params.ratio is None

@@ -119,3 +119,42 @@ def test_written_json_round_trips_and_the_html_embeds_plots_and_escapes_user_str
         assert base64.b64decode(image.split('"', 1)[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page  # self-contained
     assert "PASSED" in page
+
+
+def _target(passed: bool) -> dict:
+    point = {"macs_fraction": 0.5, "latency_ms": 1.0, "accuracy_pruned": 60.0, "accuracy": 89.0}
+    return {
+        "bound": "latency_ms",
+        "value": 1.2,
+        "batch": 8,
+        "kind": "cost",
+        "reference_accuracy": 90.0,
+        "dense": {"ratio": 0.0, "macs_fraction": 1.0, "latency_ms": 2.0, "accuracy_pruned": 90.0, "chosen": False},
+        "points": [
+            {**point, "ratio": 0.9, "macs_fraction": 0.05, "latency_ms": 0.3, "passed": True, "chosen": False},
+            {**point, "ratio": 0.45, "measured": 1.0, "passed": True, "chosen": True},
+            {**point, "ratio": 0.225, "macs_fraction": 0.7, "latency_ms": 1.5, "passed": False, "chosen": False},
+        ],
+        "chosen_ratio": 0.45,
+        "warnings": [],
+        "confirmed": {"name": "latency_ms", "bound": 1.2, "measured": 1.1 if passed else 1.3, "passed": passed},
+    }
+
+
+def test_a_target_search_is_in_the_report_with_its_curve_its_chosen_point_and_the_gate_confirming_it(tmp_path):
+    report = _report(target=_target(passed=True))
+    assert report["target"]["chosen_ratio"] == 0.45 and report["acceptance"]["checks"]["target"]["passed"]
+    assert report["acceptance"]["passed"]
+    assert not _report(target=_target(passed=False))["acceptance"]["passed"]  # the final model missed the bound
+    _, html_path = write_report(report, tmp_path)
+    page = html_path.read_text()
+    assert "Target search" in page and "chosen ratio 0.45" in page and "<b>met</b>" in page
+    assert len(page.split('src="data:image/png;base64,')) - 1 == 4  # the trade-off curve besides the three others
+    assert _report()["target"] is None
+
+
+def test_a_drop_equal_to_the_bound_passes_although_percent_arithmetic_leaves_rounding_in_it():
+    report = _report(accuracy_dense=100 * 0.55, accuracy_finetuned=100 * 0.54, max_accuracy_drop=1.0)
+    assert report["acceptance"]["measured_drop"] > 1.0  # 1.000000000000007
+    assert report["acceptance"]["passed"]
+    assert not _report(accuracy_dense=90.0, accuracy_finetuned=88.99, max_accuracy_drop=1.0)["acceptance"]["passed"]

@@ -41,7 +41,9 @@ class StageContext:
     checkpoints), the dense model (a CPU copy, the distillation teacher; None when nothing needs it), the stage's id
     (``<index>-<name>``: names its checkpoints and progress events), the params of the
     stage that follows (None for the last) and ``outputs``: the dense model with its output
-    names and kinds (worker.pruning.teacher; None: one logits output, built on demand)."""
+    names and kinds (worker.pruning.teacher; None: one logits output, built on demand);
+    ``dense_accuracy``: the validation accuracy the acceptance gate compares with (the
+    uploaded model's; None: not measured, or no labels)."""
 
     data: DataSplits
     spec: JobSpec
@@ -51,6 +53,7 @@ class StageContext:
     stage_id: str
     next_params: Any = None
     outputs: Teacher | None = None
+    dense_accuracy: float | None = None  # validation accuracy of the uploaded model (fraction), when measured
 
     @property
     def labelled(self) -> bool:
@@ -103,9 +106,10 @@ def labels_required(message: str) -> Exception:
 
 class StageRunner(Protocol, Generic[P]):
     """Runs one stage type. ``planned_epochs``: the training epochs it will run at most
-    (for progress percentages); ``run``: change ``state`` in place."""
+    (for progress percentages; ``next_params``: the following stage's params, None for the
+    last); ``run``: change ``state`` in place."""
 
-    def planned_epochs(self, params: P, n_train: int, batch_size: int) -> int: ...
+    def planned_epochs(self, params: P, n_train: int, batch_size: int, next_params: Any = None) -> int: ...
 
     def run(self, params: P, context: StageContext, state: EngineState) -> None: ...
 

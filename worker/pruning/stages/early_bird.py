@@ -14,7 +14,7 @@ from worker.pruning.training import train
 
 
 class EarlyBirdRunner:
-    def planned_epochs(self, params: EarlyBirdParams, n_train: int, batch_size: int) -> int:
+    def planned_epochs(self, params: EarlyBirdParams, n_train: int, batch_size: int, next_params: object = None) -> int:
         return params.max_epochs
 
     def run(self, params: EarlyBirdParams, context: StageContext, state: EngineState) -> None:

@@ -31,7 +31,7 @@ def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> in
 
 
 class FinetuneRunner:
-    def planned_epochs(self, params: FinetuneParams, n_train: int, batch_size: int) -> int:
+    def planned_epochs(self, params: FinetuneParams, n_train: int, batch_size: int, next_params: object = None) -> int:
         return finetune_epochs(params, n_train, batch_size)
 
     def run(self, params: FinetuneParams, context: StageContext, state: EngineState) -> None:

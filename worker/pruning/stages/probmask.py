@@ -11,7 +11,7 @@ GRAD_CLIP = 3.0  # [PROBMASK] clips the global gradient norm at 3
 
 
 class ProbMaskRunner:
-    def planned_epochs(self, params: ProbMaskParams, n_train: int, batch_size: int) -> int:
+    def planned_epochs(self, params: ProbMaskParams, n_train: int, batch_size: int, next_params: object = None) -> int:
         return params.epochs
 
     def run(self, params: ProbMaskParams, context: StageContext, state: EngineState) -> None:

@@ -51,12 +51,14 @@ def test_a_finetune_budget_in_both_epochs_and_steps_is_refused():
         FinetuneParams(epochs=3, steps=100)
 
 
-def context(spec: JobSpec, teacher, next_params=None, stage_id: str = "0-stage") -> StageContext:
+def context(
+    spec: JobSpec, teacher, next_params=None, stage_id: str = "0-stage", hooks: TrainHooks | None = None
+) -> StageContext:
     return StageContext(
         data=make_data((1, 16), n_train=96, n_val=48),
         spec=spec,
         device=torch.device("cpu"),
-        hooks=TrainHooks(),
+        hooks=hooks or TrainHooks(),
         teacher=teacher,
         stage_id=stage_id,
         next_params=next_params,
