@@ -90,10 +90,9 @@ def inspect_model_upload(
 
     def examine(path: Path, row: ModelRecord) -> dict:
         ready()
-        from worker.io.models import inspect_model, load_model
+        from worker.io.models import inspect_upload
 
-        loaded = load_model(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
-        return inspect_model(loaded.module, loaded.input_shape)
+        return inspect_upload(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
 
     return _inspect(ModelRecord, model_id, sessions, _stored_file(store, examine), settings.inspect_time_limit_s)
 

@@ -12,8 +12,8 @@ import math
 
 from service.core.spec import FinetuneParams
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
-from worker.pruning.teacher import LABEL_FREE_GRAD_CLIP
 from worker.pruning.training import (
+    AutoClip,
     BatchNormRecalibration,
     Distillation,
     EarlyStopping,
@@ -49,12 +49,12 @@ class FinetuneRunner:
             state.fidelity["after_pruning"] = reference.fidelity(
                 state.model, context.data, context.spec.training.batch_size, context.device
             )
-        # label-free: clip the gradient norm, a pruned detector's first distillation steps can be steep
-        changes = {} if labelled else {"grad_clip": LABEL_FREE_GRAD_CLIP}
-        config = context.train_config(epochs=epochs, lr=params.lr, **changes)
+        config = context.train_config(epochs=epochs, lr=params.lr)
         callbacks: list = []
         if state.masks:
             callbacks.append(FreezeMasks(state.masks))
+        if not labelled:  # a pruned detector's first distillation steps can be steep: cut spikes only
+            callbacks.append(AutoClip())  # 3 × the median norm; a fixed clip at 5 stalled PP-OCR det
         if params.recalibrate_bn:
             callbacks.append(BatchNormRecalibration())
         if params.warmup > 0:
