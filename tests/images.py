@@ -92,3 +92,63 @@ def many_tiny_members_zip(count: int = 100_000) -> bytes:
         for i in range(count):
             archive.writestr(zipfile.ZipInfo(f"i/{i}.png"), b"x")
     return buffer.getvalue()
+
+
+_WORDS = "invoice total date page shears prune model layer channel report figure table 2026 #12 A4 x=3.5 OK"
+
+
+def text_document_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A procedurally rendered page: a tinted background, 1–5 lines of dark text at random
+    sizes and places, sometimes a rule or a box (an unlabelled input for OCR/text detection)."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    paper = tuple(int(v) for v in rng.integers(200, 256, size=3))
+    image = Image.new("RGB", (width, height), paper)
+    draw = ImageDraw.Draw(image)
+    words = _WORDS.split()
+    y = int(rng.integers(0, max(1, height // 6)))
+    for _ in range(int(rng.integers(2, 7))):
+        size = int(rng.integers(max(6, height // 14), max(7, height // 5)))
+        font = ImageFont.load_default(size=size)
+        text = " ".join(rng.choice(words, size=int(rng.integers(1, 5))))
+        ink = tuple(int(v) for v in rng.integers(0, 90, size=3))
+        x = int(rng.integers(0, max(1, width // 4)))
+        draw.text((x, y), text, fill=ink, font=font)
+        y += size + int(rng.integers(1, max(2, size)))
+        if y >= height:
+            break
+    if rng.random() < 0.3:
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        draw.rectangle((x0, y0, x0 + width // 3, y0 + height // 4), outline=(40, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shapes_scene_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A procedurally rendered scene: a gradient background and 2–8 filled ellipses,
+    rectangles and polygons in random colours (an unlabelled input for an object detector)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    top, bottom = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
+    ramp = np.linspace(0.0, 1.0, height)[:, None, None]
+    pixels = (top * (1 - ramp) + bottom * ramp).repeat(width, axis=1).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 9))):
+        w, h = int(rng.integers(width // 8, width // 2)), int(rng.integers(height // 8, height // 2))
+        x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        shape = int(rng.integers(0, 3))
+        if shape == 0:
+            draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
+        elif shape == 1:
+            draw.rectangle((x0, y0, x0 + w, y0 + h), fill=colour)
+        else:
+            points = [(x0 + int(rng.integers(0, w)), y0 + int(rng.integers(0, h))) for _ in range(3)]
+            draw.polygon(points, fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from service.core.config import Settings
 from service.core.models import DatasetRecord, ModelRecord
 from service.core.storage import ArtifactStore, StorageUnavailable
+from worker.memory import release_memory
 
 log = logging.getLogger("shears.worker")
 
@@ -33,6 +34,13 @@ Examine = Callable[[object], tuple[dict, dict]]
 
 
 def _inspect(record: type, item_id: str, sessions, examine: Examine, time_limit_s: int) -> str:
+    try:
+        return _inspect_once(record, item_id, sessions, examine, time_limit_s)
+    finally:
+        release_memory()  # the converted model and the loaded arrays must not stay under the next job
+
+
+def _inspect_once(record: type, item_id: str, sessions, examine: Examine, time_limit_s: int) -> str:
     with sessions() as session:
         row = session.get(record, item_id)
         if row is None or row.status != "validating":
@@ -82,10 +90,9 @@ def inspect_model_upload(
 
     def examine(path: Path, row: ModelRecord) -> dict:
         ready()
-        from worker.io.models import inspect_model, load_model
+        from worker.io.models import inspect_upload
 
-        loaded = load_model(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
-        return inspect_model(loaded.module, loaded.input_shape)
+        return inspect_upload(path, architecture=row.architecture, allow_torchscript=settings.allow_torchscript_upload)
 
     return _inspect(ModelRecord, model_id, sessions, _stored_file(store, examine), settings.inspect_time_limit_s)
 

@@ -45,7 +45,7 @@ class CountRatio(_Open):
 class OutputFidelity(_Open):
     """Fidelity of one output of the pruned model to the dense model's (worker.pruning.fidelity)."""
 
-    kind: str = Field(description="`logits` or `regression`.")
+    kind: str = Field(description="`logits`, `probabilities` or `regression`.")
     shape: list[int | None] | None = None
     relative_error: float | None = Field(None, description="‖pruned − dense‖ / ‖dense‖ over the validation split.")
     cosine: float | None = Field(None, description="Mean per-sample cosine similarity.")
@@ -62,7 +62,9 @@ class Fidelity(_Open):
 
 class FidelityReport(_Open):
     after_pruning: Fidelity | None = Field(None, description="Right after pruning, before the first finetune.")
-    final: Fidelity | None = None
+    final: Fidelity | None = Field(
+        None, description="At the end of the pipeline: after finetuning when a finetune stage ran."
+    )
 
 
 class Check(_Open):

@@ -352,11 +352,12 @@ class DistillationParams(Strict):
     """How the dense model's outputs teach the pruned one (all outputs; Hinton et al. 2015 for
     logits). Label-free datasets always distil; labelled ones when ``finetune.distill`` > 0."""
 
-    kinds: dict[OutputName, Literal["logits", "regression"]] = Field(
+    kinds: dict[OutputName, Literal["logits", "probabilities", "regression"]] = Field(
         default_factory=dict,
         max_length=256,
         description="Kind of an output by ONNX output name or index; undeclared outputs are detected "
-        "((N, C) is logits, anything else regression).",
+        "((N, C) is logits, a higher-rank output with every value in [0, 1] probabilities, anything "
+        "else regression).",
     )
     temperature: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 4.0
     regression_loss: Literal["l2", "smooth_l1"] = Field(

@@ -144,6 +144,39 @@ def _excluded_sets(module: nn.Module, example: torch.Tensor) -> tuple[list[dict[
     return excluded, sum(1 for s in sets if s[0] not in blocked)
 
 
+def inspect_upload(path: Path, *, architecture: str | None = None, allow_torchscript: bool = False) -> dict[str, Any]:
+    """What the upload inspection records about a model file (:func:`inspect_model`).
+
+    An ONNX model whose input has symbolic per-sample dimensions (``[batch, 3, height,
+    width]``) cannot be sized without data: its operators are checked now, and the rest of
+    the inspection (MACs, prunable sets) waits for a job, whose dataset gives the shape.
+    Its record says so (``input_shape`` null, the declared ``io``, a ``note``).
+    """
+    try:
+        loaded = load_model(path, architecture=architecture, allow_torchscript=allow_torchscript)
+    except Rejected as error:
+        if error.code != "input-shape-required":
+            raise
+        from worker.io.onnx import check_operators, prepare_for_torch, read_onnx
+        from worker.io.onnx.inputs import io_signature, real_inputs
+
+        proto = read_onnx(path)
+        dims = [d.dim_value or d.dim_param or None for d in real_inputs(proto)[0].type.tensor_type.shape.dim]
+        if len(dims) < 2:
+            raise  # no per-sample dims at all: a job's dataset cannot size it either
+        check_operators(prepare_for_torch(proto)[0], dry_run=False)  # converters may need the shapes
+        return {
+            "input_shape": None,
+            "io": io_signature(proto).to_json(),
+            "channel_prunable": None,
+            "note": (
+                f"the input has symbolic dimensions {dims}: a job takes them from its dataset's samples "
+                "(spec.preprocessing sizes images); MACs and prunable layers are measured then"
+            ),
+        }
+    return inspect_model(loaded.module, loaded.input_shape)
+
+
 def inspect_model(module: nn.Module, input_shape: tuple[int, ...], *, max_trial_layers: int = 64) -> dict[str, Any]:
     """Parameters, MACs, prunable layers, input shape, and what blocks channel pruning.
 

@@ -3,6 +3,11 @@
 - Logit-like outputs: Hinton et al. (2015), *Distilling the Knowledge in a Neural Network*:
   ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` over the class dimension (dim 1), averaged over
   samples and, for dense predictions, over positions.
+- Probability outputs (values in [0, 1] after a sigmoid or softmax): the Bernoulli KL
+  ``Σ KL(t ‖ s)`` per element (binary cross-entropy with soft targets, less the teacher's
+  entropy), divided by ``‖t‖²`` like the L2. Its gradient at the sigmoid's input is
+  ``(s − t)/‖t‖²``, where the L2's is ``2(s − t)·s(1 − s)/‖t‖²``, which vanishes when
+  pruning leaves the sigmoid saturated (a text map stuck at 0).
 - Regression outputs and feature maps: a scale-normalised L2, ``‖s − t‖² / ‖t‖²`` per batch
   (the squared relative error, so boxes in pixels and embeddings near unit norm weigh the
   same), or a smooth-L1 on outputs divided by the teacher's standard deviation.
@@ -25,6 +30,8 @@ from worker.pruning.outputs import OutputKind, class_last, output_list
 RegressionLoss = Literal["l2", "smooth_l1"]
 _EPS = 1e-12
 _MEAN_SQUARE_FLOOR = 1e-4
+_TINY = 1e-30  # log's gradient 1/s stays exact down to here: saturated sigmoids still learn
+_PROBABILITY_EPS = 1e-6
 
 
 def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -42,6 +49,25 @@ def normalised_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     turn the loss into a huge, exploding gradient."""
     scale = teacher.detach().pow(2).sum().clamp_min(_MEAN_SQUARE_FLOOR * teacher.numel()).clamp_min(_EPS)
     return (student - teacher).pow(2).sum() / scale
+
+
+def normalised_binary_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``Σ KL(Bern(t) ‖ Bern(s)) / ‖t‖²`` over the batch: the Bernoulli KL per element, with
+    the normalised L2's denominator (floored the same way), so declaring an output
+    ``probabilities`` instead of ``regression`` keeps the scale a learning rate suits.
+
+    Student values outside [0, 1] (an output wrongly read as probabilities) add their
+    squared distance to the interval, so the loss pulls them back instead of turning NaN."""
+    t = teacher.detach().clamp(0.0, 1.0)
+    inside = student.clamp(_TINY, 1.0 - _PROBABILITY_EPS)
+    outside = (student - student.clamp(0.0, 1.0)).pow(2).sum()
+    scale = t.pow(2).sum().clamp_min(_MEAN_SQUARE_FLOOR * t.numel()).clamp_min(_EPS)
+    return (_bernoulli_kl(t, inside).sum() + outside) / scale
+
+
+def _bernoulli_kl(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Element-wise ``KL(Bern(t) ‖ Bern(s))`` for ``s`` strictly inside (0, 1)."""
+    return torch.special.xlogy(t, t) - t * torch.log(s) + torch.special.xlogy(1 - t, 1 - t) - (1 - t) * torch.log1p(-s)
 
 
 def normalised_smooth_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -78,6 +104,8 @@ class DistillationLoss(nn.Module):
             t = t.detach().to(s.dtype)
             if kind == "logits":
                 losses.append(kl_distillation(s, t, self.temperature))
+            elif kind == "probabilities":
+                losses.append(normalised_binary_kl(s, t))
             elif self.regression == "l2":
                 losses.append(normalised_l2(s, t))
             else:
@@ -117,6 +145,11 @@ class OutputDistillation:
         targets = self.teacher.eval()(x)
         self._cached = (x, targets)
         return targets
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """The teacher's outputs for ``x``, computed before the student's forward pass (its
+        activations are freed before the student's, kept for the backward pass, exist)."""
+        self._targets(x)
 
     def __call__(self, outputs, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         soft = self.loss(outputs, self._targets(x))

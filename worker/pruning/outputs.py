@@ -5,6 +5,10 @@ name (for the report and the spec) and a kind that decides how it is compared:
 
 - ``logits``: scores over classes along dim 1 (a classifier's ``(N, C)``, a segmenter's
   ``(N, C, H, W)``); compared by top-1 agreement and distilled with a tempered KL.
+- ``probabilities``: values in [0, 1] from a sigmoid or softmax (a text-detection or
+  segmentation map, per-step character probabilities); compared like regression and
+  distilled with a normalised Bernoulli KL, whose gradient does not vanish where a pruned
+  model's sigmoid saturates.
 - ``regression``: anything else (boxes, embeddings, feature maps, depth); compared by
   relative L2 error and cosine similarity and distilled with a scale-normalised L2.
 
@@ -18,8 +22,8 @@ from typing import Literal
 
 import torch
 
-OutputKind = Literal["logits", "regression"]
-KINDS: tuple[str, ...] = ("logits", "regression")
+OutputKind = Literal["logits", "probabilities", "regression"]
+KINDS: tuple[str, ...] = ("logits", "probabilities", "regression")
 
 
 def output_list(outputs: object) -> list[torch.Tensor]:
@@ -43,14 +47,18 @@ def output_names(outputs: Sequence[torch.Tensor], names: Sequence[str] | None = 
 def detect_kind(output: torch.Tensor) -> OutputKind:
     """Guess an output's kind from one batch of it.
 
-    ``(N, C)`` with C ≥ 2 is read as logits (a classifier). Higher-rank outputs could be
-    per-pixel class scores or feature maps alike, so they count as ``regression`` unless the
-    spec says ``logits``; an integer or boolean output is never logits.
+    ``(N, C)`` with C ≥ 2 is read as logits (a classifier). A higher-rank output whose
+    values all lie in [0, 1] is read as ``probabilities`` (a sigmoid or softmax map). Other
+    higher-rank outputs could be per-pixel class scores or feature maps alike, so they count
+    as ``regression`` unless the spec says otherwise; an integer or boolean output is never
+    logits or probabilities.
     """
     if not output.is_floating_point():
         return "regression"
     if output.ndim == 2 and output.shape[1] >= 2:
         return "logits"
+    if output.ndim >= 2 and output.numel() and bool(((output >= 0) & (output <= 1)).all()):
+        return "probabilities"
     return "regression"
 
 

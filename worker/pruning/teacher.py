@@ -12,10 +12,6 @@ from torch import nn
 from worker.io.data import DataSplits
 from worker.pruning.distill import DistillationLoss, OutputDistillation
 
-LABEL_FREE_GRAD_CLIP = 5.0
-"""Global gradient-norm clip of label-free finetuning (distillation only): a pruned detector's
-first distillation steps can be steep."""
-
 
 @dataclass
 class Teacher:
@@ -62,4 +58,4 @@ class Teacher:
             self.model.cpu()
 
 
-__all__ = ["LABEL_FREE_GRAD_CLIP", "Teacher"]
+__all__ = ["Teacher"]

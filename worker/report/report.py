@@ -592,16 +592,17 @@ def _fidelity_section(fidelity: Mapping[str, Any]) -> list[str]:
             )
         )
     rows.append(("headline fidelity", "", "", before.get("fidelity"), final.get("fidelity"), "", "", "", ""))
+    end = "after finetuning" if before else "final"  # after_pruning is measured by a finetune stage
     header = (
         "output",
         "kind",
         "shape",
         "rel. error after pruning",
-        "rel. error final",
+        f"rel. error {end}",
         "cosine after pruning",
-        "cosine final",
+        f"cosine {end}",
         "agreement after pruning",
-        "agreement final",
+        f"agreement {end}",
     )
     return ["<h2>Fidelity to the dense model (validation split)</h2>", _table(rows, header)]
 

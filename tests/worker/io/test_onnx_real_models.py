@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from service.core.intake import Rejected
 from worker.export import check_onnx_parity, export_onnx, onnx_export_info
 from worker.io.data import DataSplits
-from worker.io.models import inspect_model, load_model
+from worker.io.models import inspect_model, inspect_upload, load_model
 from worker.io.onnx import load_onnx
 from worker.pruning.channels import prune_channels
 from worker.pruning.custom_layers import ChannelConstant
@@ -89,6 +89,25 @@ def test_a_per_activation_batchnorm_is_refused_naming_the_operator(tmp_path):
         load_onnx(path, input_shape=(3, 8, 8))
     assert err.value.code == "unsupported-operator" and "BatchNormalization" in str(err.value)
     assert "spatial=0" in str(err.value)
+
+
+def test_an_upload_with_symbolic_height_and_width_is_accepted_and_sized_later_by_a_job(tmp_path):
+    path = _save(_conv_bn_net(13, {}, ["batch", 3, "height", "width"]), tmp_path / "sym.onnx")
+    info = inspect_upload(path)
+    assert info["input_shape"] is None and info["channel_prunable"] is None
+    assert info["io"]["inputs"][0]["dims"] == ["batch", 3, "height", "width"]
+    assert "height" in info["note"] and "dataset" in info["note"]
+    static = inspect_upload(_save(_conv_bn_net(13, {}, ["N", 3, 8, 8]), tmp_path / "static.onnx"))
+    assert static["input_shape"] == [3, 8, 8] and static["channel_prunable"] is True
+
+
+def test_an_upload_with_symbolic_dims_still_has_its_operator_types_checked(tmp_path):
+    model = _conv_bn_net(13, {}, ["batch", 3, "height", "width"])
+    model.graph.node.append(helper.make_node("Hardmax", ["logits"], ["hard"]))  # no converter exists
+    model.graph.output.append(helper.make_tensor_value_info("hard", TensorProto.FLOAT, ["batch", 4]))
+    with pytest.raises(Rejected) as err:
+        inspect_upload(_save(model, tmp_path / "hardmax.onnx"))
+    assert err.value.code == "unsupported-operator" and "Hardmax" in str(err.value)
 
 
 def test_symbolic_height_and_width_need_an_input_shape_and_convert_with_one(tmp_path):

@@ -84,6 +84,10 @@ def test_kinds_are_detected_or_declared_and_impossible_declarations_refused():
     assert detect_kind(torch.randn(2, 1)) == "regression"
     assert detect_kind(torch.randn(2, 3, 8, 8)) == "regression"
     assert detect_kind(torch.zeros(2, 10, dtype=torch.int64)) == "regression"
+    assert detect_kind(torch.rand(2, 1, 8, 8)) == "probabilities"  # a sigmoid map
+    assert detect_kind(torch.softmax(torch.randn(2, 25, 40), dim=-1)) == "probabilities"
+    assert detect_kind(torch.softmax(torch.randn(2, 10), dim=1)) == "logits"  # a classifier stays logits
+    assert resolve_kinds([torch.randn(2, 6)], ["heat"], {"heat": "probabilities"}) == ["probabilities"]
     outs = [torch.randn(2, 3, 8, 8), torch.randn(2, 4)]
     assert resolve_kinds(outs, ["seg", "emb"], {"seg": "logits", "1": "regression"}) == ["logits", "regression"]
     with pytest.raises(ValueError, match="cannot be logits"):

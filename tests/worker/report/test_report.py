@@ -121,6 +121,22 @@ def test_written_json_round_trips_and_the_html_embeds_plots_and_escapes_user_str
     assert "PASSED" in page
 
 
+def _fidelity(rel: float, cosine: float) -> dict:
+    output = {"kind": "probabilities", "shape": [1, 8, 8], "relative_error": rel, "cosine": cosine, "agreement": None}
+    return {"outputs": {"text_map": output}, "fidelity": 1 - rel, "samples": 4}
+
+
+def test_the_html_shows_each_outputs_fidelity_after_pruning_and_after_finetuning(tmp_path):
+    report = _report(fidelity={"after_pruning": _fidelity(0.875, 0.125), "final": _fidelity(0.375, 0.625)})
+    json_path, html_path = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["fidelity"]["after_pruning"]["outputs"]["text_map"]["cosine"] == 0.125
+    page = html_path.read_text()
+    section = page.split("Fidelity to the dense model")[1]
+    assert "rel. error after finetuning" in section and "text_map" in section and "probabilities" in section
+    for value in ("0.875", "0.375", "0.125", "0.625"):
+        assert value in section
+
+
 def _target(passed: bool) -> dict:
     point = {"macs_fraction": 0.5, "latency_ms": 1.0, "accuracy_pruned": 60.0, "accuracy": 89.0}
     return {

@@ -95,8 +95,12 @@ def _node_label(node: OnnxNode | onnx.NodeProto) -> str:
     return f"operator {op} at node {proto.name or (proto.output[0] if proto.output else '?')!r}"
 
 
-def check_operators(model: onnx.ModelProto) -> None:
-    """Refuse, by op type and node name, the first node no converter can handle."""
+def check_operators(model: onnx.ModelProto, *, dry_run: bool = True) -> None:
+    """Refuse, by op type and node name, the first node no converter can handle.
+
+    ``dry_run`` also builds each node's converter, which needs the attribute values and, for
+    some operators (BatchNormalization's rank), inferred shapes; without concrete input dims
+    only the operator types are checked."""
     opsets = {o.domain: o.version for o in model.opset_import}
     torchvision_missing = importlib.util.find_spec("torchvision") is None
     graph = OnnxGraph(model.graph)
@@ -120,6 +124,8 @@ def check_operators(model: onnx.ModelProto) -> None:
                 "editable torch graph. Replace it with standard layers or export the model at "
                 "another opset (13–21).",
             ) from exc
+        if not dry_run:
+            continue
         try:
             converter(node, graph)
         except (NotImplementedError, KeyError, ValueError, RuntimeError, TypeError) as exc:

@@ -12,8 +12,8 @@ import math
 
 from service.core.spec import DEFAULT_FINETUNE_LR, REINSERTED_BN_FINETUNE_LR, FinetuneParams
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
-from worker.pruning.teacher import LABEL_FREE_GRAD_CLIP
 from worker.pruning.training import (
+    AutoClip,
     BatchNormRecalibration,
     Distillation,
     EarlyStopping,
@@ -87,12 +87,12 @@ class FinetuneRunner:
         params: FinetuneParams, context: StageContext, state: EngineState, epochs: int, reference, reinserted: bool
     ) -> tuple[list[dict], RestoreBest | None]:
         labelled = context.labelled
-        # label-free: clip the gradient norm, a pruned detector's first distillation steps can be steep
-        changes = {} if labelled else {"grad_clip": LABEL_FREE_GRAD_CLIP}
-        config = context.train_config(epochs=epochs, lr=finetune_lr(params, reinserted), **changes)
+        config = context.train_config(epochs=epochs, lr=finetune_lr(params, reinserted))
         callbacks: list = []
         if state.masks:
             callbacks.append(FreezeMasks(state.masks))
+        if not labelled:  # a pruned detector's first distillation steps can be steep: cut spikes only
+            callbacks.append(AutoClip())  # 3 × the median norm; a fixed clip at 5 stalled PP-OCR det
         if params.recalibrate_bn:
             callbacks.append(BatchNormRecalibration())
         if params.warmup > 0:

@@ -7,7 +7,7 @@
 - runtime callbacks: :class:`TrainHooks` → cancellation, checkpoints, progress
   (:mod:`.runtime`, :mod:`.checkpoint`: the one place checkpoint files are written and read);
 - recovery callbacks: :class:`RestoreBest`, :class:`EarlyStopping`, :class:`Warmup`,
-  :class:`BatchNormRecalibration` (:mod:`.recovery`); :class:`FreezeMasks` (:mod:`.masks`).
+  :class:`BatchNormRecalibration`, :class:`AutoClip` (:mod:`.recovery`); :class:`FreezeMasks` (:mod:`.masks`).
 """
 
 from worker.pruning.training.callbacks import BaseCallback, Callback, TrainState
@@ -19,6 +19,7 @@ from worker.pruning.training.loop import train
 from worker.pruning.training.losses import CrossEntropy, Distillation, Loss
 from worker.pruning.training.masks import FreezeMasks
 from worker.pruning.training.recovery import (
+    AutoClip,
     BatchNormRecalibration,
     EarlyStopping,
     RestoreBest,
@@ -33,6 +34,7 @@ __all__ = [
     "fold_batchnorm",
     "insert_batchnorm",
     "BaseCallback",
+    "AutoClip",
     "BatchNormRecalibration",
     "Callback",
     "Cancellation",

@@ -10,6 +10,7 @@ from torch import nn
 
 from tests.worker.pruning.tiny import MLP, ConvBN1d, make_data
 from worker.pruning.training import (
+    AutoClip,
     BaseCallback,
     BatchNormRecalibration,
     Cancelled,
@@ -184,3 +185,67 @@ def test_the_recalibration_callback_runs_before_the_first_epoch():
     train(model, DATA, TrainConfig(epochs=1, lr=0.05, batch_size=32), [recalibration, FirstStep()])
     assert recalibration.samples == len(DATA.x_train)
     assert seen[0] < 10.0
+
+
+class _Grads:
+    """The part of the loop's state AutoClip reads: the trained parameters."""
+
+    def __init__(self, *params: nn.Parameter) -> None:
+        self.trainable = list(params)
+
+
+def _backward(param: nn.Parameter, norm: float) -> None:
+    param.grad = torch.zeros_like(param)
+    param.grad[0] = norm
+
+
+def test_autoclip_lets_steady_gradients_of_any_scale_through():
+    for scale in (1e-3, 1.0, 500.0):  # a fixed clip would stall the large ones
+        param = nn.Parameter(torch.zeros(4))
+        clip = AutoClip()
+        for _ in range(5):
+            _backward(param, scale)
+            clip.after_backward(_Grads(param))
+            assert float(param.grad.norm()) == pytest.approx(scale)
+
+
+def test_autoclip_cuts_a_spike_to_the_percentile_of_the_norms_so_far():
+    param = nn.Parameter(torch.zeros(4))
+    clip = AutoClip(percentile=50, factor=1.0)
+    for norm in (1.0, 2.0, 3.0, 4.0):
+        _backward(param, norm)
+        clip.after_backward(_Grads(param))
+    _backward(param, 1000.0)
+    clip.after_backward(_Grads(param))
+    assert float(param.grad.norm()) == pytest.approx(3.0)  # the median of 1, 2, 3, 4, 1000
+    assert clip.history[-1] == 1000.0
+
+
+def test_autoclip_keeps_its_history_in_checkpoints_and_refuses_a_bad_percentile():
+    clip = AutoClip()
+    clip.history = [1.0, 5.0]
+    restored = AutoClip()
+    restored.load_state_dict(clip.state_dict())
+    assert restored.history == [1.0, 5.0]
+    with pytest.raises(ValueError):
+        AutoClip(percentile=0)
+    with pytest.raises(ValueError):
+        AutoClip(factor=0.5)
+
+
+def test_a_run_with_a_gradient_spike_stays_finite_under_autoclip_and_not_without():
+    class Spike(BaseCallback):
+        """Multiplies the gradients of one step by 1e6 (a steep first distillation step)."""
+
+        def after_backward(self, state) -> None:
+            if state.step == 3:
+                for p in state.trainable:
+                    p.grad.mul_(1e6)
+
+    finals = {}
+    for name, extra in (("autoclip", [AutoClip()]), ("none", [])):
+        model = fresh()
+        train(model, DATA, TrainConfig(epochs=2, lr=0.05, batch_size=32, seed=0), [Spike(), *extra])
+        finals[name] = max(float(p.abs().max()) for p in model.parameters())
+    assert finals["autoclip"] < 10.0
+    assert finals["none"] > 1000.0
