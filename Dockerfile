@@ -29,7 +29,8 @@ COPY worker ./worker
 RUN --mount=type=secret,id=extra_ca pip-ca install --no-deps -c constraints.txt . && mkdir -p /var/lib/shears && chown shears /var/lib/shears
 USER shears
 EXPOSE 8000
-CMD ["uvicorn", "service.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-keep-alive", "30"]
+# Shears' protocol (service/edge.py): header size/time limits, the connection cap, the receive buffer.
+CMD ["uvicorn", "service.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-keep-alive", "30", "--http", "service.edge:GuardedHttpToolsProtocol"]
 
 FROM base AS worker-cpu
 # The wheel is bind-mounted from the context, so its 190 MB never land in a layer.

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--loader",
+        choices=("onnx2torch", "shears"),
+        default="onnx2torch",
+        help="shears: import with worker.io.models (its ONNX fixes) and Shears' custom pruners",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     import onnx
@@ -59,16 +65,25 @@ def main(argv: list[str] | None = None) -> None:
     arrays = np.load(args.data)
     x_train, y_train = torch.from_numpy(arrays["x_train"]).float(), torch.from_numpy(arrays["y_train"]).long()
     x_val, y_val = torch.from_numpy(arrays["x_val"]).float(), torch.from_numpy(arrays["y_val"]).long()
-    model = import_onnx2torch().convert(onnx.load(args.model)).to(args.device)
+    custom: dict = {}
+    if args.loader == "shears":  # models plain onnx2torch + Torch-Pruning cannot take (corpus models)
+        from worker.io.models import load_model
+        from worker.pruning.custom_layers import CUSTOM_PRUNERS
+
+        model = load_model(args.model, input_shape=tuple(x_train.shape[1:])).module.float().to(args.device)
+        custom = CUSTOM_PRUNERS
+    else:
+        model = import_onnx2torch().convert(onnx.load(args.model)).to(args.device)
     example = x_train[:1].to(args.device)
 
-    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    classifier = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=args.ratio,
         ignored_layers=classifier,
+        customized_pruners=custom or None,
     )
     pruner.step()
 

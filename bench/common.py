@@ -225,7 +225,9 @@ def deployment(
             dep.procs.append(dep.api)
             dep.base = f"http://127.0.0.1:{port}"
             servers.wait_until(
-                lambda: dep.api.ensure_alive() and httpx.get(f"{dep.base}/readyz", timeout=5).is_success,
+                # the API's own probe: /readyz also needs a worker heartbeat, and the workers are
+                # awaited below with their own deadlines (warm-up imports take minutes under load)
+                lambda: dep.api.ensure_alive() and httpx.get(f"{dep.base}/healthz", timeout=5).is_success,
                 90,
                 "uvicorn api",
             )

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -378,6 +379,17 @@ def check_a_killed_worker(stack: Stack, client: httpx.Client, model_id: str, dat
     )
 
 
+def check_the_edge_protocol(base: str) -> None:
+    """The image runs Shears' protocol (service/edge.py): a 128 KiB request header gets 431, which plain
+    uvicorn does not answer."""
+    host, port = httpx.URL(base).host, httpx.URL(base).port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        with contextlib.suppress(OSError):  # the server may close while the header is still arriving
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 131072 + b"\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
 def main() -> int:
     if os.geteuid() != 0:
         say("run as root: it installs and starts dockerd and builds images")
@@ -400,6 +412,8 @@ def main() -> int:
             for base in bases:
                 wait_until(lambda b=base: httpx.get(f"{b}/readyz", timeout=5).is_success, 120, f"{base}/readyz")
         say(f"API replicas at {bases}")
+        for base in bases:
+            check_the_edge_protocol(base)
         headers = {"Authorization": f"Bearer {API_KEY}"}
         first_api = httpx.Client(base_url=bases[0], headers=headers, timeout=60, follow_redirects=True)
         second_api = httpx.Client(base_url=bases[1], headers=headers, timeout=60, follow_redirects=True)

@@ -24,6 +24,7 @@ from service.core.spec import JobSpec
 from service.core.storage import ArtifactNotFound, ArtifactStore, StorageUnavailable
 from service.core.webhooks import deliver
 from worker.checkpoints import CheckpointMirror
+from worker.memory import release_memory
 
 log = logging.getLogger("shears.worker")
 
@@ -133,8 +134,11 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
             return "failed"
         return "lost"
     log.info("job %s attempt %d started", job_id, attempt)
-    with Heartbeat(sessions, job_id, attempt, settings.lease_s) as heartbeat:
-        return _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat)
+    try:
+        with Heartbeat(sessions, job_id, attempt, settings.lease_s) as heartbeat:
+            return _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat)
+    finally:
+        release_memory()  # the next task of this pool process starts from a trimmed heap
 
 
 def _missing_inputs(job: JobRecord, model_row, dataset_row) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from service.core.config import Settings
 from service.core.models import DatasetRecord, ModelRecord
 from service.core.storage import ArtifactStore, StorageUnavailable
+from worker.memory import release_memory
 
 log = logging.getLogger("shears.worker")
 
@@ -33,6 +34,13 @@ Examine = Callable[[object], tuple[dict, dict]]
 
 
 def _inspect(record: type, item_id: str, sessions, examine: Examine, time_limit_s: int) -> str:
+    try:
+        return _inspect_once(record, item_id, sessions, examine, time_limit_s)
+    finally:
+        release_memory()  # the converted model and the loaded arrays must not stay under the next job
+
+
+def _inspect_once(record: type, item_id: str, sessions, examine: Examine, time_limit_s: int) -> str:
     with sessions() as session:
         row = session.get(record, item_id)
         if row is None or row.status != "validating":

@@ -136,9 +136,10 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
     )
     pending: asyncio.Future | None = None
     try:
-        # The socket's small chunks are gathered into large blocks; each block is parsed,
-        # hashed and written in a worker thread (hashlib and file writes release the GIL)
-        # while the event loop receives the next one: at most two blocks in memory.
+        # The socket's pieces are gathered into blocks of BLOCK_BYTES (not joined: no copy);
+        # each block is parsed, hashed and written in a worker thread (hashlib and file
+        # writes release the GIL) while the event loop receives the next: at most two blocks
+        # in memory.
         chunks: list[bytes] = []
         gathered = 0
         async for chunk in request.stream():
@@ -150,13 +151,13 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
             if gathered >= BLOCK_BYTES:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(parser.write, b"".join(chunks)))
+                pending = asyncio.ensure_future(asyncio.to_thread(_write_all, parser, chunks))
                 chunks, gathered = [], 0
         if pending is not None:
             await pending
         pending = None
         if chunks:
-            await asyncio.to_thread(parser.write, b"".join(chunks))
+            await asyncio.to_thread(_write_all, parser, chunks)
         parser.finalize()
         if parser.state != MultipartState.END:
             raise Problem(
@@ -185,6 +186,11 @@ async def receive_form(request: Request, limit: int, tmp_dir: Path) -> ReceivedF
             form.cleanup()
             raise _too_large(limit)
     return form
+
+
+def _write_all(parser: MultipartParser, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        parser.write(chunk)
 
 
 def remove_orphan_uploads(tmp_dir: Path) -> list[Path]:

@@ -21,6 +21,11 @@ LayerName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Epochs = Annotated[int, Field(ge=0, le=1000)]
 DEFAULT_FINETUNE_STEPS = 1000
 """Finetune budget when neither ``epochs`` nor ``steps`` is given (clamped to 10–100 epochs)."""
+MAX_DEFAULT_FINETUNE_EPOCHS = 100
+DEFAULT_FINETUNE_LR = 0.01
+"""Finetune lr of a model that keeps its BatchNorm (or without ``reinsert_bn``)."""
+REINSERTED_BN_FINETUNE_LR = 0.05
+"""Finetune lr when BatchNorm was re-inserted (filters rescaled to their initial norm, as in training from scratch)."""
 
 
 class Strict(BaseModel):
@@ -214,9 +219,15 @@ class FinetuneParams(Strict):
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
         None,
         description="Budget in optimizer steps, rounded up to whole epochs of the dataset; give it or "
-        "`epochs`, not both. Default (null, with `epochs` null): 1000 steps, at least 10 and at most 100 epochs.",
+        "`epochs`, not both. Default (null, with `epochs` null): 1000 steps, at least 10 and at most 100 epochs. "
+        "A pruned model that starts near chance may need more: 3000 steps closed a 1.4-point gap on one "
+        "BN-folded CNN (BENCHMARKS.md).",
     )
-    lr: Positive = 0.01
+    lr: Positive | None = Field(
+        None,
+        description="Initial SGD learning rate (cosine to 0). Default (null): 0.05 when `reinsert_bn` re-inserted "
+        "BatchNorm (the filters are rescaled to their initial norm, as in training from scratch), else 0.01.",
+    )
     distill: Fraction = Field(
         0.9,
         description="Weight of knowledge distillation from the dense model (Hinton et al. 2015; "
@@ -225,7 +236,7 @@ class FinetuneParams(Strict):
     )
     distill_temperature: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 4.0
     warmup: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = Field(
-        0.0, description="Fraction of the finetune's steps with a linear learning-rate warm-up (0: none)."
+        0.05, description="Fraction of the finetune's steps with a linear learning-rate warm-up (0: none)."
     )
     patience: Annotated[int, Field(ge=1, le=1000)] | None = Field(
         None,
@@ -233,14 +244,23 @@ class FinetuneParams(Strict):
         "accuracy (epochs/steps stay the cap). None: train the whole budget.",
     )
     restore_best: bool = Field(
-        False,
+        True,
         description="End with the weights of the epoch with the best validation accuracy "
-        "(the starting weights included).",
+        "(the starting weights included), so a finetune never ends worse on validation than its best epoch. "
+        "The validation split then chose the weights: its accuracy is slightly optimistic, judge by a test "
+        "split (x_test, y_test) when the margin matters. Needs labels: off by default on a label-free dataset, "
+        "refused there when asked for.",
     )
     recalibrate_bn: bool = Field(
         False,
         description="Re-estimate BatchNorm running statistics on training batches before "
         "finetuning (stale after channel surgery); no effect without BatchNorm.",
+    )
+    reinsert_bn: bool = Field(
+        True,
+        description="For a model without BatchNorm (an export in eval mode folds BN into the convs): attach an "
+        "identity-initialised BatchNorm after every convolution for finetuning and fold it back afterwards "
+        "(the exported model keeps its layers).",
     )
 
     @model_validator(mode="after")
@@ -252,13 +272,13 @@ class FinetuneParams(Strict):
     def resolved_epochs(self, n_train: int, batch_size: int) -> int:
         """``epochs``; or the whole epochs that hold ``steps`` optimizer steps; or, with
         neither given, the default budget: :data:`DEFAULT_FINETUNE_STEPS` steps clamped to
-        10–100 epochs."""
+        10–:data:`MAX_DEFAULT_FINETUNE_EPOCHS` epochs."""
         if self.epochs is not None:
             return self.epochs
         per_epoch = max(1, -(-n_train // batch_size))
         if self.steps is not None:
             return max(1, -(-self.steps // per_epoch))
-        return min(100, max(10, -(-DEFAULT_FINETUNE_STEPS // per_epoch)))
+        return min(MAX_DEFAULT_FINETUNE_EPOCHS, max(10, -(-DEFAULT_FINETUNE_STEPS // per_epoch)))
 
 
 class StageEntry(Strict):

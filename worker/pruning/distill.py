@@ -146,6 +146,11 @@ class OutputDistillation:
         self._cached = (x, targets)
         return targets
 
+    def prepare(self, x: torch.Tensor) -> None:
+        """The teacher's outputs for ``x``, computed before the student's forward pass (its
+        activations are freed before the student's, kept for the backward pass, exist)."""
+        self._targets(x)
+
     def __call__(self, outputs, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         soft = self.loss(outputs, self._targets(x))
         if y is None or self.weight >= 1.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 
-from service.core.spec import FinetuneParams
+from service.core.spec import DEFAULT_FINETUNE_LR, REINSERTED_BN_FINETUNE_LR, FinetuneParams
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
 from worker.pruning.training import (
     AutoClip,
@@ -20,6 +20,9 @@ from worker.pruning.training import (
     FreezeMasks,
     RestoreBest,
     Warmup,
+    fold_batchnorm,
+    has_batchnorm,
+    insert_batchnorm,
     train,
 )
 
@@ -28,6 +31,14 @@ def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> in
     """``epochs``; or the whole epochs that hold ``steps`` optimizer steps; or the default
     budget (:meth:`FinetuneParams.resolved_epochs`: 1000 steps, 10–100 epochs)."""
     return params.resolved_epochs(n_train, batch_size)
+
+
+def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:
+    """``lr``; by default 0.05 after BatchNorm was re-inserted (filters at their initial norm,
+    as in training from scratch), else 0.01."""
+    if params.lr is not None:
+        return params.lr
+    return REINSERTED_BN_FINETUNE_LR if reinserted_bn else DEFAULT_FINETUNE_LR
 
 
 class FinetuneRunner:
@@ -39,7 +50,8 @@ class FinetuneRunner:
         if epochs == 0:
             return
         labelled = context.labelled
-        if not labelled and (params.patience is not None or params.restore_best):
+        asked_best = params.restore_best and "restore_best" in params.model_fields_set
+        if not labelled and (params.patience is not None or asked_best):
             raise labels_required(
                 "finetune.patience and finetune.restore_best choose epochs by validation accuracy; this dataset "
                 "has no labels. Drop them (the epoch budget is kept)."
@@ -49,7 +61,33 @@ class FinetuneRunner:
             state.fidelity["after_pruning"] = reference.fidelity(
                 state.model, context.data, context.spec.training.batch_size, context.device
             )
-        config = context.train_config(epochs=epochs, lr=params.lr)
+        batch_size = context.spec.training.batch_size
+        inserted = 0
+        if params.reinsert_bn and not has_batchnorm(state.model):
+            state.model.to(context.device)
+            inserted = insert_batchnorm(state.model, context.data.x_train, batch_size, seed=context.spec.seed)
+        try:
+            history, best = self._train(params, context, state, epochs, reference, inserted > 0)
+        finally:
+            if inserted:
+                fold_batchnorm(state.model)
+        state.finetuned = True
+        state.extras.setdefault("finetune", []).append(
+            {
+                "epochs_trained": len(history),
+                "max_epochs": epochs,
+                "best_epoch": best.best_epoch if best is not None else None,
+                "reinserted_batchnorms": inserted,
+                "lr": finetune_lr(params, inserted > 0),
+            }
+        )
+
+    @staticmethod
+    def _train(
+        params: FinetuneParams, context: StageContext, state: EngineState, epochs: int, reference, reinserted: bool
+    ) -> tuple[list[dict], RestoreBest | None]:
+        labelled = context.labelled
+        config = context.train_config(epochs=epochs, lr=finetune_lr(params, reinserted))
         callbacks: list = []
         if state.masks:
             callbacks.append(FreezeMasks(state.masks))
@@ -64,7 +102,7 @@ class FinetuneRunner:
         if params.patience is not None:
             callbacks.append(EarlyStopping(params.patience))
         best = None
-        if params.restore_best:
+        if params.restore_best and labelled:
             best = RestoreBest()
             callbacks.append(best)
         loss = None
@@ -76,11 +114,4 @@ class FinetuneRunner:
         elif params.distill > 0:
             loss = reference.distillation(context.device, params.distill)
         history = train(state.model, context.data, config, [*callbacks, *context.callbacks()], loss=loss)
-        state.finetuned = True
-        state.extras.setdefault("finetune", []).append(
-            {
-                "epochs_trained": len(history),
-                "max_epochs": epochs,
-                "best_epoch": best.best_epoch if best is not None else None,
-            }
-        )
+        return history, best

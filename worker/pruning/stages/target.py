@@ -204,6 +204,7 @@ class _Search:
             distill=recipe.distill if self.context.has_reference else 0.0,
             distill_temperature=recipe.distill_temperature,
             recalibrate_bn=recipe.recalibrate_bn,
+            reinsert_bn=recipe.reinsert_bn,
         )
         run_context = dataclasses.replace(
             self.context, stage_id=f"{self.context.stage_id}.candidate-{self.count}", next_params=None

@@ -27,9 +27,12 @@ from worker.pruning.training.recovery import (
     has_batchnorm,
     recalibrate_batchnorm,
 )
+from worker.pruning.training.reinsert_bn import fold_batchnorm, insert_batchnorm
 from worker.pruning.training.runtime import Cancellation, Cancelled, Progress, TrainHooks
 
 __all__ = [
+    "fold_batchnorm",
+    "insert_batchnorm",
     "BaseCallback",
     "AutoClip",
     "BatchNormRecalibration",

@@ -92,6 +92,7 @@ def train(
 def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: int, n: int) -> None:
     config, model, data, device, optimizer = state.config, state.model, state.data, state.device, state.optimizer
     lr = config.lr * lr_factor(config, epoch)
+    prepare = getattr(loss_fn, "prepare", None)
     _call(callbacks, "on_epoch_start", state)
     model.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
@@ -107,6 +108,8 @@ def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: in
         for p in trainable:
             p.grad = None
         loss = torch.zeros((), device=device)
+        if prepare is not None:
+            prepare(xb)  # a teacher runs before the student: the two never hold activations at once
         for _ in range(config.forward_passes):
             logits = model(xb)
             loss = loss + loss_fn(logits, xb, yb) / config.forward_passes

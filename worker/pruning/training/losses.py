@@ -10,7 +10,12 @@ from torch import nn
 
 
 class Loss(Protocol):
-    """``loss(logits, x, y)``: the minibatch loss of the student's ``logits`` on ``(x, y)``."""
+    """``loss(logits, x, y)``: the minibatch loss of the student's ``logits`` on ``(x, y)``.
+
+    A loss may also have ``prepare(x)``: the loop calls it with each minibatch before the
+    student's forward pass (a teacher's outputs are computed there, so that the teacher's
+    activations are freed before the student's, kept for the backward pass, exist).
+    """
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
@@ -56,6 +61,11 @@ class Distillation:
         targets = F.log_softmax(self.teacher.eval()(x) / self.temperature, dim=1)
         self._cached = (x, targets)
         return targets
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """The teacher's outputs for ``x``, computed before the student's forward pass."""
+        if self.weight > 0:
+            self._targets(x)
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         hard = F.cross_entropy(logits, y)

@@ -316,3 +316,38 @@ def test_a_callbacks_own_parameters_leave_the_weights_optimizer_but_get_their_gr
 def test_the_learning_rate_follows_a_cosine_per_epoch(data):
     history = train(fresh(), data, TrainConfig(epochs=4, lr=0.1, batch_size=32))
     assert [h["lr"] for h in history] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+
+
+class _Traced(nn.Module):
+    """Wraps a model and logs its forward passes under a name."""
+
+    def __init__(self, inner: nn.Module, log: list, name: str) -> None:
+        super().__init__()
+        self.inner, self.log, self.name = inner, log, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        return self.inner(x)
+
+
+def test_the_teacher_runs_once_per_step_and_before_the_students_forward_pass(data):
+    log: list[str] = []
+    teacher = _Traced(fresh(MLP), log, "teacher")
+    student = _Traced(fresh(MLP, seed=1), log, "student")
+    config = cfg(1)
+    train(student, data, config, loss=Distillation(teacher, weight=0.5))
+    steps = math.ceil(len(data.x_train) / config.batch_size)
+    training = log[: 2 * steps]  # then the validation passes (student only)
+    assert training == ["teacher", "student"] * steps
+
+
+def test_computing_the_teachers_outputs_first_changes_no_weight(data):
+    teacher = fresh(MLP)
+    first, late = fresh(MLP, seed=1), fresh(MLP, seed=1)
+    train(first, data, cfg(2, seed=3), loss=Distillation(teacher, weight=0.7))
+
+    class Late(Distillation):
+        prepare = None  # the teacher runs inside the loss, after the student's forward pass
+
+    train(late, data, cfg(2, seed=3), loss=Late(teacher, weight=0.7))
+    assert same_weights(first, late)
