@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = {
     "pipeline": [
         {"prune_channels": {"criterion": "spline", "ratio": 0.5, "scope": "layerwise"}},
-        {"finetune": {"epochs": 30, "lr": 0.02, "distill": 0.9}},
+        {"finetune": {"epochs": 30, "distill": 0.9}},  # lr: the default (0.05 with BatchNorm re-inserted)
     ],
     "training": {"batch_size": 32},
     "acceptance": {"max_accuracy_drop": 2.5},

@@ -243,13 +243,13 @@ class FinetuneParams(Strict):
         description="Early stopping: stop after this many epochs without a better validation "
         "accuracy (epochs/steps stay the cap). None: train the whole budget.",
     )
-    restore_best: bool = Field(
-        True,
+    restore_best: bool | None = Field(
+        None,
         description="End with the weights of the epoch with the best validation accuracy "
         "(the starting weights included), so a finetune never ends worse on validation than its best epoch. "
         "The validation split then chose the weights: its accuracy is slightly optimistic, judge by a test "
-        "split (x_test, y_test) when the margin matters. Needs labels: off by default on a label-free dataset, "
-        "refused there when asked for.",
+        "split (x_test, y_test) when the margin matters. Default (null): on with labels, off on a label-free "
+        "dataset; `true` on a label-free dataset is refused.",
     )
     recalibrate_bn: bool = Field(
         False,

@@ -50,8 +50,7 @@ class FinetuneRunner:
         if epochs == 0:
             return
         labelled = context.labelled
-        asked_best = params.restore_best and "restore_best" in params.model_fields_set
-        if not labelled and (params.patience is not None or asked_best):
+        if not labelled and (params.patience is not None or params.restore_best):
             raise labels_required(
                 "finetune.patience and finetune.restore_best choose epochs by validation accuracy; this dataset "
                 "has no labels. Drop them (the epoch budget is kept)."
@@ -102,7 +101,7 @@ class FinetuneRunner:
         if params.patience is not None:
             callbacks.append(EarlyStopping(params.patience))
         best = None
-        if params.restore_best and labelled:
+        if labelled and params.restore_best is not False:  # null: on with labels
             best = RestoreBest()
             callbacks.append(best)
         loss = None

@@ -125,6 +125,13 @@ def test_finetune_recovery_by_validation_accuracy_is_refused_without_labels():
         runner_for(params).run(params, _unlabelled(SPEC, teacher=model()), EngineState(model=model()))
 
 
+def test_a_stored_finetune_spec_with_every_default_written_out_runs_on_a_label_free_dataset():
+    stored = FinetuneParams.model_validate_json(FinetuneParams(epochs=1).model_dump_json())  # as a job reads it back
+    state = EngineState(model=model())
+    runner_for(stored).run(stored, _unlabelled(SPEC, teacher=model()), state)
+    assert state.finetuned and state.extras["finetune"][0]["best_epoch"] is None  # no validation choice without labels
+
+
 def test_probmask_without_labels_reaches_its_sparsity_by_distillation():
     dense = model()
     state = EngineState(model=copy.deepcopy(dense))
