@@ -220,11 +220,22 @@ def prepare_case(case: str, work: Path, size: str) -> dict:
 
 def job_spec(epochs: int, distill: float = 0.0) -> dict:
     """The Shears spec equal to the bare script's recipe: plain cross-entropy finetuning
-    (``distill`` 0; Shears' default, 0.9, also runs the dense model on every batch)."""
+    (``distill`` 0; Shears' default, 0.9, also runs the dense model on every batch), no
+    BatchNorm re-inserted, no best-epoch restore and no warm-up (the bare script trains the
+    BN-folded graph as it is, for a fixed number of epochs)."""
     return {
         "pipeline": [
             {"prune_channels": {"criterion": "l1", "ratio": 0.5, "scope": "layerwise"}},
-            {"finetune": {"epochs": epochs, "lr": 0.01, "distill": distill}},
+            {
+                "finetune": {
+                    "epochs": epochs,
+                    "lr": 0.01,
+                    "distill": distill,
+                    "reinsert_bn": False,
+                    "restore_best": False,
+                    "warmup": 0.0,
+                }
+            },
         ],
         "training": {"batch_size": 128, "weight_decay": 5e-4},
         "export": {"formats": ["onnx"]},
