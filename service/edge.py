@@ -62,6 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         limits = self._limits()
         self._header_bytes = 0
+        self._header_tail = b""  # the last bytes of the previous read: a blank line may straddle two
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > limits.max_connections:
@@ -102,20 +103,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        """Count the request line and headers before the parser sees them (up to the blank line
+        that ends them, so a body in the same read does not count): a header block that arrives
+        whole in one read is refused as surely as one that trickles in."""
         if self.transport.is_closing():
             return
         if self._awaiting_headers:
-            self._header_bytes += len(data)
+            tail = self._header_tail
+            window = tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(tail))
+            self._header_tail = window[-3:] if end < 0 else b""
+            limit = self._limits().max_header_bytes
+            if self._header_bytes > limit:
+                self._refuse(431, "headers-too-large", f"The request line and headers are over {limit} bytes.")
+                return
         super().data_received(data)
-        limit = self._limits().max_header_bytes
-        if self._awaiting_headers and self._header_bytes > limit and not self.transport.is_closing():
-            self._refuse(431, "headers-too-large", f"The request line and headers are over {limit} bytes.")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if not self._awaiting_headers:  # the next request on a keep-alive connection
             self._awaiting_headers = True
             self._header_bytes = 0
+            self._header_tail = b""
             self._arm_header_timer()
 
     def on_body(self, body: bytes) -> None:
@@ -135,6 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
+        self._header_tail = b""
         self._cancel_header_timer()
         super().on_headers_complete()
         cycle = self.cycle

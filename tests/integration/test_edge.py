@@ -72,6 +72,28 @@ def test_a_huge_request_header_gets_431_and_the_connection_is_closed(start) -> N
     assert httpx.get(f"{base}/healthz", timeout=LONG).status_code == 200
 
 
+def test_a_request_header_over_the_limit_that_arrives_whole_in_one_read_gets_431_too(start) -> None:
+    base, port, _ = start(max_header_bytes=4096)  # the whole 8 KiB header block fits in one read
+    with _connect(port) as sock:
+        with contextlib.suppress(OSError):  # the server may close before it has read everything
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Huge: " + b"a" * (8 * 1024) + b"\r\n\r\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"headers-too-large" in answer
+    # a request with small headers and a body in the same write is not counted as headers
+    body = b"x" * (64 * 1024)
+    with _connect(port) as sock:
+        sock.sendall(
+            b"POST /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        answer = _read_all(sock)
+    assert not answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert httpx.get(f"{base}/healthz", timeout=LONG).status_code == 200
+
+
 def test_headers_that_never_complete_get_408_and_the_connection_is_closed(start) -> None:
     _, port, _ = start(header_timeout_s=1.0)
     with _connect(port) as sock:
