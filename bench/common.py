@@ -209,19 +209,7 @@ def deployment(
             dep.procs.append(proc)
         if api:
             port = servers.free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.main:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *uvicorn_args,
-            ]
-            dep.api = servers.Process("api", argv, tmp, settings.as_env())
+            dep.api = servers.Process("api", servers.api_argv(port, *uvicorn_args), tmp, settings.as_env())
             dep.procs.append(dep.api)
             dep.base = f"http://127.0.0.1:{port}"
             servers.wait_until(

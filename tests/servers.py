@@ -275,27 +275,16 @@ def wait_for_worker(proc: Process, settings: Settings) -> Process:
     return proc
 
 
+def api_argv(port: int, *extra: str) -> list[str]:
+    """uvicorn serving the app factory on loopback ``port``, with ``extra`` options."""
+    argv = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory"]
+    return [*argv, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
 def start_api(log_dir: Path, settings: Settings, name: str = "api") -> tuple[Process, str]:
     """The API as production runs it (uvicorn with the app factory); returns once /healthz answers."""
     port = free_port()
-    proc = Process(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--http",
-            "service.edge:GuardedHttpToolsProtocol",
-        ],
-        log_dir,
-        settings.as_env(),
-    )
+    proc = Process(name, api_argv(port, "--http", "service.edge:GuardedHttpToolsProtocol"), log_dir, settings.as_env())
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: proc.ensure_alive() and httpx.get(f"{base}/healthz", timeout=2).is_success, 180, name)
