@@ -35,7 +35,7 @@ def measure(
     example = example.float() if example.dtype == torch.uint8 else example
     macs, params = count_macs_params(model, example.to(device))
     cpu_model = model.cpu()
-    batch_sizes = (1, 32) if export.dynamic_batch else (1,)
+    batch_sizes = tuple(export.latency_batch_sizes)
     latency = None
     if _usable_source(source_onnx, export.dynamic_batch):
         try:

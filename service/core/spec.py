@@ -324,6 +324,26 @@ class ExportParams(Strict):
     )
     opset: Annotated[int, Field(ge=13, le=21)] = 18
     dynamic_batch: bool = True
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        max_length=4,
+        description="Batch sizes at which the report times the dense and the final model in onnxruntime "
+        "(one intra-op thread, each bounded to about 1.5 s). Each size costs at least two runs of the "
+        "model at that batch, so a large batch on a large model lengthens every job: add e.g. 32 for a "
+        "throughput figure. Sizes above 1 need `dynamic_batch`.",
+    )
+
+    @model_validator(mode="after")
+    def _batches_fit_the_export(self) -> ExportParams:
+        if not self.dynamic_batch and any(batch != 1 for batch in self.latency_batch_sizes):
+            raise ValueError(
+                "export.latency_batch_sizes above 1 need export.dynamic_batch: true "
+                "(a fixed-batch export runs at batch 1 only)"
+            )
+        if len(set(self.latency_batch_sizes)) != len(self.latency_batch_sizes):
+            raise ValueError("export.latency_batch_sizes lists a batch size twice; give each once")
+        return self
 
 
 class AcceptanceParams(Strict):

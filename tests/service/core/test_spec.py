@@ -156,3 +156,22 @@ def test_the_target_example_of_the_readme_is_a_valid_spec():
     example = Path(__file__).resolve().parents[3] / "examples" / "shears-job-target.yaml"
     spec = JobSpec.model_validate(yaml.safe_load(example.read_text()))
     assert spec.pipeline[0].params.target.max_accuracy_drop == 1.0 and spec.pipeline[0].params.ratio is None
+
+
+def test_latency_is_timed_at_batch_one_unless_more_batch_sizes_are_asked_for():
+    assert JobSpec().export.latency_batch_sizes == [1]
+    assert JobSpec.model_validate({"export": {"latency_batch_sizes": [1, 32]}}).export.latency_batch_sizes == [1, 32]
+
+
+@pytest.mark.parametrize(
+    ("export", "message"),
+    [
+        ({"dynamic_batch": False, "latency_batch_sizes": [1, 32]}, "need export.dynamic_batch"),
+        ({"latency_batch_sizes": [8, 8]}, "twice"),
+        ({"latency_batch_sizes": []}, "at least 1"),
+        ({"latency_batch_sizes": [2048]}, "less than or equal to 1024"),
+    ],
+)
+def test_latency_batch_sizes_that_cannot_be_timed_are_refused_with_the_reason(export, message):
+    with pytest.raises(ValidationError, match=message):
+        JobSpec.model_validate({"export": export})
