@@ -64,8 +64,11 @@ def wait_for_engine_imports() -> None:
 
 def _import_engine() -> None:
     try:
+        import matplotlib.backends.backend_agg  # noqa: F401  (the report's plots)
+        import matplotlib.figure  # noqa: F401
         import onnxscript  # noqa: F401  (torch.onnx's exporter imports it on the first export)
         import sklearn.datasets  # noqa: F401  (the built-in `digits` dataset)
+        import torch._dynamo  # noqa: F401  (the first optimizer a job creates imports it: ~1.3 s)
 
         import worker.execution  # noqa: F401
         import worker.export  # noqa: F401  (onnx, onnxruntime)

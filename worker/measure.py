@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -29,12 +30,7 @@ def measure(
     dense model only to time it cost as much as the final export (``latency.source``)."""
     from worker.export import export_onnx, file_sizes, onnxruntime_latency
 
-    model = model.to(device).eval()
-    accuracy = evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None
-    test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.y_test is not None else None
     example = example.float() if example.dtype == torch.uint8 else example
-    macs, params = count_macs_params(model, example.to(device))
-    cpu_model = model.cpu()
     batch_sizes = tuple(export.latency_batch_sizes)
     latency = None
     if _usable_source(source_onnx, export.dynamic_batch):
@@ -47,17 +43,27 @@ def measure(
         except Exception:  # noqa: BLE001 - onnxruntime cannot run the upload: time our export instead
             latency = None
     if latency is None:
-        export_onnx(cpu_model, example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
+        export_onnx(model.cpu().eval(), example, onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch)
         latency = {
             **onnxruntime_latency(onnx_path, tuple(data.input_shape), batch_sizes=batch_sizes),
             "source": "exported",
         }
+    # the gzip size (seconds for a large file; zlib releases the GIL) is taken while the model is
+    # evaluated, after the latency runs so that it does not disturb them
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip-size") as pool:
+        sizes = pool.submit(file_sizes, onnx_path)
+        model = model.to(device).eval()
+        accuracy = evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None
+        test_accuracy = evaluate(model, data.x_test, data.y_test, device=device) if data.y_test is not None else None
+        macs, params = count_macs_params(model, example.to(device))
+        model.cpu()
+        file = sizes.result()
     return {
         "accuracy": accuracy,
         "test_accuracy": test_accuracy,
         "macs": macs,
         "params": params,
-        "file": file_sizes(onnx_path),
+        "file": file,
         "latency_ms": latency,
     }
 
