@@ -135,8 +135,15 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
     """The default prune stage (with ``prune`` overrides), then ``finetune`` through the stage runners."""
     spec = JobSpec(seed=seed, training=TrainingParams())
     model = copy.deepcopy(dense)
+    params = FinetuneParams(**finetune)
     context = StageContext(
-        data=data, spec=spec, device=torch.device("cpu"), hooks=TrainHooks(), teacher=dense, stage_id="1-finetune"
+        data=data,
+        spec=spec,
+        device=torch.device("cpu"),
+        hooks=TrainHooks(),
+        teacher=dense,
+        stage_id="1-finetune",
+        next_params=params,  # iterative pruning's short finetunes use the following finetune's recipe
     )
     state = EngineState(model=model)
     t0 = time.perf_counter()
@@ -145,7 +152,6 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
     macs_dense, _ = count_macs_params(dense, data.x_val[:1])
     macs, _ = count_macs_params(state.model, data.x_val[:1])
     pruned_val = 100 * evaluate(state.model, data.x_val, data.y_val)
-    params = FinetuneParams(**finetune)
     runner_for(params).run(params, context, state)
     return {
         "prune": prune,
@@ -155,6 +161,7 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
         "val": 100 * evaluate(state.model, data.x_val, data.y_val),
         "test": 100 * evaluate(state.model, data.x_test, data.y_test) if data.x_test is not None else None,
         "extras": state.extras.get("finetune"),
+        "iterative_pruning": state.extras.get("iterative_pruning"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -323,6 +323,8 @@ def run_pipeline(
         target=target,
     )
     report["structure"]["excluded_from_pruning"] = [{"layer": k, "reason": v} for k, v in state.excluded.items()]
+    if "iterative_pruning" in state.extras:
+        report["structure"]["iterative_pruning"] = state.extras["iterative_pruning"]
     json_path, html_path = write_report(report, out_dir)
     files["report.json"], files["report.html"] = json_path, html_path
     summary = {

@@ -108,6 +108,11 @@ class JobResult(_Open):
 class Structure(_Open):
     channels_removed: bool
     unstructured_sparsity: float | None = None
+    iterative_pruning: dict | None = Field(
+        None,
+        description="`prune_channels.iterations` > 1: {iterations, epochs_between, steps: [{step, ratio, macs, "
+        "accuracy_pruned, accuracy_finetuned}]} (accuracies as fractions; none after the last step).",
+    )
 
 
 class JobReport(_Open):

@@ -178,12 +178,25 @@ class PruneChannelsParams(Strict):
     min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
     exclude: list[LayerName] = Field(default_factory=lambda: ["last"], max_length=1000)
     probes: Annotated[int, Field(ge=16, le=20000)] = 512
+    iterations: Annotated[int, Field(ge=1, le=10)] = Field(
+        1,
+        description="Prune in this many steps (k) instead of one: after step i the model keeps 1 − ratio·i/k of "
+        "its channels (Torch-Pruning's linear iterative schedule), scored again at every step, with a short "
+        "finetune after every step but the last (1/k of the following finetune's budget each, with its lr and "
+        "distillation; the following finetune stage then does the full recovery). Costs (k − 1)/k of that "
+        "finetune again. 1: one shot. Not with `target`.",
+    )
 
     @model_validator(mode="after")
     def _ratio_or_target(self) -> PruneChannelsParams:
         if self.target is not None and self.ratio is not None:
             raise ValueError(
                 "give prune_channels.ratio or prune_channels.target, not both (the target search chooses the ratio)"
+            )
+        if self.target is not None and self.iterations > 1:
+            raise ValueError(
+                "prune_channels.iterations > 1 prunes a fixed ratio in steps; a target searches the ratio in one "
+                "step: drop one of them"
             )
         if self.target is None and self.ratio is None:
             self.ratio = DEFAULT_CHANNEL_RATIO

@@ -39,13 +39,16 @@ def allocate(
     min_channels: int = 1,
     round_to: int = 1,
     floors: dict[str, int] | None = None,
+    keep: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Indices (sorted int64) of the channels to REMOVE in each scored layer.
 
     ``ratio`` is the fraction of the scored channels to remove (floor of ratio × count,
     per layer in ``layerwise`` scope, over all layers in ``global`` scope), subject to the
     guard rails above. Layers absent from ``scores`` are not touched. ``floors`` raises
-    ``min_channels`` per layer (both scopes).
+    ``min_channels`` per layer (both scopes). ``keep`` (``layerwise`` only) gives the number of
+    channels a layer keeps instead of the ratio's (iterative pruning: the one-shot count of the
+    original width, so that steps of rounding do not add up).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError("ratio must be in [0, 1)")
@@ -56,7 +59,10 @@ def allocate(
     removed: dict[str, int] = {}
     if scope == "layerwise":
         for name, width in widths.items():
-            removed[name] = int(math.floor(ratio * width + 1e-9))
+            if keep is not None and name in keep:
+                removed[name] = max(0, width - int(keep[name]))
+            else:
+                removed[name] = int(math.floor(ratio * width + 1e-9))
     elif scope == "global":
         names = list(scores)
         total = sum(widths.values())
@@ -81,6 +87,8 @@ def allocate(
             removed = {n: 0 for n in names}
     else:
         raise ValueError(f"unknown scope {scope!r}; expected 'global' or 'layerwise'")
+    if keep is not None and scope != "layerwise":
+        raise ValueError("keep (channels per layer) applies to the layerwise scope only")
 
     plan: dict[str, torch.Tensor] = {}
     for name, width in widths.items():

@@ -336,6 +336,7 @@ def prune_channels(
     min_keep_fraction: float = 0.1,
     normalize: Literal["mean", "none"] | None = None,
     scores: dict[str, torch.Tensor] | None = None,
+    keep: dict[str, int] | None = None,
 ) -> PruneResult:
     """Score, allocate and physically remove channels (ALGORITHMS §3); in place.
 
@@ -353,6 +354,8 @@ def prune_channels(
     ``scores``: the :attr:`PruneResult.scores` of an earlier call on this same model (a copy of
     it), used instead of scoring again — the ratio search prunes many copies at many ratios
     and the scores do not depend on the ratio (the mean normalizer is idempotent).
+    ``keep``: channels to keep per root layer, instead of the ratio's (``layerwise`` only;
+    :func:`worker.pruning.allocation.allocate`).
     """
     layers = discover_layers(model)
     if not layers:
@@ -397,7 +400,7 @@ def prune_channels(
     floors = None
     if scope == "global" and min_keep_fraction > 0:
         floors = {n: max(min_channels, math.ceil(min_keep_fraction * s.numel() - 1e-9)) for n, s in scores.items()}
-    plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors)
+    plan = allocate(scores, ratio, scope, min_channels=min_channels, round_to=round_to, floors=floors, keep=keep)
     remove_channels(
         model, example, plan, ignored_layers=excluded, compensate_probes=probes if compensate else None, graph=graph
     )

@@ -79,3 +79,12 @@ def test_per_layer_floors_stop_a_weak_layer_from_collapsing():
     floored = allocate(scores, 0.5, "global", floors={"weak": 4})
     assert 16 - len(floored["weak"]) == 4
     assert sum(len(v) for v in floored.values()) == 24  # the budget moved elsewhere
+
+
+def test_layerwise_keep_counts_override_the_ratio_for_the_named_layers_only():
+    scores = {"a": torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 6.0, 0.5]), "b": torch.arange(10.0)}
+    plan = allocate(scores, 0.5, "layerwise", keep={"a": 4})
+    assert plan["a"].tolist() == [1, 3, 6]  # the three lowest of a; it keeps 4
+    assert plan["b"].tolist() == [0, 1, 2, 3, 4]  # the ratio's floor(0.5 × 10)
+    with pytest.raises(ValueError, match="layerwise scope only"):
+        allocate(scores, 0.5, "global", keep={"a": 4})

@@ -8,7 +8,10 @@ before the first finetune (the report's ``after_pruning``)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+
+from torch import nn
 
 from service.core.spec import DEFAULT_FINETUNE_LR, REINSERTED_BN_FINETUNE_LR, FinetuneParams
 from worker.pruning.stages.base import EngineState, StageContext, labels_required
@@ -39,6 +42,25 @@ def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:
     if params.lr is not None:
         return params.lr
     return REINSERTED_BN_FINETUNE_LR if reinserted_bn else DEFAULT_FINETUNE_LR
+
+
+def short_finetune(model: nn.Module, context: StageContext, epochs: int, label: str) -> None:
+    """A brief finetune of ``model`` in place, inside another stage (a target candidate, a step of
+    iterative pruning): ``epochs`` with the recipe of the ``finetune`` stage that follows (its
+    lr, distillation from the dense model when kept, BatchNorm handling; the default recipe when
+    none follows). Its progress and checkpoints are named ``<stage_id>.<label>``."""
+    following = context.next_params if isinstance(context.next_params, FinetuneParams) else None
+    recipe = following or FinetuneParams()
+    short = FinetuneParams(
+        epochs=epochs,
+        lr=recipe.lr,
+        distill=recipe.distill if context.has_reference else 0.0,
+        distill_temperature=recipe.distill_temperature,
+        recalibrate_bn=recipe.recalibrate_bn,
+        reinsert_bn=recipe.reinsert_bn,
+    )
+    run_context = dataclasses.replace(context, stage_id=f"{context.stage_id}.{label}", next_params=None)
+    FinetuneRunner().run(short, run_context, EngineState(model=model))
 
 
 class FinetuneRunner:

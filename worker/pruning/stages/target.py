@@ -30,7 +30,6 @@ against the bound (the acceptance gate's ``checks.target``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import tempfile
 import time
@@ -194,22 +193,9 @@ class _Search:
         return {"measured": point["latency_ms"], "passed": point["latency_ci95_ms"][1] <= self.target.latency_ms}
 
     def _short_finetune(self, candidate: nn.Module) -> None:
-        from worker.pruning.stages.finetune import FinetuneRunner
+        from worker.pruning.stages.finetune import short_finetune
 
-        following = self.context.next_params if isinstance(self.context.next_params, FinetuneParams) else None
-        recipe = following or FinetuneParams()
-        short = FinetuneParams(
-            epochs=self.short_epochs,
-            lr=recipe.lr,
-            distill=recipe.distill if self.context.has_reference else 0.0,
-            distill_temperature=recipe.distill_temperature,
-            recalibrate_bn=recipe.recalibrate_bn,
-            reinsert_bn=recipe.reinsert_bn,
-        )
-        run_context = dataclasses.replace(
-            self.context, stage_id=f"{self.context.stage_id}.candidate-{self.count}", next_params=None
-        )
-        FinetuneRunner().run(short, run_context, EngineState(model=candidate))
+        short_finetune(candidate, self.context, self.short_epochs, f"candidate-{self.count}")
 
 
 def run_target_search(params: PruneChannelsParams, context: StageContext, state: EngineState) -> None:
