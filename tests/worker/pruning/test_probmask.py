@@ -308,3 +308,16 @@ def test_batchnorm_statistics_are_re_estimated_under_the_final_mask():
     recalibrate_batchnorm(model, data.x_train, batch_size=32, seed=3)
     for bn, (mean, var) in zip(bns, stats, strict=True):
         assert torch.allclose(bn.running_mean, mean, atol=1e-6) and torch.allclose(bn.running_var, var, atol=1e-6)
+
+
+def test_a_budget_of_fewer_steps_than_the_measured_regime_warns_and_a_long_one_does_not(monkeypatch):
+    import worker.pruning.probmask as probmask
+
+    data = make_data((1, 16), n_train=192, n_val=64)
+    torch.manual_seed(0)
+    short = run_probmask(MLP(), data, PM_CONFIG, sparsity=0.8)
+    assert short["steps"] < probmask.SHORT_BUDGET_STEPS
+    assert any(f"ran {short['steps']} optimizer steps" in w for w in short["warnings"])
+    monkeypatch.setattr(probmask, "SHORT_BUDGET_STEPS", short["steps"])  # the same run counts as long enough
+    torch.manual_seed(0)
+    assert not any("optimizer steps" in w for w in run_probmask(MLP(), data, PM_CONFIG, sparsity=0.8)["warnings"])

@@ -57,6 +57,14 @@ def test_probmask_leaves_masks_at_the_requested_sparsity():
     assert kept == round(0.25 * total)
     info = state.extras["probmask"]  # the report's probmask section, with the score lr scaled to the steps
     assert info["score_lr"] > 6e-3 and info["steps"] == 2 * 3 and 0.0 <= info["undecided"] <= 1.0
+    assert any("not followed by a finetune stage" in w for w in info["warnings"])
+
+
+def test_probmask_followed_by_a_finetune_does_not_warn_about_a_missing_finetune():
+    state = EngineState(model=model(MLP))
+    params = ProbMaskParams(sparsity=0.75, epochs=1)
+    runner_for(params).run(params, context(SPEC, teacher=model(MLP), next_params=FinetuneParams()), state)
+    assert not any("not followed by a finetune stage" in w for w in state.extras["probmask"]["warnings"])
 
 
 def test_finetune_keeps_probmask_masks_fixed_and_can_restore_its_best_epoch():
