@@ -12,9 +12,9 @@ from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec
 def test_the_default_finetune_budget_is_a_number_of_steps_that_scales_with_the_dataset():
     params = FinetuneParams()
     assert params.epochs is None and params.distill > 0  # distillation from the dense model on by default
-    assert params.resolved_epochs(n_train=3200, batch_size=128) == 40  # 25 steps per epoch, 1000 steps
+    assert params.resolved_epochs(n_train=3200, batch_size=128) == 60  # 25 steps per epoch, 1500 steps
     assert params.resolved_epochs(n_train=1_280_000, batch_size=128) == 10  # big data: at least 10 epochs
-    assert params.resolved_epochs(n_train=500, batch_size=128) == 100  # tiny data: at most 100 epochs
+    assert params.resolved_epochs(n_train=500, batch_size=128) == 200  # tiny data: at most 200 epochs
     assert FinetuneParams(epochs=3).resolved_epochs(n_train=3200, batch_size=128) == 3
 
 

@@ -32,7 +32,7 @@ from worker.pruning.training import (
 
 def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> int:
     """``epochs``; or the whole epochs that hold ``steps`` optimizer steps; or the default
-    budget (:meth:`FinetuneParams.resolved_epochs`: 1000 steps, 10–100 epochs)."""
+    budget (:meth:`FinetuneParams.resolved_epochs`: 1500 steps, 10–200 epochs)."""
     return params.resolved_epochs(n_train, batch_size)
 
 

@@ -43,7 +43,7 @@ def test_a_finetune_budget_in_steps_becomes_whole_epochs_of_that_dataset():
     assert runner.planned_epochs(FinetuneParams(epochs=10), n_train=1000, batch_size=100) == 10
     assert runner.planned_epochs(FinetuneParams(steps=25), n_train=1000, batch_size=100) == 3
     assert runner.planned_epochs(FinetuneParams(steps=25), n_train=10_000, batch_size=100) == 1
-    assert runner.planned_epochs(FinetuneParams(), n_train=1000, batch_size=100) == 100  # default: 1000 steps
+    assert runner.planned_epochs(FinetuneParams(), n_train=1000, batch_size=100) == 150  # default: 1500 steps
 
 
 def test_a_finetune_budget_in_both_epochs_and_steps_is_refused():

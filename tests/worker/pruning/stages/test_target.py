@@ -135,7 +135,7 @@ def test_the_search_plans_its_short_finetunes_as_half_the_following_finetune_unl
     runner = runner_for(PruneChannelsParams())
     quality = PruneChannelsParams(target={"max_accuracy_drop": 1.0})
     assert runner.planned_epochs(quality, 1000, 100, FinetuneParams(epochs=10)) == 5 * 5
-    assert runner.planned_epochs(quality, 1000, 100, None) == 5 * 50  # the default finetune: 1000 steps, 100 epochs
+    assert runner.planned_epochs(quality, 1000, 100, None) == 5 * 75  # the default finetune: 1500 steps, 150 epochs
     stepped = PruneChannelsParams(target={"max_accuracy_drop": 1.0, "steps": 25, "candidates": 3})
     assert runner.planned_epochs(stepped, 1000, 100, FinetuneParams(epochs=10)) == 3 * 3
     assert runner.planned_epochs(PruneChannelsParams(target={"macs": 0.3}), 1000, 100, FinetuneParams()) == 0
