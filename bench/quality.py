@@ -351,6 +351,47 @@ def early_bird(runs: dict, data, b: dict, seed: int, ratio: float = 0.5) -> dict
     return rows
 
 
+def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, width: float, ratio: float = 0.5) -> dict:
+    """Spline-EB as a job runs it: the service's ``early_bird`` stage from the same initial weights as
+    the dense run (constant lr ``b["lr"]`` until the ticket, at most ``b["dense"]`` epochs; the ticket
+    applied as drawn: spline, layerwise), then ``b["finetune"]`` epochs; against the fully trained
+    (cosine) dense model pruned by the service's default ``prune_channels`` at the same ratio and
+    finetuned the same epochs."""
+    from service.core.spec import EarlyBirdParams, JobSpec, PruneChannelsParams
+    from worker.pruning.stages import EngineState, StageContext, runner_for
+    from worker.pruning.training import TrainHooks
+
+    spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}})
+
+    def context() -> StageContext:
+        return StageContext(
+            data=data, spec=spec, device=torch.device("cpu"), hooks=TrainHooks(), teacher=None, stage_id="0-stage"
+        )
+
+    dense_flops = flops_per_epoch(dense, data)
+    rows: dict = {}
+    torch.manual_seed(seed)  # the dense run's initial weights
+    state = EngineState(model=make_model("shapes32", arch, width))
+    params = EarlyBirdParams(detector="spline", ratio=ratio, max_epochs=b["dense"], lr=b["lr"])
+    runner_for(params).run(params, context(), state)
+    ticket_epochs = state.early_bird["epochs_trained"]
+    rows["spline stage ticket epoch"] = state.early_bird["epoch"] if state.early_bird["found"] else float("nan")
+    rows["spline stage epochs trained"] = ticket_epochs
+    full = EngineState(model=copy.deepcopy(dense))
+    prune = PruneChannelsParams(ratio=ratio)
+    runner_for(prune).run(prune, context(), full)
+    for kind, st, epochs in (("EB", state, ticket_epochs), ("full", full, b["dense"])):
+        rows[f"spline stage {kind} (before finetune)"] = test_acc(st.model, data)
+        train(st.model, data, config(b, seed, b["finetune"], b["ft_lr"]))
+        rows[f"spline stage {kind}"] = test_acc(st.model, data)
+        flops = epochs * dense_flops + b["finetune"] * flops_per_epoch(st.model, data)
+        rows[f"spline stage {kind} training GFLOPs"] = flops / 1e9
+    rows["spline stage EB / full training FLOPs"] = (
+        rows["spline stage EB training GFLOPs"] / rows["spline stage full training GFLOPs"]
+    )
+    return rows
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -385,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         default=["unstructured", "structured", "early_bird"],
-        choices=["unstructured", "structured", "early_bird"],
+        choices=["unstructured", "structured", "early_bird", "early_bird_stage"],
+        help="early_bird_stage (shapes32): the service's early_bird stage (constant lr until the ticket)",
     )
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
@@ -434,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
                     elif part == "structured":
                         rows = structured(dense, data, b, seed)
+                    elif part == "early_bird_stage":
+                        rows = early_bird_stage(dense, data, b, seed, args.arch, args.width)
                     else:
                         rows = early_bird(runs, data, b, seed)
                 except Exception as exc:  # one failing part must not lose the others' (long) runs
