@@ -135,6 +135,22 @@ class Client:
             files = {"file": (path.name, stream, "application/octet-stream")}
             return self._check(self.http.post(f"/v1/{resource}", files=files, data=fields)).json()
 
+    def upload_job(self, spec: dict, model: Path, dataset: Path | None, headers: dict) -> dict:
+        """POST /v1/jobs/upload: the spec and the files in one multipart request."""
+        with open(model, "rb") as model_stream:
+            files = {"model": (model.name, model_stream, "application/octet-stream")}
+            if dataset is None:
+                response = self.http.post(
+                    "/v1/jobs/upload", files=files, data={"spec": json.dumps(spec)}, headers=headers
+                )
+                return self._check(response).json()
+            with open(dataset, "rb") as dataset_stream:
+                files["dataset"] = (dataset.name, dataset_stream, "application/octet-stream")
+                response = self.http.post(
+                    "/v1/jobs/upload", files=files, data={"spec": json.dumps(spec)}, headers=headers
+                )
+                return self._check(response).json()
+
     def get(self, path: str) -> dict:
         return self._check(self.http.get(path)).json()
 
@@ -178,7 +194,9 @@ def _wait_ready(client: Client, resource: str, item: dict) -> dict:
 
 def _progress_line(job: dict) -> str:
     progress = job.get("progress") or {}
-    epoch = f" epoch {progress['epoch']}/{progress['epochs']}" if "epoch" in progress else ""
+    epoch = ""
+    if progress.get("epoch") is not None:
+        epoch = f" epoch {progress['epoch']}" + (f"/{progress['epochs']}" if progress.get("epochs") else "")
     percent = progress.get("percent")
     bar = ""
     if percent is not None:
@@ -216,6 +234,31 @@ def _exit_code(job: dict) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     spec = _load_spec(args.spec)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    dataset_is_file = args.dataset and not args.dataset.startswith(("s3://", "ds_"))
+    if headers and not args.architecture and (dataset_is_file or not args.dataset):
+        # one request (POST /v1/jobs/upload): a retry with the same key sends the same files and
+        # spec, so it replays the job; separate uploads would get new ids and a different body
+        job = _submit_in_one_request(client, spec, Path(args.model), args.dataset, headers)
+    else:
+        job = _submit_after_uploads(client, spec, args, headers)
+    if not args.json:
+        print(f"job {job['id']} {job['status']}", file=sys.stderr)
+    if args.wait or args.download:
+        job = _wait_job(client, job, args.json)
+        if args.download and job["status"] == "succeeded":
+            _download_all(client, job, Path(args.download))
+    return _finish(job, args, waited=args.wait or bool(args.download))
+
+
+def _submit_in_one_request(client: Client, spec: dict, model: Path, dataset: str | None, headers: dict) -> dict:
+    if dataset in {"mnist1d", "digits"}:
+        spec["dataset"] = {"builtin": dataset}
+        return client.upload_job(spec, model, None, headers)
+    return client.upload_job(spec, model, Path(dataset) if dataset else None, headers)
+
+
+def _submit_after_uploads(client: Client, spec: dict, args: argparse.Namespace, headers: dict | None) -> dict:
     model = client.upload(
         "models", Path(args.model), **({"architecture": args.architecture} if args.architecture else {})
     )
@@ -228,15 +271,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         spec["dataset_id"] = _wait_ready(client, "datasets", client.get(f"/v1/datasets/{args.dataset}"))["id"]
     elif args.dataset:
         spec["dataset_id"] = _wait_ready(client, "datasets", client.upload("datasets", Path(args.dataset)))["id"]
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    job = client.post("/v1/jobs", spec, headers=headers)
-    if not args.json:
-        print(f"job {job['id']} {job['status']}", file=sys.stderr)
-    if args.wait or args.download:
-        job = _wait_job(client, job, args.json)
-        if args.download and job["status"] == "succeeded":
-            _download_all(client, job, Path(args.download))
-    return _finish(job, args, waited=args.wait or bool(args.download))
+    return client.post("/v1/jobs", spec, headers=headers)
 
 
 def _finish(job: dict, args: argparse.Namespace, waited: bool) -> int:
@@ -343,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--architecture", help="zoo architecture of a safetensors model")
     submit.add_argument("--wait", action="store_true")
     submit.add_argument("--download", metavar="DIR")
-    submit.add_argument("--idempotency-key")
+    submit.add_argument(
+        "--idempotency-key",
+        help="a retry with the same key returns the same job (the files and spec go in one request; "
+        "with an s3:// or ds_ dataset or --architecture the model is uploaded first and a retry gets a 422)",
+    )
     submit.set_defaults(func=cmd_submit)
 
     for name, func, help_ in (("status", cmd_status, "show a job"), ("cancel", cmd_cancel, "cancel a job")):

@@ -418,11 +418,16 @@ async def job_events(job_id: str, request: Request, tenant: TenantDep) -> Stream
 def _finished_job(session, job_id: str, tenant: str) -> JobRecord:
     job = _job(session, job_id, tenant)
     if job.status != "succeeded":
+        finished = job.status in {"failed", "cancelled"}
         raise Problem(
             409,
             "job-not-succeeded",
-            f"Job {job_id} is {job.status}; artifacts exist only once it "
-            "succeeded. Poll GET /v1/jobs/{id} until then.",
+            f"Job {job_id} is {job.status}; artifacts exist only once it succeeded. "
+            + (
+                f"It will not: GET /v1/jobs/{job_id} says why, and a new job is needed."
+                if finished
+                else f"Poll GET /v1/jobs/{job_id} until then."
+            ),
         )
     return job
 

@@ -153,3 +153,18 @@ def test_the_label_free_example_gates_on_fidelity_with_exit_codes_0_and_2(deploy
     )
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert json.loads(failed.stdout)["result"]["acceptance"]["checks"]["max_relative_error"]["passed"] is False
+
+
+def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
+    deployment_embedded, model_and_data, tmp_path: Path
+) -> None:
+    base, key = deployment_embedded
+    model_path, data_path, _ = model_and_data
+    (tmp_path / "spec.yaml").write_text("pipeline: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n")
+    argv = ["submit", str(model_path), "--dataset", str(data_path), "--spec", str(tmp_path / "spec.yaml"), "--json"]
+    first = _cli(base, key, *argv, "--idempotency-key", "ci-42-prune")
+    again = _cli(base, key, *argv, "--idempotency-key", "ci-42-prune")
+    other = _cli(base, key, *argv, "--idempotency-key", "ci-43-prune")
+    assert first.returncode == again.returncode == other.returncode == 0, first.stderr + again.stderr + other.stderr
+    assert json.loads(again.stdout)["id"] == json.loads(first.stdout)["id"]
+    assert json.loads(other.stdout)["id"] != json.loads(first.stdout)["id"]

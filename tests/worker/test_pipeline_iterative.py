@@ -42,6 +42,8 @@ def test_an_iterative_job_reports_every_step_and_ends_at_the_one_shot_size(tmp_p
     section = stepped["structure"]["iterative_pruning"]
     assert section["iterations"] == 2 and section["epochs_between"] == 1
     assert [s["step"] for s in section["steps"]] == [1, 2] and "accuracy_finetuned" in section["steps"][0]
+    assert [s["kept_fraction"] for s in section["steps"]] == [0.75, 0.5]
+    assert all(1.0 < s["accuracy_pruned"] <= 100.0 for s in section["steps"])  # percent, like the report
     assert "iterative_pruning" not in one_shot["structure"]
     epochs = [e for e in events if e.get("epoch") is not None]
     assert epochs[0]["stage"] == "0-prune_channels.iteration-1"

@@ -314,6 +314,10 @@ def test_artifacts_of_unfinished_and_failed_jobs_answer_409(client, model_id) ->
     for job_id in (queued, failed):
         for suffix in ("artifacts", "artifacts/model.onnx", "report", "report.html"):
             problem(client.get(f"/v1/jobs/{job_id}/{suffix}"), 409, "job-not-succeeded")
+    queued_detail = client.get(f"/v1/jobs/{queued}/artifacts").json()["detail"]
+    failed_detail = client.get(f"/v1/jobs/{failed}/artifacts").json()["detail"]
+    assert f"Poll GET /v1/jobs/{queued} until then" in queued_detail  # the job's id, not a template
+    assert "It will not" in failed_detail and "Poll" not in failed_detail
 
 
 # ----------------------------------------------------------------------------- webhooks

@@ -105,13 +105,13 @@ def apply_iterative_pruning(params: PruneChannelsParams, context: StageContext, 
         first = first or result
         point = {
             "step": step,
-            "ratio": ratio,
+            "kept_fraction": 1.0 - params.ratio * step / params.iterations,
             "macs": result.macs_after,
-            "accuracy_pruned": context.evaluate(state.model),
+            "accuracy_pruned": _percent(context.evaluate(state.model)),
         }
         if step < params.iterations and epochs > 0:
             short_finetune(state.model, context, epochs, f"iteration-{step}")
-            point["accuracy_finetuned"] = context.evaluate(state.model)
+            point["accuracy_finetuned"] = _percent(context.evaluate(state.model))
         steps.append(point)
     whole = dataclasses.replace(
         result,
@@ -121,6 +121,10 @@ def apply_iterative_pruning(params: PruneChannelsParams, context: StageContext, 
     )
     record_pruning(whole, context, state)
     state.extras["iterative_pruning"] = {"iterations": params.iterations, "epochs_between": epochs, "steps": steps}
+
+
+def _percent(accuracy: float | None) -> float | None:
+    return None if accuracy is None else 100.0 * accuracy
 
 
 class PruneChannelsRunner:
