@@ -37,8 +37,15 @@ def _dispatch(request: Request, job_id: str) -> None:
     dispatch_job(state.sessions, state.celery, state.settings, job_id)
 
 
+def _field_path(loc: tuple) -> str:
+    """``pipeline.0.prune_channels.ratio``: a stage's name appears once (pydantic's location
+    repeats it: the tag of the stage union, then the stage's field)."""
+    parts = [str(p) for p in loc]
+    return ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])
+
+
 def _problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
-    errors = [{"field": prefix + ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
+    errors = [{"field": prefix + _field_path(e["loc"]), "message": e["msg"]} for e in error.errors()]
     fields = ", ".join(e["field"].rstrip(".") or "body" for e in errors)
     return Problem(
         422,

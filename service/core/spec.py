@@ -8,9 +8,19 @@ shared/ALGORITHMS.md: early-bird [EB]/[SPLINE], spline channel scoring [SPLINE],
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from service.core.registry import CRITERION_NAMES
 
@@ -330,7 +340,30 @@ EarlyBirdStage = STAGE_ENTRIES["early_bird"]
 PruneChannelsStage = STAGE_ENTRIES["prune_channels"]
 ProbMaskStage = STAGE_ENTRIES["probmask"]
 FinetuneStage = STAGE_ENTRIES["finetune"]
-Stage = Union[tuple(STAGE_ENTRIES.values())]  # noqa: UP007 - built from the table
+
+
+def _stage_name(entry: Any) -> str | None:
+    """Which stage a pipeline entry is: its one key (a built entry: its field), so that a
+    mistake inside a stage is reported against that stage alone, not against every stage."""
+    if isinstance(entry, StageEntry):
+        return entry.name
+    if isinstance(entry, dict) and len(entry) == 1:
+        return next(iter(entry))
+    return None
+
+
+Stage = Annotated[
+    Union[tuple(Annotated[entry, Tag(name)] for name, entry in STAGE_ENTRIES.items())],  # noqa: UP007 - built from the table
+    Discriminator(
+        _stage_name,
+        custom_error_type="unknown_stage",
+        custom_error_message=(
+            "a pipeline entry is one stage name as its only key ("
+            + ", ".join(STAGES)
+            + "), e.g. {'prune_channels': {'ratio': 0.5}}"
+        ),
+    ),
+]
 
 
 class ExportParams(Strict):
@@ -496,12 +529,13 @@ class JobSpec(Strict):
             raise ValueError("give only one of dataset_id (an uploaded dataset) or dataset.builtin")
         return self
 
-    @model_validator(mode="after")
-    def _stage_order(self) -> JobSpec:
+    @field_validator("pipeline")
+    @classmethod
+    def _stage_order(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
         """Channel removal (``prune_channels``, ``early_bird``) after ``probmask`` would change the
         shapes of the weight masks ProbMask fixed (and dense early-bird training would revive the
         zeros): refused, with the order that works."""
-        names = self.stage_names()
+        names = [stage.name for stage in pipeline]
         if "probmask" in names:
             first = names.index("probmask")
             late = [n for n in names[first + 1 :] if n in ("prune_channels", "early_bird")]
@@ -511,16 +545,17 @@ class JobSpec(Strict):
                     f"ProbMask masked); put '{late[0]}' before 'probmask', e.g. "
                     f"[{late[0]}, probmask, finetune]"
                 )
-        return self
+        return pipeline
 
-    @model_validator(mode="after")
-    def _one_target(self) -> JobSpec:
+    @field_validator("pipeline")
+    @classmethod
+    def _one_target(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
         """One target per job: the acceptance gate confirms the final model against it, and a
         second search would start from a model the first one already sized for the same job."""
-        targets = [s for s in self.pipeline if getattr(s.params, "target", None) is not None]
+        targets = [s for s in pipeline if getattr(s.params, "target", None) is not None]
         if len(targets) > 1:
             raise ValueError("pipeline: at most one prune_channels stage may have a target")
-        return self
+        return pipeline
 
     def stage_names(self) -> list[str]:
         return [stage.name for stage in self.pipeline]
