@@ -26,7 +26,7 @@ def test_a_job_is_accepted_queued_with_its_resolved_spec_and_location(client, mo
     job = response.json()
     assert job["status"] == "queued"
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert job["spec"]["pipeline"][0]["prune_channels"]["criterion"] == "spline"
+    assert job["spec"]["pipeline"][0]["prune_channels"]["criterion"] == "l1"
     assert job["spec"]["acceptance"]["max_accuracy_drop"] == 1.0
 
 
