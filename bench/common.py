@@ -264,3 +264,22 @@ def write_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).write_text(text)
     print(text)
+
+
+def cpu_stage_context(data, spec, teacher, stage_id: str = "0-stage", next_params=None):
+    """A job's StageContext on the CPU with no hooks: how the benchmarks run the stage runners
+    (worker.pruning.stages) exactly as a job's stages, outside a job."""
+    import torch
+
+    from worker.pruning.stages import StageContext
+    from worker.pruning.training import TrainHooks
+
+    return StageContext(
+        data=data,
+        spec=spec,
+        device=torch.device("cpu"),
+        hooks=TrainHooks(),
+        teacher=teacher,
+        stage_id=stage_id,
+        next_params=next_params,
+    )

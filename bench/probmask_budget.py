@@ -28,12 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import cpu_stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
 from worker.io.zoo import build  # noqa: E402
 from worker.pruning.baselines import global_magnitude_prune  # noqa: E402
-from worker.pruning.stages import EngineState, StageContext, runner_for  # noqa: E402
-from worker.pruning.training import TrainConfig, TrainHooks, evaluate, train  # noqa: E402
+from worker.pruning.stages import EngineState, runner_for  # noqa: E402
+from worker.pruning.training import TrainConfig, evaluate, train  # noqa: E402
 
 CACHE = Path(".bench-cache/probmask_budget")
 
@@ -52,16 +53,7 @@ def dense_model(data, seed: int) -> torch.nn.Module:
 
 
 def run_stage(params, dense, data, spec, state: EngineState, next_params=None) -> None:
-    context = StageContext(
-        data=data,
-        spec=spec,
-        device=torch.device("cpu"),
-        hooks=TrainHooks(),
-        teacher=dense,
-        stage_id="0-stage",
-        next_params=next_params,
-    )
-    runner_for(params).run(params, context, state)
+    runner_for(params).run(params, cpu_stage_context(data, spec, dense, next_params=next_params), state)
 
 
 def percent(model, data) -> float:

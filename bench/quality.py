@@ -384,18 +384,16 @@ def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, widt
     """Spline-EB as a job runs it: the service's ``early_bird`` stage from the same initial weights as
     the dense run (constant lr ``b["lr"]`` until the ticket, at most ``b["dense"]`` epochs; the ticket
     applied as drawn: spline, layerwise), then ``b["finetune"]`` epochs; against the fully trained
-    (cosine) dense model pruned by the service's default ``prune_channels`` at the same ratio and
-    finetuned the same epochs."""
+    (cosine) dense model pruned by the ``prune_channels`` stage with the same criterion (spline) and
+    ratio and finetuned the same epochs."""
+    from bench.common import cpu_stage_context
     from service.core.spec import EarlyBirdParams, JobSpec, PruneChannelsParams
-    from worker.pruning.stages import EngineState, StageContext, runner_for
-    from worker.pruning.training import TrainHooks
+    from worker.pruning.stages import EngineState, runner_for
 
     spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}})
 
-    def context() -> StageContext:
-        return StageContext(
-            data=data, spec=spec, device=torch.device("cpu"), hooks=TrainHooks(), teacher=None, stage_id="0-stage"
-        )
+    def context():
+        return cpu_stage_context(data, spec, None)
 
     dense_flops = flops_per_epoch(dense, data)
     rows: dict = {}
@@ -407,7 +405,7 @@ def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, widt
     rows["spline stage ticket epoch"] = state.early_bird["epoch"] if state.early_bird["found"] else float("nan")
     rows["spline stage epochs trained"] = ticket_epochs
     full = EngineState(model=copy.deepcopy(dense))
-    prune = PruneChannelsParams(ratio=ratio)
+    prune = PruneChannelsParams(criterion="spline", ratio=ratio)  # the ticket's criterion
     runner_for(prune).run(prune, context(), full)
     for kind, st, epochs in (("EB", state, ticket_epochs), ("full", full, b["dense"])):
         rows[f"spline stage {kind} (before finetune)"] = test_acc(st.model, data)

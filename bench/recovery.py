@@ -32,12 +32,13 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.common import cpu_stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams, TrainingParams  # noqa: E402
 from worker.io.data import DataSplits  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
 from worker.io.zoo import build  # noqa: E402
-from worker.pruning.stages import EngineState, StageContext, runner_for  # noqa: E402
-from worker.pruning.training import TrainConfig, TrainHooks, count_macs_params, evaluate, train  # noqa: E402
+from worker.pruning.stages import EngineState, runner_for  # noqa: E402
+from worker.pruning.training import TrainConfig, count_macs_params, evaluate, train  # noqa: E402
 
 RECIPES = {
     "old": {"epochs": 10, "lr": 0.01, "distill": 0.0},  # the service default before issue 10
@@ -156,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         macs_dense, _ = count_macs_params(dense, data.x_val[:1])
         for recipe in args.recipes:
             model = copy.deepcopy(dense)
-            context = StageContext(
-                data=data,
-                spec=spec,
-                device=torch.device("cpu"),
-                hooks=TrainHooks(),
-                teacher=dense,
-                stage_id=f"ft-{recipe}",
-            )
+            context = cpu_stage_context(data, spec, dense, f"ft-{recipe}")
             state = EngineState(model=model)
             runner_for(PruneChannelsParams()).run(PruneChannelsParams(), context, state)  # the default structured stage
             model = state.model

@@ -35,13 +35,14 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.common import cpu_stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams, TrainingParams  # noqa: E402
 from worker.io.data import DataSplits  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
 from worker.io.onnx.convert import load_onnx  # noqa: E402
 from worker.io.zoo import build  # noqa: E402
-from worker.pruning.stages import EngineState, StageContext, runner_for  # noqa: E402
-from worker.pruning.training import TrainConfig, TrainHooks, count_macs_params, evaluate, train  # noqa: E402
+from worker.pruning.stages import EngineState, runner_for  # noqa: E402
+from worker.pruning.training import TrainConfig, count_macs_params, evaluate, train  # noqa: E402
 
 HELD_OUT = ("digits_cnn", "vgg", "mobilenet")
 
@@ -136,15 +137,8 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
     spec = JobSpec(seed=seed, training=TrainingParams())
     model = copy.deepcopy(dense)
     params = FinetuneParams(**finetune)
-    context = StageContext(
-        data=data,
-        spec=spec,
-        device=torch.device("cpu"),
-        hooks=TrainHooks(),
-        teacher=dense,
-        stage_id="1-finetune",
-        next_params=params,  # iterative pruning's short finetunes use the following finetune's recipe
-    )
+    # iterative pruning's short finetunes use the following finetune's recipe
+    context = cpu_stage_context(data, spec, dense, "1-finetune", next_params=params)
     state = EngineState(model=model)
     t0 = time.perf_counter()
     prune_params = PruneChannelsParams(**prune)
