@@ -131,11 +131,8 @@ def upload(base: str, headers: dict, path: Path, pid: int, client: str = "curl")
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        while block := stream.read(4 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def plain_copy(path: Path, target_dir: Path) -> dict:

@@ -42,6 +42,27 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.nd
     return ((np.abs(u) < arm) & (np.abs(v) < r)) | ((np.abs(v) < arm) & (np.abs(u) < r))
 
 
+def _placed_masks(
+    kinds: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    r: np.ndarray,
+    theta: np.ndarray,
+) -> np.ndarray:
+    """(n, 32, 32) masks: shape ``kinds[i]`` of radius ``r[i]`` centred at (cx, cy), rotated by theta."""
+    n = len(kinds)
+    dx, dy = x - cx[:, None, None], y - cy[:, None, None]
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+    mask = np.zeros((n, SIZE, SIZE), dtype=bool)
+    for k in range(len(SHAPES)):
+        sel = kinds == k
+        mask[sel] = _shape_mask(k, u[sel], v[sel], r[sel][:, None, None])
+    return mask
+
+
 def _texture(kind: int, x: np.ndarray, y: np.ndarray, phi: np.ndarray, freq: np.ndarray) -> np.ndarray:
     """A texture in [0, 1]: a grating along ``phi`` or a checkerboard rotated by ``phi``."""
     a = x * np.cos(phi) + y * np.sin(phi)
@@ -84,14 +105,7 @@ def generate(n: int, seed: int, noise: float = 0.08, clutter: int = 2) -> tuple[
         cx, cy = rng.uniform(-13, 13, n), rng.uniform(-13, 13, n)
         r = rng.uniform(2.0, 3.5, n)
         theta = rng.uniform(0, 2 * np.pi, n)
-        dx, dy = x - col(cx), y - col(cy)
-        u = dx * np.cos(col(theta)) + dy * np.sin(col(theta))
-        v = -dx * np.sin(col(theta)) + dy * np.cos(col(theta))
-        mask = np.zeros((n, SIZE, SIZE), dtype=bool)
-        for k in range(len(SHAPES)):
-            sel = kind == k
-            mask[sel] = _shape_mask(k, u[sel], v[sel], col(r[sel]))
-        mask &= col(present)
+        mask = _placed_masks(kind, x, y, cx, cy, r, theta) & col(present)
         tex = _texture(0, x, y, col(rng.uniform(0, np.pi, n)), col(rng.uniform(0.15, 0.35, n)))
         tex_checker = _texture(1, x, y, col(rng.uniform(0, np.pi, n)), col(rng.uniform(0.1, 0.2, n)))
         other = 1 - (labels % 2)  # the texture the object does not have
@@ -103,13 +117,7 @@ def generate(n: int, seed: int, noise: float = 0.08, clutter: int = 2) -> tuple[
     r = rng.uniform(8.0, 13.0, n)
     cx, cy = rng.uniform(-14, 14, n) * (16 - r) / 16, rng.uniform(-14, 14, n) * (16 - r) / 16
     theta = rng.uniform(0, 2 * np.pi, n)
-    dx, dy = x - col(cx), y - col(cy)
-    u = dx * np.cos(col(theta)) + dy * np.sin(col(theta))
-    v = -dx * np.sin(col(theta)) + dy * np.cos(col(theta))
-    mask = np.zeros((n, SIZE, SIZE), dtype=bool)
-    for k in range(len(SHAPES)):
-        sel = shape == k
-        mask[sel] = _shape_mask(k, u[sel], v[sel], col(r[sel]))
+    mask = _placed_masks(shape, x, y, cx, cy, r, theta)
     phi = rng.uniform(0, np.pi, n)
     grating = _texture(0, x, y, col(phi), col(rng.uniform(0.12, 0.25, n)))
     checker = _texture(1, x, y, col(phi), col(rng.uniform(0.08, 0.15, n)))

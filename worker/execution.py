@@ -108,11 +108,8 @@ class Heartbeat:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore) -> str:

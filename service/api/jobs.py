@@ -38,10 +38,12 @@ def _dispatch(request: Request, job_id: str) -> None:
 
 
 def _field_path(loc: tuple) -> str:
-    """``pipeline.0.prune_channels.ratio``: a stage's name appears once (pydantic's location
-    repeats it: the tag of the stage union, then the stage's field)."""
+    """``pipeline.0.prune_channels.ratio``: a stage's name appears once (pydantic's location of
+    a pipeline entry repeats it: the tag of the stage union, then the stage's field)."""
     parts = [str(p) for p in loc]
-    return ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])
+    if len(parts) >= 4 and parts[0] == "pipeline" and parts[2] == parts[3]:
+        del parts[3]
+    return ".".join(parts)
 
 
 def _problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
