@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec
+from service.core.spec import TICKET_FINETUNE_LR, EarlyBirdParams, FinetuneParams, JobSpec
 
 
 def test_the_default_finetune_budget_is_a_number_of_steps_that_scales_with_the_dataset():
@@ -23,6 +23,18 @@ def test_the_resolved_spec_holds_the_per_detector_early_bird_defaults():
     stored = spec.model_dump(mode="json")["pipeline"][0]["early_bird"]
     assert (stored["window"], stored["threshold"], stored["relative_threshold"]) == (4, 0.1, None)
     assert EarlyBirdParams().relative_threshold == 0.5
+
+
+def test_a_finetune_after_early_bird_trains_the_ticket_without_a_teacher_unless_told_otherwise():
+    spec = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {}}])
+    resolved = spec.pipeline[1].params
+    assert (resolved.distill, resolved.lr) == (0.0, TICKET_FINETUNE_LR)  # the upload is the untrained start
+    stored = JobSpec.model_validate(spec.model_dump(mode="json")).pipeline[1].params  # the resolved spec keeps them
+    assert (stored.distill, stored.lr) == (0.0, TICKET_FINETUNE_LR)
+    chosen = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {"distill": 0.5, "lr": 0.02}}]).pipeline[1].params
+    assert (chosen.distill, chosen.lr) == (0.5, 0.02)
+    before = JobSpec(pipeline=[{"finetune": {}}, {"early_bird": {}}]).pipeline[0].params
+    assert (before.distill, before.lr) == (FinetuneParams().distill, None)
 
 
 def test_a_relative_threshold_for_the_bn_detector_is_refused():
