@@ -35,7 +35,7 @@ def test_spline_detector_fires_on_a_model_without_batchnorm():
     history = train(model, DATA, TrainConfig(epochs=30, lr=0.05, batch_size=32), [detector])
     assert detector.found_epoch is not None and detector.found_epoch >= 4  # 3 earlier epochs
     assert len(history) == detector.found_epoch
-    assert max(detector.distances[-1:]) < 0.16
+    assert detector.distances[-1] < detector.effective_threshold <= 0.25
     assert all(0.0 <= d <= 1.0 for d in detector.distances)
 
 
@@ -55,7 +55,7 @@ def test_detectors_stay_quiet_while_the_model_keeps_changing():
                     m.weight.uniform_(0.1, 1.0)
         assert not bn.step(conv)
     assert spline.found_epoch is None and bn.found_epoch is None
-    assert min(spline.distances) > 0.16 and len(spline.distances) == 7
+    assert min(spline.distances) > spline.effective_threshold and len(spline.distances) == 7
 
 
 def test_bn_masks_use_a_global_quantile_and_keep_one_channel_per_layer():
@@ -136,7 +136,7 @@ def test_detector_defaults_are_the_papers():
     from worker.pruning.early_bird import DETECTOR_DEFAULTS
 
     bn, spline = EarlyBirdParams(detector="bn"), EarlyBirdParams(detector="spline")
-    assert (bn.window, bn.threshold) == (4, 0.1) and (spline.window, spline.threshold) == (3, 0.16)
+    assert (bn.window, bn.threshold) == (4, 0.1) and (spline.window, spline.threshold) == (3, 0.25)
     assert BNScaleDetector(ratio=0.5).window == 4 and BNScaleDetector(ratio=0.5).threshold == 0.1
     for detector, params in (("bn", bn), ("spline", spline)):
         expected = DETECTOR_DEFAULTS[detector]
