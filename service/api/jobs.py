@@ -24,7 +24,8 @@ from service.core import artifacts, crud
 from service.core import jobs as job_states
 from service.core.contracts import JobReport
 from service.core.dispatch import dispatch_job
-from service.core.models import JobRecord, new_id
+from service.core.intake.pairing import input_shape_conflict, sample_shape
+from service.core.models import DatasetRecord, JobRecord, ModelRecord, new_id
 from service.core.spec import JOB_SPEC_EXAMPLE, JobSpec
 from service.core.webhooks import CallbackRefused, check_callback_url
 
@@ -98,9 +99,9 @@ def _create_job(
         return existing, False
     if check_inputs:
         with request.app.state.sessions() as session:
-            _check_usable(session, "model", spec.model_id, tenant)
-            if spec.dataset_id:
-                _check_usable(session, "dataset", spec.dataset_id, tenant)
+            model = _check_usable(session, "model", spec.model_id, tenant)
+            dataset = _check_usable(session, "dataset", spec.dataset_id, tenant) if spec.dataset_id else None
+            _check_pair(spec, model, dataset)
     job = JobRecord(
         id=new_id("job"),
         tenant=tenant,
@@ -121,7 +122,7 @@ def _create_job(
     return job, True
 
 
-def _check_usable(session, kind: str, item_id: str, tenant: str) -> None:
+def _check_usable(session, kind: str, item_id: str, tenant: str) -> ModelRecord | DatasetRecord:
     """422 naming the field when the tenant's upload ``item_id`` is missing or was rejected."""
     row = crud.owned_upload(session, kind, item_id, tenant)
     field = f"{kind}_id"
@@ -138,6 +139,25 @@ def _check_usable(session, kind: str, item_id: str, tenant: str) -> None:
             f"{kind}-invalid",
             f"{kind} {item_id} was rejected: {(row.error or {}).get('message')}",
             errors=[{"field": field, "message": f"invalid {kind}"}],
+        )
+    return row
+
+
+def _check_pair(spec: JobSpec, model: ModelRecord, dataset: DatasetRecord | None) -> None:
+    """422 when both inspections are done and the model's declared input cannot take the
+    dataset's samples (service.core.intake.pairing), instead of a job that fails at load."""
+    if model.status != "ready" or (dataset is not None and dataset.status != "ready"):
+        return
+    builtin = spec.dataset.builtin if spec.dataset is not None else None
+    samples = sample_shape(dataset.info if dataset is not None else None, builtin)
+    conflict = input_shape_conflict(model.format, model.info, samples)
+    if conflict is not None:
+        field = "dataset_id" if dataset is not None else "dataset.builtin"
+        raise Problem(
+            422,
+            "input-shape-mismatch",
+            f"Model {model.id} cannot take this dataset: {conflict}.",
+            errors=[{"field": field, "message": "samples do not fit the model's input"}],
         )
 
 

@@ -255,3 +255,28 @@ def test_a_job_with_a_target_stores_it_resolved_and_no_ratio(client, model_id) -
     assert response.status_code == 202, response.text
     stored = response.json()["spec"]["pipeline"][0]["prune_channels"]
     assert stored["ratio"] is None and stored["target"]["latency_ms"] == 2.5 and stored["target"]["batch"] == 1
+
+
+def test_a_dataset_whose_samples_do_not_fit_the_inspected_model_is_refused_before_a_job_is_queued(
+    client, settings, model_id
+) -> None:
+    from worker.inspection import inspect_dataset_upload, inspect_model_upload  # the worker's real inspection
+
+    state = client.app.state
+    datasets = {
+        features: client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(features=features))}).json()["id"]
+        for features in (4, 5)
+    }
+    assert inspect_model_upload(model_id, settings, state.sessions, state.store) == "ready"
+    for dataset_id in datasets.values():
+        assert inspect_dataset_upload(dataset_id, settings, state.sessions, state.store) == "ready"
+    response = client.post("/v1/jobs", json={"model_id": model_id, "dataset_id": datasets[5]})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/input-shape-mismatch")
+    assert "[4]" in problem["detail"] and "[5]" in problem["detail"]  # what the model takes, what the data are
+    assert [error["field"] for error in problem["errors"]] == ["dataset_id"]
+    assert client.get("/v1/jobs").json()["items"] == []
+    assert client.post("/v1/jobs", json={"model_id": model_id, "dataset_id": datasets[4]}).status_code == 202
+    builtin = client.post("/v1/jobs", json={"model_id": model_id, "dataset": {"builtin": "digits"}})
+    assert builtin.status_code == 422 and builtin.json()["errors"][0]["field"] == "dataset.builtin"

@@ -171,6 +171,13 @@ def test_mnist1d_is_generated_offline_without_files_or_global_rng_side_effects(t
     assert set(splits.y_test.tolist()) == set(range(10))
 
 
+@pytest.mark.parametrize("name", ["mnist1d", "digits"])
+def test_the_api_knows_the_sample_shape_of_each_builtin_dataset(name):
+    from service.core.intake.pairing import BUILTIN_SAMPLE_SHAPES
+
+    assert list(builtin_dataset(name).input_shape) == BUILTIN_SAMPLE_SHAPES[name]
+
+
 def test_an_unknown_builtin_dataset_is_rejected():
     with pytest.raises(Rejected) as err:
         builtin_dataset("imagenet")
