@@ -54,7 +54,7 @@ class EarlyBirdParams(Strict):
 
     ``window``, ``threshold`` and ``relative_threshold`` default per detector (the papers'
     values, calibrated for spline): ``bn`` 4 earlier masks (the last 5) within 0.1; ``spline`` 3
-    earlier codes within half the distance of the first epochs, at most 0.25. The resolved spec
+    earlier codes within half the largest distance so far, at most 0.25. The resolved spec
     holds them.
     """
 
@@ -62,7 +62,8 @@ class EarlyBirdParams(Strict):
     ratio: OpenFraction = Field(0.5, description="Channel ratio the ticket is drawn for.")
     max_epochs: Annotated[int, Field(ge=1, le=1000)] = 40
     threshold: Positive | None = Field(
-        None, description="Distance under which masks count as equal. Default: 0.1 for bn ([EB]); 0.25 for spline, a "
+        None,
+        description="Distance under which masks count as equal. Default: 0.1 for bn ([EB]); 0.25 for spline, a "
         "ceiling on the calibrated threshold (relative_threshold; the paper's absolute value was 0.16).",
     )
     window: Annotated[int, Field(ge=1, le=20)] | None = Field(
@@ -72,9 +73,8 @@ class EarlyBirdParams(Strict):
     )
     relative_threshold: OpenFraction | None = Field(
         None,
-        description="spline only: a ticket also needs the distance below this fraction of the largest of "
-        "the first `window` distances (the distance scale of the first epochs). Default 0.5 for spline; not "
-        "used by bn.",
+        description="spline only: a ticket also needs the distance below this fraction of the largest "
+        "distance so far (the run's own distance scale). Default 0.5 for spline; not used by bn.",
     )
     lr: Positive = Field(0.1, description="Constant learning rate of the dense training before the ticket ([EB]).")
 
@@ -250,7 +250,9 @@ class FinetuneParams(Strict):
     epochs: Epochs | None = Field(
         None,
         description="Epochs of finetuning (0: none). Default (null): the epochs that hold `steps` optimizer "
-        "steps on the dataset, so the budget scales with the dataset instead of being a fixed number of epochs.",
+        "steps on the dataset, so the budget scales with the dataset instead of being a fixed number of epochs; "
+        "after an `early_bird` stage, the rest of its `max_epochs` schedule once the ticket is drawn (at least a "
+        "quarter of it): the job trains for the dense schedule, the epochs after the ticket on the pruned network.",
     )
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
         None,
@@ -564,10 +566,11 @@ class JobSpec(Strict):
     @classmethod
     def _ticket_training_defaults(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
         """After ``early_bird`` the uploaded model is where dense training started, not a trained
-        teacher, and the ticket is an unconverged network to train: a finetune there trains with
-        cross-entropy unless ``distill`` is given ([EB] retrains the ticket with cross-entropy; a
-        teacher would also add its forward pass to every step of the cheap phase) and at
-        :data:`TICKET_FINETUNE_LR` unless ``lr`` is given. The resolved spec holds both."""
+        teacher, and the ticket is an unconverged network to train ([EB] retrains it with
+        cross-entropy): unless given, a finetune there trains without distillation (a teacher would
+        also add its forward pass to every step of the cheap phase) and at
+        :data:`TICKET_FINETUNE_LR`; the resolved spec holds both. Its default budget, the rest of
+        the early_bird schedule, is known once the ticket is (worker.pruning.stages.finetune)."""
         names = [stage.name for stage in pipeline]
         if "early_bird" in names:
             for stage in pipeline[names.index("early_bird") + 1 :]:

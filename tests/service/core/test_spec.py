@@ -26,15 +26,17 @@ def test_the_resolved_spec_holds_the_per_detector_early_bird_defaults():
 
 
 def test_a_finetune_after_early_bird_trains_the_ticket_without_a_teacher_unless_told_otherwise():
-    spec = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {}}])
+    spec = JobSpec(pipeline=[{"early_bird": {"max_epochs": 30}}, {"finetune": {}}])
     resolved = spec.pipeline[1].params
-    assert (resolved.distill, resolved.lr) == (0.0, TICKET_FINETUNE_LR)  # the upload is the untrained start
+    # the upload is the untrained start; the budget is the rest of the schedule, known at the ticket
+    assert (resolved.distill, resolved.lr, resolved.epochs) == (0.0, TICKET_FINETUNE_LR, None)
     stored = JobSpec.model_validate(spec.model_dump(mode="json")).pipeline[1].params  # the resolved spec keeps them
-    assert (stored.distill, stored.lr) == (0.0, TICKET_FINETUNE_LR)
-    chosen = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {"distill": 0.5, "lr": 0.02}}]).pipeline[1].params
-    assert (chosen.distill, chosen.lr) == (0.5, 0.02)
+    assert (stored.distill, stored.lr, stored.epochs) == (0.0, TICKET_FINETUNE_LR, None)
+    chosen = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {"distill": 0.5, "lr": 0.02, "steps": 500}}])
+    assert (chosen.pipeline[1].params.distill, chosen.pipeline[1].params.lr) == (0.5, 0.02)
+    assert (chosen.pipeline[1].params.epochs, chosen.pipeline[1].params.steps) == (None, 500)
     before = JobSpec(pipeline=[{"finetune": {}}, {"early_bird": {}}]).pipeline[0].params
-    assert (before.distill, before.lr) == (FinetuneParams().distill, None)
+    assert (before.distill, before.lr, before.epochs) == (FinetuneParams().distill, None, None)
 
 
 def test_a_relative_threshold_for_the_bn_detector_is_refused():

@@ -148,13 +148,33 @@ def test_detector_defaults_are_the_papers():
     assert EarlyBirdParams(detector="bn", window=1, threshold=0.2).window == 1
 
 
-def test_the_spline_threshold_is_calibrated_to_the_distance_of_the_first_epochs():
+def test_the_spline_threshold_is_calibrated_to_the_largest_distance_of_the_run():
     probes = torch.randn(128, 1, 16)
     torch.manual_seed(0)
     base = MLP()
     gen = torch.Generator().manual_seed(1)
     noises = [0.3, 0.3, 0.3, 0.3, 0.1, 0.05, 0.01, 0.01]  # distances fall after the first epochs
+    absolute, calibrated = _absolute_and_calibrated(base, probes, gen, noises)
+    assert absolute.found_epoch == 4  # the earliest epoch the window allows
+    scale = max(calibrated.distances)  # the run's own scale: its largest distance so far
+    assert calibrated.effective_threshold == pytest.approx(0.5 * scale)
+    assert calibrated.found_epoch is not None and calibrated.found_epoch > 4
+    assert calibrated.distances[calibrated.distance_epochs.index(calibrated.found_epoch)] < 0.5 * scale
 
+
+def test_the_calibrated_threshold_follows_a_distance_that_still_rises_after_the_first_epochs():
+    torch.manual_seed(0)
+    base = MLP()
+    probes = select_probes(DATA.x_train, n=128)
+    gen = torch.Generator().manual_seed(1)
+    noises = [0.02, 0.02, 0.02, 0.02, 0.4, 0.4, 0.4, 0.02, 0.02]  # the largest movement comes at epochs 5-7
+    _, calibrated = _absolute_and_calibrated(base, probes, gen, noises)
+    early = max(calibrated.distances[:3])
+    assert max(calibrated.distances) > 2 * early  # the first window understated the scale
+    assert calibrated.effective_threshold == pytest.approx(0.5 * max(calibrated.distances))
+
+
+def _absolute_and_calibrated(base, probes, gen, noises):
     def models():
         for sigma in noises:
             m = MLP()
@@ -169,11 +189,7 @@ def test_the_spline_threshold_is_calibrated_to_the_distance_of_the_first_epochs(
     for m in models():
         absolute.step(m)
         calibrated.step(m)
-    assert absolute.found_epoch == 4  # the earliest epoch the window allows
-    scale = max(calibrated.distances[:3])
-    assert calibrated.effective_threshold == pytest.approx(0.5 * scale)
-    assert calibrated.found_epoch is not None and calibrated.found_epoch > 4
-    assert calibrated.distances[calibrated.distance_epochs.index(calibrated.found_epoch)] < 0.5 * scale
+    return absolute, calibrated
 
 
 def test_the_early_bird_phase_trains_at_a_constant_learning_rate():

@@ -36,6 +36,18 @@ def finetune_epochs(params: FinetuneParams, n_train: int, batch_size: int) -> in
     return params.resolved_epochs(n_train, batch_size)
 
 
+def ticket_finetune_epochs(params: FinetuneParams, state: EngineState) -> int | None:
+    """The default budget of a finetune after ``early_bird`` ([EB]: the ticket trains for the
+    rest of the dense schedule, on the pruned network): ``max_epochs`` − the epochs trained
+    before the ticket, at least a quarter of ``max_epochs``. None when a budget was given or no
+    early_bird stage ran."""
+    ticket = state.early_bird
+    if ticket is None or params.epochs is not None or params.steps is not None:
+        return None
+    schedule = int(ticket["max_epochs"])
+    return max(schedule - int(ticket["epochs_trained"]), -(-schedule // 4))
+
+
 def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:
     """``lr``; by default 0.05 after BatchNorm was re-inserted (filters at their initial norm,
     as in training from scratch), else 0.01."""
@@ -68,7 +80,9 @@ class FinetuneRunner:
         return finetune_epochs(params, n_train, batch_size)
 
     def run(self, params: FinetuneParams, context: StageContext, state: EngineState) -> None:
-        epochs = finetune_epochs(params, len(context.data.x_train), context.spec.training.batch_size)
+        epochs = ticket_finetune_epochs(params, state)
+        if epochs is None:
+            epochs = finetune_epochs(params, len(context.data.x_train), context.spec.training.batch_size)
         if epochs == 0:
             return
         labelled = context.labelled

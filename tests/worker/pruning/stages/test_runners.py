@@ -13,6 +13,7 @@ from tests.worker.pruning.tiny import MLP, ConvBN1d
 from worker.io.data import DataSplits
 from worker.pipeline import EngineError
 from worker.pruning.stages import EngineState, runner_for
+from worker.pruning.stages.finetune import ticket_finetune_epochs
 
 SPEC = JobSpec.model_validate({"training": {"batch_size": 32}, "seed": 1})
 
@@ -38,6 +39,19 @@ def test_early_bird_without_a_following_prune_stage_draws_the_ticket_itself():
     assert state.early_bird["found"] and state.early_bird["epoch"] == 2  # window 1: compared with one earlier epoch
     assert state.early_bird["window"] == 1
     assert state.channels_removed
+
+
+def test_a_finetune_after_the_ticket_trains_the_rest_of_the_early_bird_schedule():
+    state = EngineState(model=model())
+    ticket = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=12, window=1, threshold=1.0)
+    runner_for(ticket).run(ticket, context(SPEC, teacher=None, next_params=FinetuneParams()), state)
+    assert state.early_bird["epochs_trained"] == 2  # window 1, threshold 1: the ticket at epoch 2
+    finetune = JobSpec(pipeline=[{"early_bird": {"max_epochs": 12}}, {"finetune": {}}]).pipeline[1].params
+    runner_for(finetune).run(finetune, context(SPEC, teacher=None), state)
+    assert state.extras["finetune"][-1]["max_epochs"] == 10  # 12 - 2: the schedule, its cheap epochs after the ticket
+    late = dict(state.early_bird, epochs_trained=12)  # no ticket within the schedule: still a quarter of it
+    assert ticket_finetune_epochs(finetune, EngineState(model=state.model, early_bird=late)) == 3
+    assert ticket_finetune_epochs(FinetuneParams(epochs=4), state) is None  # a budget given is kept
 
 
 def test_early_bird_before_a_prune_stage_leaves_the_pruning_to_it():
