@@ -168,6 +168,18 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # shapes32, spline-EB in the papers' regime: a 40-epoch dense schedule (the "fully trained" model), the
+    # job's early_bird stage (at most 40 epochs at its constant lr) and the job's default finetune
+    "image-eb": {
+        "dense": 40,
+        "lr": 0.05,
+        "batch": 32,
+        "pm": 10,
+        "unstructured": 12,
+        "finetune": None,
+        "ft_lr": None,
+        "score_lr": None,
+    },
     # shapes32 with a 4x longer finetune after structured pruning (criteria compared at more recovery)
     "image-ft12": {
         "dense": 12,
@@ -419,6 +431,67 @@ def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, widt
     return rows
 
 
+def early_bird_job(dense: nn.Module, data, b: dict, seed: int, arch: str, width: float, ratio: float = 0.5) -> dict:
+    """Spline-EB as a job with the service's defaults runs it, stage by stage: ``early_bird``
+    (spline, constant lr 0.1 until the ticket, ``max_epochs`` = ``b["dense"]``; the ticket applied
+    as drawn) then ``finetune {}`` (resolved after early_bird: no teacher, lr 0.05, the rest of the
+    schedule). Against the fully trained dense model (cosine, ``b["dense"]`` epochs) pruned by
+    ``prune_channels {criterion: spline}`` and finetuned with ``finetune {}`` as a job on that
+    model would (distilled from it), and with cross-entropy only. Training FLOPs: 3 × MACs per
+    sample (forward + backward) of every epoch each model trained, plus (``teacher counted``) the
+    distilled finetune's teacher forward passes (1 × the dense MACs per sample)."""
+    from bench.common import cpu_stage_context
+    from service.core.spec import JobSpec
+    from worker.pruning.stages import EngineState, runner_for
+
+    rows: dict = {}
+
+    def run_job(label: str, model: nn.Module, pipeline: list[dict], teacher: nn.Module | None) -> EngineState:
+        spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}, "pipeline": pipeline})
+        state = EngineState(model=model)
+        for index, stage in enumerate(spec.pipeline):
+            following = spec.pipeline[index + 1].params if index + 1 < len(spec.pipeline) else None
+            context = cpu_stage_context(data, spec, teacher, f"{index}-{stage.name}", following)
+            runner_for(stage.params).run(stage.params, context, state)
+            if stage.name != "finetune":
+                rows[f"{label} (before finetune)"] = test_acc(state.model, data)
+        rows[f"{label} finetune epochs"] = state.extras["finetune"][-1]["max_epochs"]
+        rows[label] = test_acc(state.model, data)
+        return state
+
+    dense_flops = flops_per_epoch(dense, data)
+    torch.manual_seed(seed)  # the dense run's initial weights
+    eb = run_job(
+        "EB",
+        make_model("shapes32", arch, width),
+        [{"early_bird": {"ratio": ratio, "max_epochs": b["dense"]}}, {"finetune": {}}],
+        None,
+    )
+    rows["EB ticket epoch"] = eb.early_bird["epoch"] if eb.early_bird["found"] else float("nan")
+    pruned_flops = flops_per_epoch(eb.model, data)
+    rows["EB training GFLOPs"] = (
+        eb.early_bird["epochs_trained"] * dense_flops + rows["EB finetune epochs"] * pruned_flops
+    ) / 1e9
+    for label, distill in (("full", 0.9), ("full (cross-entropy)", 0.0)):
+        full = run_job(
+            label,
+            copy.deepcopy(dense),
+            [{"prune_channels": {"criterion": "spline", "ratio": ratio}}, {"finetune": {"distill": distill}}],
+            dense if distill else None,
+        )
+        epochs = rows[f"{label} finetune epochs"]
+        flops = b["dense"] * dense_flops + epochs * flops_per_epoch(full.model, data)
+        rows[f"{label} training GFLOPs"] = flops / 1e9
+        if distill:
+            rows[f"{label} training GFLOPs (teacher counted)"] = (flops + epochs * dense_flops / 3) / 1e9
+    rows["EB / full training FLOPs"] = rows["EB training GFLOPs"] / rows["full training GFLOPs"]
+    rows["EB / full training FLOPs (teacher counted)"] = (
+        rows["EB training GFLOPs"] / rows["full training GFLOPs (teacher counted)"]
+    )
+    rows["EB - full"] = rows["EB"] - rows["full"]
+    return rows
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -453,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         default=["unstructured", "structured", "early_bird"],
-        choices=["unstructured", "structured", "early_bird", "early_bird_stage"],
-        help="early_bird_stage (shapes32): the service's early_bird stage (constant lr until the ticket)",
+        choices=["unstructured", "structured", "early_bird", "early_bird_stage", "early_bird_job"],
+        help="early_bird_stage (shapes32): the service's early_bird stage (constant lr until the ticket); "
+        "early_bird_job (shapes32): early_bird + finetune {} against the fully trained model pruned as a job",
     )
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
@@ -524,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     elif part == "early_bird_stage":
                         rows = early_bird_stage(dense, data, b, seed, args.arch, args.width)
+                    elif part == "early_bird_job":
+                        rows = early_bird_job(dense, data, b, seed, args.arch, args.width)
                     else:
                         rows = early_bird(runs, data, b, seed)
                 except Exception as exc:  # one failing part must not lose the others' (long) runs
