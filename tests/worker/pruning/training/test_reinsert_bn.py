@@ -8,6 +8,7 @@ from torch import nn
 from service.core.spec import (
     DEFAULT_FINETUNE_LR,
     REINSERTED_BN_FINETUNE_LR,
+    EarlyBirdParams,
     FinetuneParams,
     JobSpec,
     PruneChannelsParams,
@@ -16,7 +17,7 @@ from tests.worker.pruning.stages.test_registry import context
 from tests.worker.pruning.tiny import ConvBN1d, TinyResNet, make_data, randomize_bn, to_graph_module
 from worker.pruning.stages import EngineState, runner_for
 from worker.pruning.training import TrainConfig, fold_batchnorm, has_batchnorm, insert_batchnorm, train
-from worker.pruning.training.reinsert_bn import INIT_FILTER_NORM
+from worker.pruning.training.reinsert_bn import INIT_FILTER_NORM, reset_inserted_batchnorm
 
 DATA_1D = make_data((1, 16), n_train=96, n_val=48)
 
@@ -84,3 +85,26 @@ def test_finetune_inserts_nothing_into_a_model_that_has_batchnorm():
     assert state.extras["finetune"][0]["reinserted_batchnorms"] == 0
     assert state.extras["finetune"][0]["lr"] == DEFAULT_FINETUNE_LR
     assert isinstance(state.model.bn1, nn.BatchNorm1d)
+
+
+def test_reset_inserted_batchnorms_normalise_from_the_first_step_as_in_training_from_scratch():
+    model = folded(ConvBN1d(), (1, 16))
+    insert_batchnorm(model, DATA_1D.x_train, batch_size=32)
+    assert reset_inserted_batchnorm(model) == 2
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(bns) == 2
+    for bn in bns:
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_early_bird_trains_a_model_without_batchnorm_with_it_and_returns_it_without():
+    model = folded(ConvBN1d(), (1, 16))
+    seen: list[bool] = []  # whether the model had BatchNorm at each forward pass
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(has_batchnorm(module)))
+    state = EngineState(model=model)
+    params = EarlyBirdParams(max_epochs=2)
+    spec = JobSpec(seed=0, training={"batch_size": 32})
+    runner_for(params).run(params, context(spec, teacher=None, next_params=FinetuneParams()), state)
+    assert seen.count(True) >= 2 * 96 // 32  # the two epochs' training steps (96 samples) ran with it
+    assert not has_batchnorm(state.model) and state.channels_removed  # folded back, then the ticket applied
