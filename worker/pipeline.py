@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from service.core.spec import JobSpec
+from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec
 from worker.io.data import DataSplits
 from worker.io.images import IndexedImages
 from worker.measure import measure
@@ -94,14 +94,26 @@ class _Run:
 
 
 def _total_epochs(spec: JobSpec, n_train: int) -> int:
+    """The epochs the progress percentage counts. After ``early_bird`` a finetune without a budget
+    trains the rest of its schedule, unknown until the ticket: the plan counts the early_bird
+    stage's whole ``max_epochs`` and the finetune's least (a ticket at epoch t then adds up to the
+    schedule)."""
+    from worker.pruning.stages.finetune import least_ticket_epochs
+
     batch = spec.training.batch_size
     stages = spec.pipeline
-    return sum(
-        runner_for(stage.params).planned_epochs(
-            stage.params, n_train, batch, stages[i + 1].params if i + 1 < len(stages) else None
+    total, ticket = 0, None
+    for i, stage in enumerate(stages):
+        params = stage.params
+        if isinstance(params, EarlyBirdParams):
+            ticket = params
+        if ticket is not None and isinstance(params, FinetuneParams) and params.epochs is None and params.steps is None:
+            total += least_ticket_epochs(ticket.max_epochs)
+            continue
+        total += runner_for(params).planned_epochs(
+            params, n_train, batch, stages[i + 1].params if i + 1 < len(stages) else None
         )
-        for i, stage in enumerate(stages)
-    )
+    return total
 
 
 def load_inputs(inputs: PipelineInputs, spec: JobSpec) -> tuple[torch.nn.Module, DataSplits, str]:
@@ -249,6 +261,8 @@ def run_pipeline(
         with run.stage(stage.name):
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
+    if early_bird is not None:  # in percent, like every accuracy of the report
+        early_bird = {**early_bird, "dense_accuracy": _percent(early_bird.get("dense_accuracy"))}
     finetuned, pruned_accuracy, channels_removed = state.finetuned, state.pruned_accuracy, state.channels_removed
     fidelity, probmask_info = state.fidelity, state.extras.get("probmask")
 

@@ -21,7 +21,8 @@ latency          {before: onnxruntime_latency() | None, after: ... | None,
 layers           [{name, type, channels_before, channels_after, kept_fraction,
                    weights, nonzero_weights, sparsity}]
 structure        {channels_removed: bool, unstructured_sparsity: float | None}
-early_bird       {detector, found, epoch, distances: [float], threshold} | None
+early_bird       {detector, found, epoch, distances: [float], threshold, dense_accuracy, warnings} | None
+                 # dense_accuracy: the network at the ticket, the accuracy reference after early_bird
 probmask         {sparsity, score_lr, steps, undecided, warnings} | None  # undecided: scores in (0.05, 0.95)
 warnings         [str]                                  # things the user should look at (undecided scores)
 training_curves  {stage: {epoch: [int], train_loss: [float], val_accuracy: [float]}}
@@ -30,7 +31,7 @@ exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
 versions         {shears, torch, onnx, onnxruntime, torch_pruning, python}
 fidelity         {after_pruning: F | None, final: F | None}; F = {outputs: {name: {kind, shape,
                  relative_error, cosine, agreement}}, fidelity, samples} (worker.pruning.fidelity)
-acceptance       {max_accuracy_drop, measured_drop, reference, compared, passed,
+acceptance       {max_accuracy_drop, measured_drop, reference ("dense" | "ticket"), compared, passed,
                   checks: {accuracy?, min_agreement?, max_relative_error?, target?: {bound, measured, passed}}}
 target           {bound, value, batch, kind, reference_accuracy, steps, dense: P, points: [P],
                   chosen_ratio, met_in_search, seconds, warnings, confirmed: {name, bound, measured,
@@ -205,10 +206,15 @@ def build_report(
     fidelity_checks: Mapping[str, Any] | None = None,
     target: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report dict (see the module docstring for the schema)."""
+    """Assemble the report dict (see the module docstring for the schema). The accuracy drop is
+    measured against the dense model, or, after ``early_bird``, against the dense network at the
+    ticket (the upload was only where its training started)."""
     final = next((a for a in (accuracy_finetuned, accuracy_pruned, accuracy_dense) if a is not None), None)
     compared = "finetuned" if accuracy_finetuned is not None else "pruned" if accuracy_pruned is not None else "dense"
-    drop = None if accuracy_dense is None or final is None else accuracy_dense - final
+    reference, reference_accuracy = "dense", accuracy_dense
+    if early_bird and early_bird.get("dense_accuracy") is not None:
+        reference, reference_accuracy = "ticket", early_bird["dense_accuracy"]
+    drop = None if reference_accuracy is None or final is None else reference_accuracy - final
     checks: dict[str, Any] = {}
     if max_accuracy_drop is not None:
         checks["accuracy"] = {
@@ -264,7 +270,11 @@ def build_report(
         },
         "early_bird": dict(early_bird) if early_bird else None,
         "probmask": dict(probmask) if probmask else None,
-        "warnings": [*(probmask or {}).get("warnings", []), *(target or {}).get("warnings", [])],
+        "warnings": [
+            *(early_bird or {}).get("warnings", []),
+            *(probmask or {}).get("warnings", []),
+            *(target or {}).get("warnings", []),
+        ],
         "training_curves": {k: dict(v) for k, v in (training_curves or {}).items()},
         "timings": timings,
         "exports": dict(exports or {}),
@@ -273,7 +283,7 @@ def build_report(
         "acceptance": {
             "max_accuracy_drop": max_accuracy_drop,
             "measured_drop": drop,
-            "reference": "dense",
+            "reference": reference,
             "compared": compared,
             "passed": all(c["passed"] is not False for c in checks.values()),
             "checks": checks,

@@ -45,7 +45,13 @@ def ticket_finetune_epochs(params: FinetuneParams, state: EngineState) -> int | 
     if ticket is None or params.epochs is not None or params.steps is not None:
         return None
     schedule = int(ticket["max_epochs"])
-    return max(schedule - int(ticket["epochs_trained"]), -(-schedule // 4))
+    return max(schedule - int(ticket["epochs_trained"]), least_ticket_epochs(schedule))
+
+
+def least_ticket_epochs(max_epochs: int) -> int:
+    """The fewest epochs a finetune after ``early_bird`` trains by default: a quarter of the schedule
+    (what the progress plan counts for it: the early_bird stage plans the whole schedule)."""
+    return -(-max_epochs // 4)
 
 
 def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:

@@ -59,6 +59,7 @@ def test_early_bird_before_a_prune_stage_leaves_the_pruning_to_it():
     params = EarlyBirdParams(detector="bn", ratio=0.5, max_epochs=2)
     runner_for(params).run(params, context(SPEC, teacher=model(), next_params=PruneChannelsParams()), state)
     assert state.early_bird["epochs_trained"] == 2 and not state.channels_removed
+    assert "no ticket within max_epochs=2" in state.early_bird["warnings"][0]  # the report says so
     assert state.model.conv1.out_channels == 8
 
 

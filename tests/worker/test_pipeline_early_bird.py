@@ -1,0 +1,64 @@
+"""A job of ``[early_bird, finetune]`` with the defaults: the ticket trains for the rest of the
+schedule, with cross-entropy, and the progress plan counts the schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from service.core.spec import JobSpec
+from tests.worker.pruning.tiny import ConvBN2d, onnx_bytes
+from worker.io.zoo import build
+from worker.pipeline import EngineError, PipelineInputs, run_pipeline
+
+
+def _spec(dataset: str) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "dataset": {"builtin": dataset},
+            # bn, window 1, threshold 1: the ticket at epoch 2 of a schedule of 8
+            "pipeline": [
+                {"early_bird": {"detector": "bn", "max_epochs": 8, "window": 1, "threshold": 1.0}},
+                {"finetune": {}},
+            ],
+            "export": {"formats": ["onnx"]},
+            "acceptance": {"max_accuracy_drop": 100.0},
+        }
+    )
+
+
+def test_an_early_bird_job_trains_the_ticket_for_the_rest_of_the_schedule_and_plans_it(tmp_path):
+    torch.manual_seed(0)
+    save_file(build("mnist1d_cnn").state_dict(), tmp_path / "model.safetensors")  # with its BatchNorm
+    events: list[dict] = []
+    outcome = run_pipeline(
+        PipelineInputs(
+            model_path=tmp_path / "model.safetensors", architecture="mnist1d_cnn", builtin_dataset="mnist1d"
+        ),
+        _spec("mnist1d"),
+        tmp_path / "out",
+        on_progress=events.append,
+    )
+    report = json.loads(outcome.files["report.json"].read_text())
+    assert report["early_bird"]["epoch"] == 2 and report["early_bird"]["warnings"] == []
+    # the gate compares with the network the ticket came from, not with the untrained upload
+    ticket = report["early_bird"]["dense_accuracy"]
+    assert report["acceptance"]["reference"] == "ticket" and ticket > report["accuracy"]["dense"] + 20
+    assert report["acceptance"]["measured_drop"] == pytest.approx(ticket - report["accuracy"]["final"])
+    epochs = [e for e in events if e.get("epoch") is not None]
+    assert [e["stage"] for e in epochs].count("1-finetune") == 6  # 8 - 2: the rest of the schedule
+    assert epochs[0]["percent"] == 10.0  # 1 of 8 + 2 planned (the schedule, and the finetune's least)
+    assert epochs[-1]["percent"] == 80.0  # the schedule's 8 epochs done; the report and export follow
+
+
+def test_the_bn_detector_on_a_model_without_batchnorm_fails_with_a_code_that_names_the_fix(tmp_path):
+    torch.manual_seed(0)  # an eval-mode ONNX export: BatchNorm folded into the convolutions
+    (tmp_path / "model.onnx").write_bytes(onnx_bytes(ConvBN2d(classes=10), torch.randn(2, 1, 8, 8)))
+    with pytest.raises(EngineError, match="detector: spline") as error:
+        run_pipeline(
+            PipelineInputs(model_path=tmp_path / "model.onnx", builtin_dataset="digits"), _spec("digits"), tmp_path
+        )
+    assert error.value.code == "batchnorm-required"
