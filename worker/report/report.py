@@ -532,6 +532,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                 ("channels physically removed", report["structure"]["channels_removed"]),
                 ("unstructured sparsity", report["structure"]["unstructured_sparsity"]),
                 ("early-bird epoch", (report.get("early_bird") or {}).get("epoch")),
+                (
+                    "accuracy at the early-bird ticket (%), the gate's reference",
+                    (report.get("early_bird") or {}).get("dense_accuracy"),
+                ),
             ]
         ),
     ]
