@@ -232,11 +232,14 @@ def _exit_code(job: dict) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    uploaded = args.model.startswith("mdl_")
+    if not uploaded and not Path(args.model).is_file():
+        raise ApiError(f"{args.model}: no such file; give a model file or the id mdl_... of an uploaded model")
     client = _client(args)
     spec = _load_spec(args.spec)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     dataset_is_file = args.dataset and not args.dataset.startswith(("s3://", "ds_"))
-    if headers and not args.architecture and (dataset_is_file or not args.dataset):
+    if headers and not uploaded and not args.architecture and (dataset_is_file or not args.dataset):
         # one request (POST /v1/jobs/upload): a retry with the same key sends the same files and
         # spec, so it replays the job; separate uploads would get new ids and a different body
         job = _submit_in_one_request(client, spec, Path(args.model), args.dataset, headers)
@@ -259,9 +262,12 @@ def _submit_in_one_request(client: Client, spec: dict, model: Path, dataset: str
 
 
 def _submit_after_uploads(client: Client, spec: dict, args: argparse.Namespace, headers: dict | None) -> dict:
-    model = client.upload(
-        "models", Path(args.model), **({"architecture": args.architecture} if args.architecture else {})
-    )
+    if args.model.startswith("mdl_"):  # uploaded before
+        model = client.get(f"/v1/models/{args.model}")
+    else:
+        model = client.upload(
+            "models", Path(args.model), **({"architecture": args.architecture} if args.architecture else {})
+        )
     spec["model_id"] = _wait_ready(client, "models", model)["id"]
     if args.dataset in {"mnist1d", "digits"}:
         spec["dataset"] = {"builtin": args.dataset}
@@ -367,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     submit = remote("submit", "upload a model (+ dataset), create a job, optionally wait and download")
-    submit.add_argument("model")
+    submit.add_argument("model", help="a model file, or the id mdl_... of an uploaded model")
     submit.add_argument(
         "--dataset",
         required=True,

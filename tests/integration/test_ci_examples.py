@@ -168,3 +168,20 @@ def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
     assert first.returncode == again.returncode == other.returncode == 0, first.stderr + again.stderr + other.stderr
     assert json.loads(again.stdout)["id"] == json.loads(first.stdout)["id"]
     assert json.loads(other.stdout)["id"] != json.loads(first.stdout)["id"]
+
+
+def test_submit_takes_the_id_of_an_uploaded_model_and_names_a_missing_file(
+    deployment_embedded, model_and_data, tmp_path: Path
+) -> None:
+    base, key = deployment_embedded
+    model_path, data_path, _ = model_and_data
+    (tmp_path / "spec.yaml").write_text("pipeline: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n")
+    spec = ["--spec", str(tmp_path / "spec.yaml"), "--json"]
+    first = _cli(base, key, "submit", str(model_path), "--dataset", str(data_path), *spec)
+    assert first.returncode == 0, first.stderr
+    model_id = json.loads(first.stdout)["model_id"]
+    again = _cli(base, key, "submit", model_id, "--dataset", "digits", *spec)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["model_id"] == model_id  # no second upload
+    missing = _cli(base, key, "submit", str(tmp_path / "nope.onnx"), "--dataset", "digits", *spec)
+    assert missing.returncode == 3 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
