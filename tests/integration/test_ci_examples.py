@@ -155,13 +155,18 @@ def test_the_label_free_example_gates_on_fidelity_with_exit_codes_0_and_2(deploy
     assert json.loads(failed.stdout)["result"]["acceptance"]["checks"]["max_relative_error"]["passed"] is False
 
 
+def _one_epoch_spec(tmp_path: Path) -> list[str]:
+    """``--spec`` of a short prune + finetune job, and ``--json``."""
+    (tmp_path / "spec.yaml").write_text("pipeline: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n")
+    return ["--spec", str(tmp_path / "spec.yaml"), "--json"]
+
+
 def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
     deployment_embedded, model_and_data, tmp_path: Path
 ) -> None:
     base, key = deployment_embedded
     model_path, data_path, _ = model_and_data
-    (tmp_path / "spec.yaml").write_text("pipeline: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n")
-    argv = ["submit", str(model_path), "--dataset", str(data_path), "--spec", str(tmp_path / "spec.yaml"), "--json"]
+    argv = ["submit", str(model_path), "--dataset", str(data_path), *_one_epoch_spec(tmp_path)]
     first = _cli(base, key, *argv, "--idempotency-key", "ci-42-prune")
     again = _cli(base, key, *argv, "--idempotency-key", "ci-42-prune")
     other = _cli(base, key, *argv, "--idempotency-key", "ci-43-prune")
@@ -175,8 +180,7 @@ def test_submit_takes_the_id_of_an_uploaded_model_and_names_a_missing_file(
 ) -> None:
     base, key = deployment_embedded
     model_path, data_path, _ = model_and_data
-    (tmp_path / "spec.yaml").write_text("pipeline: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n")
-    spec = ["--spec", str(tmp_path / "spec.yaml"), "--json"]
+    spec = _one_epoch_spec(tmp_path)
     first = _cli(base, key, "submit", str(model_path), "--dataset", str(data_path), *spec)
     assert first.returncode == 0, first.stderr
     model_id = json.loads(first.stdout)["model_id"]
