@@ -195,7 +195,7 @@ def inspect_model(module: nn.Module, input_shape: tuple[int, ...], *, max_trial_
 
 
 def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: int) -> dict[str, Any]:
-    import torch_pruning as tp
+    from worker.pruning.training import count_macs_params
 
     example = torch.randn(1, *input_shape)
     signature = getattr(module, "shears_onnx_io", None)
@@ -220,8 +220,8 @@ def _inspect(module: nn.Module, input_shape: tuple[int, ...], max_trial_layers: 
             }
         )
         return report
-    try:
-        macs, _ = tp.utils.count_ops_and_params(module, example)
+    try:  # counted as the report's macs.before/after are (Conv/Linear multiply-accumulates)
+        macs, _ = count_macs_params(module, example)
         report["macs"] = int(macs)
     except Exception as exc:  # counting is informative only
         report["macs_error"] = str(exc)[:200]
