@@ -258,7 +258,7 @@ def run_pipeline(
             outputs=teacher,
             dense_accuracy=dense["accuracy"],
         )
-        with run.stage(stage.name):
+        with run.stage(context.stage_id):  # the name its epochs' events and curves carry
             runner_for(stage.params).run(stage.params, context, state)
     model, masks, early_bird = state.model, state.masks, state.early_bird
     if early_bird is not None:  # in percent, like every accuracy of the report

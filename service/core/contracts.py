@@ -19,9 +19,14 @@ class _Open(BaseModel):
 class JobProgress(_Open):
     """The latest progress event of a running job (``{}`` before the first one)."""
 
-    stage: str | None = Field(None, description="Pipeline stage running now, e.g. `finetune`.")
-    epoch: int | None = Field(None, description="Epochs finished in this stage.")
-    epochs: int | None = Field(None, description="Epochs this stage runs.")
+    stage: str | None = Field(
+        None,
+        description="What runs now: a pipeline stage as `<index>-<name>` (e.g. `1-finetune`, the name its "
+        "training curve has in the report; a stage's inner runs add `.iteration-<k>` or `.candidate-<k>`), "
+        "or `load`, `evaluate_dense`, `fidelity`, `export` around the pipeline.",
+    )
+    epoch: int | None = Field(None, description="Epochs finished in this stage (absent when it has just started).")
+    epochs: int | None = Field(None, description="Epochs this stage runs (absent when it has just started).")
     percent: float | None = Field(None, ge=0, le=100, description="Share of all epochs of the job done.")
 
 

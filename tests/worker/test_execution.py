@@ -80,3 +80,26 @@ def test_a_succeeded_job_stores_the_typed_result_and_a_report_naming_the_job(wor
     assert report.job_id == "job_1" and report.acceptance == result.acceptance
     store.get_file(artifacts.artifact_key("job_1", "report.html"), tmp_path / "report.html")
     assert "job_1" in (tmp_path / "report.html").read_text()
+
+
+def test_progress_writes_every_stage_start_and_last_epoch_and_throttles_the_epochs_between(world) -> None:
+    from worker.execution import ProgressReporter
+
+    settings, sessions, _, _ = world
+    with sessions.begin() as session:
+        session.get(JobRecord, "job_1").status = "running"
+    reporter = ProgressReporter(sessions, "job_1", settings.model_copy(update={"progress_interval_s": 3600.0}))
+
+    def recorded() -> tuple[str, dict]:
+        with sessions() as session:
+            job = session.get(JobRecord, "job_1")
+            return job.stage, job.progress
+
+    reporter({"stage": "0-prune_channels", "percent": 0.0})
+    assert recorded() == ("0-prune_channels", {"stage": "0-prune_channels", "percent": 0.0})
+    reporter({"stage": "1-finetune", "percent": 0.0})  # a new stage: written at once
+    assert recorded()[0] == "1-finetune"
+    reporter({"stage": "1-finetune", "epoch": 1, "epochs": 2, "percent": 50.0})  # within the interval
+    assert recorded()[1].get("epoch") is None
+    reporter({"stage": "1-finetune", "epoch": 2, "epochs": 2, "percent": 99.0})  # the stage's last epoch
+    assert recorded()[1] == {"stage": "1-finetune", "epoch": 2, "epochs": 2, "percent": 99.0}

@@ -52,6 +52,10 @@ def test_an_early_bird_job_trains_the_ticket_for_the_rest_of_the_schedule_and_pl
     assert [e["stage"] for e in epochs].count("1-finetune") == 6  # 8 - 2: the rest of the schedule
     assert epochs[0]["percent"] == 10.0  # 1 of 8 + 2 planned (the schedule, and the finetune's least)
     assert epochs[-1]["percent"] == 80.0  # the schedule's 8 epochs done; the report and export follow
+    # a stage's start carries the name its epochs and its training curve carry
+    starts = [e["stage"] for e in events if "epoch" not in e]
+    assert starts == ["load", "evaluate_dense", "0-early_bird", "1-finetune", "export"]
+    assert set(report["training_curves"]) == {"0-early_bird", "1-finetune"}
 
 
 def test_the_bn_detector_on_a_model_without_batchnorm_fails_with_a_code_that_names_the_fix(tmp_path):
