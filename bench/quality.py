@@ -308,6 +308,61 @@ def unstructured(
     return rows
 
 
+def unstructured_job(
+    dense: nn.Module, data, b: dict, seed: int, sparsities=SPARSITIES, variants=("default", "distilled")
+) -> dict:
+    """ProbMask as a job runs it against global magnitude pruning recovered by the same stage.
+
+    ``probmask``: ``[probmask {sparsity, epochs: b["pm"]}, finetune {epochs: b["unstructured"] − b["pm"]}]``
+    through the stage runners, every other value the service's default (the finetune distils from
+    the dense model, restores its best validation epoch); ``probmask (distilled)``: the same with
+    the probmask stage's weights also distilled (weight 0.9, T 4, as the finetune's default).
+    ``magnitude``: global magnitude pruning, then ``finetune {epochs: b["unstructured"]}`` with the
+    same defaults: the same total epochs and recovery recipe."""
+    from bench.common import cpu_stage_context
+    from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams
+    from worker.pruning.stages import EngineState, runner_for
+    from worker.pruning.training.losses import Distillation
+
+    spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}})
+    finetune_epochs = b["unstructured"] - b["pm"]
+    rows: dict = {}
+
+    def finetune(state: EngineState, epochs: int) -> None:
+        params = FinetuneParams(epochs=epochs)
+        runner_for(params).run(params, cpu_stage_context(data, spec, dense, "1-finetune"), state)
+
+    for sparsity in sparsities:
+        key = f"{int(round(sparsity * 100))}%"
+        for variant in variants:
+            label = "probmask" if variant == "default" else f"probmask ({variant})"
+            state = EngineState(model=copy.deepcopy(dense))
+            params = ProbMaskParams(sparsity=sparsity, epochs=b["pm"])
+            following = FinetuneParams(epochs=finetune_epochs)
+            context = cpu_stage_context(data, spec, dense, "0-probmask", following)
+            if variant == "distilled":
+                config = context.train_config(epochs=params.epochs, lr=params.lr, grad_clip=3.0)
+                teacher = copy.deepcopy(dense)
+                result = run_probmask(
+                    state.model, data, config, sparsity=sparsity, loss=Distillation(teacher, 0.9, 4.0)
+                )
+                state.masks = result["masks"]
+                state.extras["probmask"] = result
+            else:
+                runner_for(params).run(params, context, state)
+            rows[f"{label} {key} (before finetune)"] = test_acc(state.model, data)
+            rows[f"{label} {key} undecided %"] = 100 * state.extras["probmask"]["undecided"]
+            finetune(state, finetune_epochs)
+            rows[f"{label} {key}"] = test_acc(state.model, data)
+        state = EngineState(model=copy.deepcopy(dense))
+        state.masks = global_magnitude_prune(state.model, sparsity)
+        finetune(state, b["unstructured"])
+        rows[f"magnitude {key}"] = test_acc(state.model, data)
+        done = {k: round(v, 2) for k, v in rows.items() if key in k}
+        print(f"  [seed {seed}] {key}: {done}", flush=True)
+    return rows
+
+
 def prune_and_finetune(model: nn.Module, data, b: dict, seed: int, **kwargs) -> tuple[float, float, float]:
     # the reported run had mean replacement on everywhere but in the "no mean replacement"
     # variants (it was the engine default then; the engine now defaults to off)
@@ -526,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         default=["unstructured", "structured", "early_bird"],
-        choices=["unstructured", "structured", "early_bird", "early_bird_stage", "early_bird_job"],
+        choices=["unstructured", "unstructured_job", "structured", "early_bird", "early_bird_stage", "early_bird_job"],
         help="early_bird_stage (shapes32): the service's early_bird stage (constant lr until the ticket); "
         "early_bird_job (shapes32): early_bird + finetune {} against the fully trained model pruned as a job",
     )
@@ -585,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     if part == "unstructured":
                         rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
+                    elif part == "unstructured_job":
+                        rows = unstructured_job(dense, data, b, seed, sparsities=args.sparsities)
                     elif part == "structured":
                         rows = structured(
                             dense,

@@ -38,9 +38,6 @@ DEFAULT_FINETUNE_LR = 0.01
 """Finetune lr of a model that keeps its BatchNorm (or without ``reinsert_bn``)."""
 REINSERTED_BN_FINETUNE_LR = 0.05
 """Finetune lr when BatchNorm was re-inserted (filters rescaled to their initial norm, as in training from scratch)."""
-TICKET_FINETUNE_LR = 0.05
-"""``finetune.lr`` after ``early_bird``: the ticket is trained, not touched up ([EB] retrains it);
-on shapes32 ResNet-20 tickets 0.01 ended 3-4 points below 0.05 (BENCHMARKS.md)."""
 
 
 class Strict(BaseModel):
@@ -263,9 +260,10 @@ class FinetuneParams(Strict):
     )
     lr: Positive | None = Field(
         None,
-        description="Initial SGD learning rate (cosine to 0). Default (null): 0.05 when `reinsert_bn` re-inserted "
-        "BatchNorm (the filters are rescaled to their initial norm, as in training from scratch) or after an "
-        "`early_bird` stage (the ticket is trained, not touched up), else 0.01.",
+        description="Initial SGD learning rate (cosine to 0). Default (null): after an `early_bird` stage, its "
+        "`lr` (the ticket is trained from the dense schedule's initial lr, as [EB] retrains it); 0.05 when "
+        "`reinsert_bn` re-inserted BatchNorm (the filters are rescaled to their initial norm, as in training "
+        "from scratch); else 0.01.",
     )
     distill: Fraction = Field(
         0.9,
@@ -567,12 +565,15 @@ class JobSpec(Strict):
     def _ticket_training_defaults(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
         """After ``early_bird`` the uploaded model is where dense training started, not a trained
         teacher, and the ticket is an unconverged network to train ([EB] retrains it with
-        cross-entropy): unless given, a finetune there trains without distillation (a teacher would
-        also add its forward pass to every step of the cheap phase) and at
-        :data:`TICKET_FINETUNE_LR`; the resolved spec holds both. Its default budget, the rest of
-        the early_bird schedule, is known once the ticket is (worker.pruning.stages.finetune)."""
+        cross-entropy, from the dense schedule's initial lr): unless given, a finetune there trains
+        without distillation (a teacher would also add its forward pass to every step of the cheap
+        phase) and from the early_bird stage's ``lr`` (on shapes32 ResNet-20 tickets 0.01 ended 3-4
+        points below 0.05, and 0.05 0.5-1.75 below 0.1; BENCHMARKS.md); the resolved spec holds
+        both. Its default budget, the rest of the early_bird schedule, is known once the ticket is
+        (worker.pruning.stages.finetune)."""
         names = [stage.name for stage in pipeline]
         if "early_bird" in names:
+            ticket = pipeline[names.index("early_bird")].params
             for stage in pipeline[names.index("early_bird") + 1 :]:
                 params = stage.params
                 if not isinstance(params, FinetuneParams):
@@ -580,7 +581,7 @@ class JobSpec(Strict):
                 if "distill" not in params.model_fields_set:
                     params.distill = 0.0
                 if params.lr is None:
-                    params.lr = TICKET_FINETUNE_LR
+                    params.lr = ticket.lr
         return pipeline
 
     @field_validator("pipeline")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.core.spec import TICKET_FINETUNE_LR, EarlyBirdParams, FinetuneParams, JobSpec
+from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec
 
 
 def test_the_default_finetune_budget_is_a_number_of_steps_that_scales_with_the_dataset():
@@ -28,10 +28,13 @@ def test_the_resolved_spec_holds_the_per_detector_early_bird_defaults():
 def test_a_finetune_after_early_bird_trains_the_ticket_without_a_teacher_unless_told_otherwise():
     spec = JobSpec(pipeline=[{"early_bird": {"max_epochs": 30}}, {"finetune": {}}])
     resolved = spec.pipeline[1].params
-    # the upload is the untrained start; the budget is the rest of the schedule, known at the ticket
-    assert (resolved.distill, resolved.lr, resolved.epochs) == (0.0, TICKET_FINETUNE_LR, None)
+    # the upload is the untrained start; the ticket trains from the dense schedule's lr; the budget
+    # is the rest of the schedule, known at the ticket
+    assert (resolved.distill, resolved.lr, resolved.epochs) == (0.0, EarlyBirdParams().lr, None)
     stored = JobSpec.model_validate(spec.model_dump(mode="json")).pipeline[1].params  # the resolved spec keeps them
-    assert (stored.distill, stored.lr, stored.epochs) == (0.0, TICKET_FINETUNE_LR, None)
+    assert (stored.distill, stored.lr, stored.epochs) == (0.0, EarlyBirdParams().lr, None)
+    slower = JobSpec(pipeline=[{"early_bird": {"lr": 0.03}}, {"finetune": {}}])
+    assert slower.pipeline[1].params.lr == 0.03
     chosen = JobSpec(pipeline=[{"early_bird": {}}, {"finetune": {"distill": 0.5, "lr": 0.02, "steps": 500}}])
     assert (chosen.pipeline[1].params.distill, chosen.pipeline[1].params.lr) == (0.5, 0.02)
     assert (chosen.pipeline[1].params.epochs, chosen.pipeline[1].params.steps) == (None, 500)
