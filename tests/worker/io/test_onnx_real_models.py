@@ -121,6 +121,7 @@ def test_symbolic_height_and_width_need_an_input_shape_and_convert_with_one(tmp_
     with pytest.raises(Rejected) as err:
         load_model(path, input_shape=(1, 16, 12))
     assert err.value.code == "input-shape-mismatch"
+    assert "takes samples of shape [3, '?', '?']" in str(err.value) and "have shape [1, 16, 12]" in str(err.value)
 
 
 def _paddle_style_head(batch_dim) -> onnx.ModelProto:

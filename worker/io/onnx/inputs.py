@@ -128,10 +128,10 @@ def resolve_input_shape(model: onnx.ModelProto, sample_shape: tuple[int, ...] | 
         ):
             raise Rejected(
                 "input-shape-mismatch",
-                f"input {value.name!r} is declared {list(dims)} but the given per-sample shape is "
-                f"{list(shape)}; use a dataset whose samples have the model's static dimensions "
-                f"{[d if isinstance(d, int) else '?' for d in per_sample]} (or the model that was trained on "
-                f"this dataset).",
+                f"input {value.name!r} takes samples of shape "
+                f"{[d if isinstance(d, int) else '?' for d in per_sample]} (declared {list(dims)} with the batch) "
+                f"but the dataset's samples have shape {list(shape)}; use a dataset whose samples have the "
+                f"model's shape (or the model that was trained on this dataset).",
             )
     tensor_shape = value.type.tensor_type.shape
     del tensor_shape.dim[:]
