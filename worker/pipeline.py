@@ -246,6 +246,7 @@ def run_pipeline(
     teacher = _teacher(dense_model, data, spec, inputs.model_path) if dense_model is not None else None
     state = EngineState(model=model.to(device))
     stages = spec.pipeline
+    reference_accuracy = dense["accuracy"]
     for index, stage in enumerate(stages):
         context = StageContext(
             data=data,
@@ -256,10 +257,14 @@ def run_pipeline(
             stage_id=f"{index}-{stage.name}",
             next_params=stages[index + 1].params if index + 1 < len(stages) else None,
             outputs=teacher,
-            dense_accuracy=dense["accuracy"],
+            dense_accuracy=reference_accuracy,
         )
         with run.stage(context.stage_id):  # the name its epochs' events and curves carry
             runner_for(stage.params).run(stage.params, context, state)
+        if state.reference is not None:  # early_bird: distil from and compare with the network at the ticket
+            dense_model, state.reference = state.reference, None
+            teacher = _teacher(dense_model, data, spec, inputs.model_path)
+            reference_accuracy = (state.early_bird or {}).get("dense_accuracy", reference_accuracy)
     model, masks, early_bird = state.model, state.masks, state.early_bird
     if early_bird is not None:  # in percent, like every accuracy of the report
         early_bird = {**early_bird, "dense_accuracy": _percent(early_bird.get("dense_accuracy"))}

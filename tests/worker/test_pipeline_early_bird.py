@@ -66,3 +66,42 @@ def test_the_bn_detector_on_a_model_without_batchnorm_fails_with_a_code_that_nam
             PipelineInputs(model_path=tmp_path / "model.onnx", builtin_dataset="digits"), _spec("digits"), tmp_path
         )
     assert error.value.code == "batchnorm-required"
+
+
+def test_after_early_bird_distillation_and_fidelity_use_the_network_at_the_ticket_not_the_upload(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from worker.io.datasets import builtin_dataset
+
+    torch.manual_seed(0)
+    upload = build("mnist1d_cnn")
+    save_file(upload.state_dict(), tmp_path / "model.safetensors")
+    spec = JobSpec.model_validate(
+        {
+            "dataset": {"builtin": "mnist1d"},
+            "pipeline": [
+                {"early_bird": {"detector": "bn", "max_epochs": 4, "window": 1, "threshold": 1.0}},
+                {"finetune": {"epochs": 1, "distill": 0.5}},
+            ],
+            "export": {"formats": ["onnx"]},
+            "acceptance": {"max_accuracy_drop": 100.0, "min_agreement": 0.0},
+        }
+    )
+    outcome = run_pipeline(
+        PipelineInputs(
+            model_path=tmp_path / "model.safetensors", architecture="mnist1d_cnn", builtin_dataset="mnist1d"
+        ),
+        spec,
+        tmp_path / "out",
+    )
+    report = json.loads(outcome.files["report.json"].read_text())
+    x_val = builtin_dataset("mnist1d", seed=spec.seed).x_val
+    session = ort.InferenceSession(str(outcome.files["model.onnx"]))
+    final = session.run(None, {session.get_inputs()[0].name: x_val.numpy()})[0].argmax(1)
+    with torch.no_grad():
+        untrained = upload.eval()(x_val).argmax(1).numpy()
+    agreement_with_upload = float(np.mean(final == untrained))
+    agreement = report["fidelity"]["final"]["outputs"]["output_0"]["agreement"]
+    assert report["acceptance"]["reference"] == "ticket"
+    assert agreement > agreement_with_upload + 0.2  # measured against a trained network, not the untrained start

@@ -30,7 +30,8 @@ timings          {stage: seconds, "total": seconds}
 exports          {onnx: {...parity, exporter}, torchscript: {...}} | {}
 versions         {shears, torch, onnx, onnxruntime, torch_pruning, python}
 fidelity         {after_pruning: F | None, final: F | None}; F = {outputs: {name: {kind, shape,
-                 relative_error, cosine, agreement}}, fidelity, samples} (worker.pruning.fidelity)
+                 relative_error, cosine, agreement}}, fidelity, samples} (worker.pruning.fidelity);
+                 after early_bird, to the network at the ticket (acceptance.reference "ticket")
 acceptance       {max_accuracy_drop, measured_drop, reference ("dense" | "ticket"), compared, passed,
                   checks: {accuracy?, min_agreement?, max_relative_error?, target?: {bound, measured, passed}}}
 target           {bound, value, batch, kind, reference_accuracy, steps, dense: P, points: [P],

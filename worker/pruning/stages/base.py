@@ -30,6 +30,9 @@ class EngineState:
     finetuned: bool = False
     early_bird: dict | None = None  # the early-bird report section
     extras: dict[str, Any] = field(default_factory=dict)  # stage-specific report entries
+    # the dense model later stages and the final fidelity compare with when a stage replaced the upload
+    # (early_bird: the network at the ticket, the upload being its untrained start); the pipeline takes it
+    reference: nn.Module | None = None
     # fidelity to the dense model (worker.pruning.fidelity): right before the first finetune, and final
     fidelity: dict[str, dict | None] = field(default_factory=lambda: {"after_pruning": None, "final": None})
 

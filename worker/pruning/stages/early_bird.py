@@ -12,6 +12,8 @@ model's own BatchNorm scales and refuses a model without them."""
 
 from __future__ import annotations
 
+import copy
+
 from service.core.spec import EarlyBirdParams, PruneChannelsParams
 from worker.pruning.channels import prune_channels
 from worker.pruning.early_bird import BNScaleDetector, SplineDetector
@@ -88,6 +90,8 @@ class EarlyBirdRunner:
                 "last epoch's weights; raise max_epochs, or the threshold, for a ticket"
             ],
         }
+        if context.teacher is not None:  # the job distils or measures fidelity: from here on, against this network
+            state.reference = copy.deepcopy(state.model).cpu()
         if not isinstance(context.next_params, PruneChannelsParams):
             apply_ticket(params, context, state)
 
