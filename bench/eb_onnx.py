@@ -9,7 +9,7 @@ BatchNorm insertion, ``identity`` keeps the inserted BatchNorm at the identity (
 behaviours, patched into the stage for this run), ``fresh`` is the code as it is. Prints the
 ticket, the accuracies and the training curves.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/eb_onnx.py --variant fresh
+    PYTHONPATH=$PWD .venv/bin/python bench/eb_onnx.py --variant fresh [--finetune-lr 0.05]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=["none", "identity", "fresh"], default="fresh")
     parser.add_argument("--max-epochs", type=int, default=16)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="finetune.lr (default: the job's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.variant == "none":
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "model.onnx").write_bytes(onnx_bytes(model, torch.randn(2, 3, 32, 32)))
         spec = JobSpec.model_validate(
             {
-                "pipeline": [{"early_bird": {"max_epochs": args.max_epochs}}, {"finetune": {}}],
+                "pipeline": [
+                    {"early_bird": {"max_epochs": args.max_epochs}},
+                    {"finetune": {} if args.finetune_lr is None else {"lr": args.finetune_lr}},
+                ],
                 "training": {"batch_size": 32},
                 "export": {"formats": ["onnx"]},
             }
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "variant": args.variant,
+                "finetune lr": spec.pipeline[1].params.lr,
                 "ticket": report["early_bird"]["epoch"],
                 "accuracy at the ticket": report["early_bird"].get("dense_accuracy"),
                 "accuracy": report["accuracy"],

@@ -308,9 +308,7 @@ def unstructured(
     return rows
 
 
-def unstructured_job(
-    dense: nn.Module, data, b: dict, seed: int, sparsities=SPARSITIES, variants=("default", "distilled")
-) -> dict:
+def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPARSITIES, variants=("default",)) -> dict:
     """ProbMask as a job runs it against global magnitude pruning recovered by the same stage.
 
     ``probmask``: ``[probmask {sparsity, epochs: b["pm"]}, finetune {epochs: b["unstructured"] − b["pm"]}]``
@@ -589,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument(
+        "--pm-distilled", action="store_true", help="unstructured_job: also ProbMask with its weights distilled"
+    )
     parser.add_argument("--baselines", nargs="+", default=["magnitude", "random"], choices=["magnitude", "random"])
     parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="structured: channel ratios")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), help="structured: criteria")
@@ -641,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                     if part == "unstructured":
                         rows = unstructured(dense, data, b, seed, baselines=args.baselines, sparsities=args.sparsities)
                     elif part == "unstructured_job":
-                        rows = unstructured_job(dense, data, b, seed, sparsities=args.sparsities)
+                        variants = ("default", "distilled") if args.pm_distilled else ("default",)
+                        rows = unstructured_job(dense, data, b, seed, sparsities=args.sparsities, variants=variants)
                     elif part == "structured":
                         rows = structured(
                             dense,

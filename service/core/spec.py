@@ -260,10 +260,10 @@ class FinetuneParams(Strict):
     )
     lr: Positive | None = Field(
         None,
-        description="Initial SGD learning rate (cosine to 0). Default (null): after an `early_bird` stage, its "
-        "`lr` (the ticket is trained from the dense schedule's initial lr, as [EB] retrains it); 0.05 when "
-        "`reinsert_bn` re-inserted BatchNorm (the filters are rescaled to their initial norm, as in training "
-        "from scratch); else 0.01.",
+        description="Initial SGD learning rate (cosine to 0). Default (null): 0.05 when `reinsert_bn` re-inserted "
+        "BatchNorm (the filters are rescaled to their initial norm, as in training from scratch); else, after an "
+        "`early_bird` stage, its `lr` (the ticket is trained from the dense schedule's lr, as [EB] retrains it); "
+        "else 0.01. The report's `finetune` entries record the lr used.",
     )
     distill: Fraction = Field(
         0.9,
@@ -565,23 +565,16 @@ class JobSpec(Strict):
     def _ticket_training_defaults(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
         """After ``early_bird`` the uploaded model is where dense training started, not a trained
         teacher, and the ticket is an unconverged network to train ([EB] retrains it with
-        cross-entropy, from the dense schedule's initial lr): unless given, a finetune there trains
-        without distillation (a teacher would also add its forward pass to every step of the cheap
-        phase) and from the early_bird stage's ``lr`` (on shapes32 ResNet-20 tickets 0.01 ended 3-4
-        points below 0.05, and 0.05 0.5-1.75 below 0.1; BENCHMARKS.md); the resolved spec holds
-        both. Its default budget, the rest of the early_bird schedule, is known once the ticket is
-        (worker.pruning.stages.finetune)."""
+        cross-entropy): unless given, a finetune there trains without distillation (a teacher would
+        also add its forward pass to every step of the cheap phase); the resolved spec holds it. Its
+        default lr (the early_bird stage's, unless BatchNorm is re-inserted) and budget (the rest of
+        the early_bird schedule) depend on the model and the ticket (worker.pruning.stages.finetune)."""
         names = [stage.name for stage in pipeline]
         if "early_bird" in names:
-            ticket = pipeline[names.index("early_bird")].params
             for stage in pipeline[names.index("early_bird") + 1 :]:
                 params = stage.params
-                if not isinstance(params, FinetuneParams):
-                    continue
-                if "distill" not in params.model_fields_set:
+                if isinstance(params, FinetuneParams) and "distill" not in params.model_fields_set:
                     params.distill = 0.0
-                if params.lr is None:
-                    params.lr = ticket.lr
         return pipeline
 
     @field_validator("pipeline")

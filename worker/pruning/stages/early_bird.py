@@ -76,6 +76,7 @@ class EarlyBirdRunner:
             "epoch": detector.found_epoch,
             "epochs_trained": len(history),
             "max_epochs": params.max_epochs,
+            "lr": params.lr,  # the constant lr before the ticket, the following finetune's default
             "threshold": getattr(detector, "effective_threshold", params.threshold),
             "window": params.window,
             "distances": list(detector.distances),

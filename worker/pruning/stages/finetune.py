@@ -54,12 +54,19 @@ def least_ticket_epochs(max_epochs: int) -> int:
     return -(-max_epochs // 4)
 
 
-def finetune_lr(params: FinetuneParams, reinserted_bn: bool) -> float:
+def finetune_lr(params: FinetuneParams, reinserted_bn: bool, state: EngineState | None = None) -> float:
     """``lr``; by default 0.05 after BatchNorm was re-inserted (filters at their initial norm,
-    as in training from scratch), else 0.01."""
+    as in training from scratch); after ``early_bird`` the stage's own lr ([EB] retrains the
+    ticket from the dense schedule's lr: on shapes32 ResNet-20 tickets 0.1 ended 0.5–1.75 points
+    above 0.05, while a BN-folded ONNX ticket, BatchNorm re-inserted, ended 11 points below;
+    BENCHMARKS.md); else 0.01."""
     if params.lr is not None:
         return params.lr
-    return REINSERTED_BN_FINETUNE_LR if reinserted_bn else DEFAULT_FINETUNE_LR
+    if reinserted_bn:
+        return REINSERTED_BN_FINETUNE_LR
+    if state is not None and state.early_bird is not None:
+        return float(state.early_bird["lr"])
+    return DEFAULT_FINETUNE_LR
 
 
 def short_finetune(model: nn.Module, context: StageContext, epochs: int, label: str) -> None:
@@ -119,7 +126,7 @@ class FinetuneRunner:
                 "max_epochs": epochs,
                 "best_epoch": best.best_epoch if best is not None else None,
                 "reinserted_batchnorms": inserted,
-                "lr": finetune_lr(params, inserted > 0),
+                "lr": finetune_lr(params, inserted > 0, state),
             }
         )
 
@@ -128,7 +135,7 @@ class FinetuneRunner:
         params: FinetuneParams, context: StageContext, state: EngineState, epochs: int, reference, reinserted: bool
     ) -> tuple[list[dict], RestoreBest | None]:
         labelled = context.labelled
-        config = context.train_config(epochs=epochs, lr=finetune_lr(params, reinserted))
+        config = context.train_config(epochs=epochs, lr=finetune_lr(params, reinserted, state))
         callbacks: list = []
         if state.masks:
             callbacks.append(FreezeMasks(state.masks))

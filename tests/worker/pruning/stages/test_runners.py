@@ -7,13 +7,21 @@ import copy
 import pytest
 import torch
 
-from service.core.spec import EarlyBirdParams, FinetuneParams, JobSpec, ProbMaskParams, PruneChannelsParams
+from service.core.spec import (
+    DEFAULT_FINETUNE_LR,
+    REINSERTED_BN_FINETUNE_LR,
+    EarlyBirdParams,
+    FinetuneParams,
+    JobSpec,
+    ProbMaskParams,
+    PruneChannelsParams,
+)
 from tests.worker.pruning.stages.test_registry import context
 from tests.worker.pruning.tiny import MLP, ConvBN1d
 from worker.io.data import DataSplits
 from worker.pipeline import EngineError
 from worker.pruning.stages import EngineState, runner_for
-from worker.pruning.stages.finetune import ticket_finetune_epochs
+from worker.pruning.stages.finetune import finetune_lr, ticket_finetune_epochs
 
 SPEC = JobSpec.model_validate({"training": {"batch_size": 32}, "seed": 1})
 
@@ -52,6 +60,21 @@ def test_a_finetune_after_the_ticket_trains_the_rest_of_the_early_bird_schedule(
     late = dict(state.early_bird, epochs_trained=12)  # no ticket within the schedule: still a quarter of it
     assert ticket_finetune_epochs(finetune, EngineState(model=state.model, early_bird=late)) == 3
     assert ticket_finetune_epochs(FinetuneParams(epochs=4), state) is None  # a budget given is kept
+
+
+def test_a_ticket_trains_from_the_early_bird_lr_unless_batchnorm_is_reinserted_or_an_lr_is_given():
+    ticket = {"max_epochs": 12, "epochs_trained": 2, "lr": 0.07}
+    after = EngineState(model=model(), early_bird=ticket)
+    assert finetune_lr(FinetuneParams(), reinserted_bn=False, state=after) == 0.07  # [EB]: the dense schedule's lr
+    assert finetune_lr(FinetuneParams(), reinserted_bn=True, state=after) == REINSERTED_BN_FINETUNE_LR
+    assert finetune_lr(FinetuneParams(lr=0.02), reinserted_bn=False, state=after) == 0.02
+    assert finetune_lr(FinetuneParams(), reinserted_bn=False, state=EngineState(model=model())) == DEFAULT_FINETUNE_LR
+    state = EngineState(model=model())
+    params = EarlyBirdParams(detector="bn", max_epochs=4, window=1, threshold=1.0, lr=0.07)
+    runner_for(params).run(params, context(SPEC, teacher=None, next_params=FinetuneParams()), state)
+    finetune = FinetuneParams(epochs=1, distill=0.0)
+    runner_for(finetune).run(finetune, context(SPEC, teacher=None), state)
+    assert state.extras["finetune"][-1]["lr"] == 0.07  # what the report records
 
 
 def test_early_bird_before_a_prune_stage_leaves_the_pruning_to_it():
