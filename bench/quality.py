@@ -191,6 +191,18 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # shapes32, the service's default unstructured job: probmask {} (30 epochs) + finetune {} (1500 steps = 20
+    # epochs at batch 32), vs magnitude pruning + finetune {epochs: 50} (part unstructured_job)
+    "image-pmjob": {
+        "dense": 12,
+        "lr": 0.05,
+        "batch": 32,
+        "pm": 30,
+        "unstructured": 50,
+        "finetune": 3,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
     # shapes32 at the service's default ProbMask length: 30 epochs (2,250 score steps at batch 32) + 2 epochs
     # finetune, vs magnitude pruning finetuned the same 32 epochs
     "image-pm30": {

@@ -223,6 +223,15 @@ class PruneChannelsParams(Strict):
         return self
 
 
+class PruneWeightsParams(Strict):
+    """Unstructured pruning by weight magnitude under one global budget, in one shot: the smallest
+    |w| over all masked Conv/Linear weights together are zeroed (global magnitude pruning, the
+    baseline of [PROBMASK]); a following finetune keeps them at zero."""
+
+    sparsity: OpenFraction = Field(0.9, description="Fraction of the masked weights set to zero, over all layers.")
+    exclude: list[LayerName] = Field(default_factory=list, max_length=1000)
+
+
 class ProbMaskParams(Strict):
     """Unstructured sparsity under one global budget ([PROBMASK])."""
 
@@ -336,6 +345,7 @@ class StageEntry(Strict):
 STAGES: dict[str, type[Strict]] = {
     "early_bird": EarlyBirdParams,
     "prune_channels": PruneChannelsParams,
+    "prune_weights": PruneWeightsParams,
     "probmask": ProbMaskParams,
     "finetune": FinetuneParams,
 }
@@ -351,6 +361,7 @@ def _stage_entry(name: str, params: type[Strict]) -> type[StageEntry]:
 STAGE_ENTRIES: dict[str, type[StageEntry]] = {name: _stage_entry(name, params) for name, params in STAGES.items()}
 EarlyBirdStage = STAGE_ENTRIES["early_bird"]
 PruneChannelsStage = STAGE_ENTRIES["prune_channels"]
+PruneWeightsStage = STAGE_ENTRIES["prune_weights"]
 ProbMaskStage = STAGE_ENTRIES["probmask"]
 FinetuneStage = STAGE_ENTRIES["finetune"]
 
@@ -545,18 +556,19 @@ class JobSpec(Strict):
     @field_validator("pipeline")
     @classmethod
     def _stage_order(cls, pipeline: list[StageEntry]) -> list[StageEntry]:
-        """Channel removal (``prune_channels``, ``early_bird``) after ``probmask`` would change the
-        shapes of the weight masks ProbMask fixed (and dense early-bird training would revive the
-        zeros): refused, with the order that works."""
+        """Channel removal (``prune_channels``, ``early_bird``) after unstructured pruning
+        (``probmask``, ``prune_weights``) would change the shapes of the weight masks it fixed (and
+        dense early-bird training would revive the zeros): refused, with the order that works."""
         names = [stage.name for stage in pipeline]
-        if "probmask" in names:
-            first = names.index("probmask")
+        masking = [n for n in names if n in ("probmask", "prune_weights")]
+        if masking:
+            first = names.index(masking[0])
             late = [n for n in names[first + 1 :] if n in ("prune_channels", "early_bird")]
             if late:
                 raise ValueError(
-                    f"pipeline: '{late[0]}' cannot follow 'probmask' (it changes the layers whose weights "
-                    f"ProbMask masked); put '{late[0]}' before 'probmask', e.g. "
-                    f"[{late[0]}, probmask, finetune]"
+                    f"pipeline: '{late[0]}' cannot follow '{masking[0]}' (it changes the layers whose weights "
+                    f"'{masking[0]}' masked); put '{late[0]}' before '{masking[0]}', e.g. "
+                    f"[{late[0]}, {masking[0]}, finetune]"
                 )
         return pipeline
 

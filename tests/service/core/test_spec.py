@@ -44,6 +44,13 @@ def test_a_relative_threshold_for_the_bn_detector_is_refused():
         EarlyBirdParams(detector="bn", relative_threshold=0.5)
 
 
+def test_channel_removal_after_prune_weights_is_refused_with_the_order_that_works():
+    with pytest.raises(ValidationError, match="put 'early_bird' before 'prune_weights'"):
+        JobSpec(pipeline=[{"prune_weights": {"sparsity": 0.5}}, {"early_bird": {}}])
+    spec = JobSpec(pipeline=[{"prune_channels": {}}, {"prune_weights": {}}, {"finetune": {}}])
+    assert spec.pipeline[1].params.sparsity == 0.9 and type(spec.pipeline[1]).__name__ == "PruneWeightsStage"
+
+
 def test_a_probmask_stage_before_prune_channels_is_refused_and_after_it_is_accepted():
     with pytest.raises(ValidationError, match="before 'probmask'"):
         JobSpec(pipeline=[{"probmask": {}}, {"prune_channels": {}}])

@@ -8,13 +8,14 @@ imported when a job first uses them. Adding a stage: its params model in
 
 from __future__ import annotations
 
-from service.core.spec import EarlyBirdParams, FinetuneParams, ProbMaskParams, PruneChannelsParams
+from service.core.spec import EarlyBirdParams, FinetuneParams, ProbMaskParams, PruneChannelsParams, PruneWeightsParams
 from worker.pruning.criteria import load_object
 from worker.pruning.stages.base import EngineState, StageContext, StageRunner
 
 RUNNERS: dict[type, str] = {
     EarlyBirdParams: "worker.pruning.stages.early_bird:EarlyBirdRunner",
     PruneChannelsParams: "worker.pruning.stages.prune_channels:PruneChannelsRunner",
+    PruneWeightsParams: "worker.pruning.stages.prune_weights:PruneWeightsRunner",
     ProbMaskParams: "worker.pruning.stages.probmask:ProbMaskRunner",
     FinetuneParams: "worker.pruning.stages.finetune:FinetuneRunner",
 }

@@ -15,6 +15,7 @@ from service.core.spec import (
     JobSpec,
     ProbMaskParams,
     PruneChannelsParams,
+    PruneWeightsParams,
 )
 from tests.worker.pruning.stages.test_registry import context
 from tests.worker.pruning.tiny import MLP, ConvBN1d
@@ -96,6 +97,23 @@ def test_probmask_leaves_masks_at_the_requested_sparsity():
     info = state.extras["probmask"]  # the report's probmask section, with the score lr scaled to the steps
     assert info["score_lr"] > 6e-3 and info["steps"] == 2 * 3 and 0.0 <= info["undecided"] <= 1.0
     assert any("not followed by a finetune stage" in w for w in info["warnings"])
+
+
+def test_prune_weights_zeroes_the_smallest_weights_globally_and_a_finetune_keeps_them_zero():
+    state = EngineState(model=model(MLP))
+    dense = {name: m.weight.detach().abs().clone() for name, m in state.model.named_modules() if hasattr(m, "weight")}
+    params = PruneWeightsParams(sparsity=0.75)
+    runner_for(params).run(params, context(SPEC, teacher=None, next_params=FinetuneParams()), state)
+    kept = sum(int(m.sum()) for m in state.masks.values())
+    assert kept == round(0.25 * sum(m.numel() for m in state.masks.values()))
+    smallest_kept = min(float(dense[n][m].min()) for n, m in state.masks.items())
+    largest_pruned = max(float(dense[n][~m].max()) for n, m in state.masks.items() if (~m).any())
+    assert smallest_kept >= largest_pruned  # one threshold over every layer, not one per layer
+    assert state.pruned_accuracy is not None
+    finetune = FinetuneParams(epochs=2, distill=0.0)
+    runner_for(finetune).run(finetune, context(SPEC, teacher=None), state)
+    for name, mask in state.masks.items():
+        assert bool((dict(state.model.named_modules())[name].weight[~mask] == 0).all())
 
 
 def test_probmask_followed_by_a_finetune_does_not_warn_about_a_missing_finetune():
