@@ -327,10 +327,10 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
     through the stage runners, every other value the service's default (the finetune distils from
     the dense model, restores its best validation epoch); ``probmask (distilled)``: the same with
     the probmask stage's weights also distilled (weight 0.9, T 4, as the finetune's default).
-    ``magnitude``: global magnitude pruning, then ``finetune {epochs: b["unstructured"]}`` with the
-    same defaults: the same total epochs and recovery recipe."""
+    ``magnitude``: ``[prune_weights {sparsity}, finetune {epochs: b["unstructured"]}]`` (global
+    magnitude pruning) with the same defaults: the same total epochs and recovery recipe."""
     from bench.common import cpu_stage_context
-    from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams
+    from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams, PruneWeightsParams
     from worker.pruning.stages import EngineState, runner_for
     from worker.pruning.training.losses import Distillation
 
@@ -365,7 +365,8 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
             finetune(state, finetune_epochs)
             rows[f"{label} {key}"] = test_acc(state.model, data)
         state = EngineState(model=copy.deepcopy(dense))
-        state.masks = global_magnitude_prune(state.model, sparsity)
+        magnitude = PruneWeightsParams(sparsity=sparsity)  # global magnitude pruning, the job's stage
+        runner_for(magnitude).run(magnitude, cpu_stage_context(data, spec, dense, "0-prune_weights"), state)
         finetune(state, b["unstructured"])
         rows[f"magnitude {key}"] = test_acc(state.model, data)
         done = {k: round(v, 2) for k, v in rows.items() if key in k}
