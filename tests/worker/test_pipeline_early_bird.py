@@ -3,15 +3,12 @@ schedule, with cross-entropy, and the progress plan counts the schedule."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from service.core.spec import JobSpec
 from tests.worker.pruning.tiny import ConvBN2d, onnx_bytes
-from worker.io.zoo import build
+from tests.worker.zoo_jobs import run_mnist1d_cnn_job
 from worker.pipeline import EngineError, PipelineInputs, run_pipeline
 
 
@@ -31,18 +28,8 @@ def _spec(dataset: str) -> JobSpec:
 
 
 def test_an_early_bird_job_trains_the_ticket_for_the_rest_of_the_schedule_and_plans_it(tmp_path):
-    torch.manual_seed(0)
-    save_file(build("mnist1d_cnn").state_dict(), tmp_path / "model.safetensors")  # with its BatchNorm
     events: list[dict] = []
-    outcome = run_pipeline(
-        PipelineInputs(
-            model_path=tmp_path / "model.safetensors", architecture="mnist1d_cnn", builtin_dataset="mnist1d"
-        ),
-        _spec("mnist1d"),
-        tmp_path / "out",
-        on_progress=events.append,
-    )
-    report = json.loads(outcome.files["report.json"].read_text())
+    _, _, report = run_mnist1d_cnn_job(tmp_path, _spec("mnist1d"), on_progress=events.append)
     assert report["early_bird"]["epoch"] == 2 and report["early_bird"]["warnings"] == []
     # the gate compares with the network the ticket came from, not with the untrained upload
     ticket = report["early_bird"]["dense_accuracy"]
@@ -74,9 +61,6 @@ def test_after_early_bird_distillation_and_fidelity_use_the_network_at_the_ticke
 
     from worker.io.datasets import builtin_dataset
 
-    torch.manual_seed(0)
-    upload = build("mnist1d_cnn")
-    save_file(upload.state_dict(), tmp_path / "model.safetensors")
     spec = JobSpec.model_validate(
         {
             "dataset": {"builtin": "mnist1d"},
@@ -88,14 +72,7 @@ def test_after_early_bird_distillation_and_fidelity_use_the_network_at_the_ticke
             "acceptance": {"max_accuracy_drop": 100.0, "min_agreement": 0.0},
         }
     )
-    outcome = run_pipeline(
-        PipelineInputs(
-            model_path=tmp_path / "model.safetensors", architecture="mnist1d_cnn", builtin_dataset="mnist1d"
-        ),
-        spec,
-        tmp_path / "out",
-    )
-    report = json.loads(outcome.files["report.json"].read_text())
+    upload, outcome, report = run_mnist1d_cnn_job(tmp_path, spec)
     x_val = builtin_dataset("mnist1d", seed=spec.seed).x_val
     session = ort.InferenceSession(str(outcome.files["model.onnx"]))
     final = session.run(None, {session.get_inputs()[0].name: x_val.numpy()})[0].argmax(1)

@@ -3,19 +3,13 @@ masks exported and its sparsity reported."""
 
 from __future__ import annotations
 
-import json
-
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from service.core.spec import JobSpec
-from worker.io.zoo import build
-from worker.pipeline import PipelineInputs, run_pipeline
+from tests.worker.zoo_jobs import run_mnist1d_cnn_job
 
 
 def test_a_prune_weights_job_exports_its_masks_and_reports_the_sparsity_it_reached(tmp_path):
-    torch.manual_seed(0)
-    save_file(build("mnist1d_cnn").state_dict(), tmp_path / "model.safetensors")
     spec = JobSpec.model_validate(
         {
             "dataset": {"builtin": "mnist1d"},
@@ -24,14 +18,7 @@ def test_a_prune_weights_job_exports_its_masks_and_reports_the_sparsity_it_reach
             "acceptance": {"max_accuracy_drop": 100.0},
         }
     )
-    outcome = run_pipeline(
-        PipelineInputs(
-            model_path=tmp_path / "model.safetensors", architecture="mnist1d_cnn", builtin_dataset="mnist1d"
-        ),
-        spec,
-        tmp_path / "out",
-    )
-    report = json.loads(outcome.files["report.json"].read_text())
+    _, outcome, report = run_mnist1d_cnn_job(tmp_path, spec)
     masks = load_file(outcome.files["masks.safetensors"])
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == round(0.2 * sum(m.numel() for m in masks.values()))
