@@ -21,7 +21,7 @@ latency          {before: onnxruntime_latency() | None, after: ... | None,
 layers           [{name, type, channels_before, channels_after, kept_fraction,
                    weights, nonzero_weights, sparsity}]
 structure        {channels_removed: bool, unstructured_sparsity: float | None}
-early_bird       {detector, found, epoch, distances: [float], threshold, dense_accuracy, warnings} | None
+early_bird       {detector, found, epoch, distances: [float], threshold, lr, dense_accuracy, warnings} | None
                  # dense_accuracy: the network at the ticket, the accuracy reference after early_bird
 probmask         {sparsity, score_lr, steps, undecided, warnings} | None  # undecided: scores in (0.05, 0.95)
 warnings         [str]                                  # things the user should look at (undecided scores)
