@@ -101,11 +101,13 @@ def test_the_short_finetunes_of_a_quality_search_report_progress_and_can_be_canc
 
 
 class WideMLP(nn.Module):
-    """Latency that pruning visibly cuts: two 512-wide hidden layers."""
+    """Latency that pruning visibly cuts: two 1024-wide hidden layers (compute, not the runtime's
+    per-call overhead, dominates: at 512 the model pruned by 90 % measured 0.043 ms against a bound
+    of 0.040 set from a 0.119 ms dense timing)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 512), nn.Linear(512, 512), nn.Linear(512, 3)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 1024), nn.Linear(1024, 1024), nn.Linear(1024, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))
@@ -122,7 +124,7 @@ def test_a_latency_target_chooses_a_model_whose_measured_latency_meets_it():
     chosen = next(p for p in info["points"] if p["chosen"])
     assert 0 < info["chosen_ratio"] < 1 and chosen["latency_ci95_ms"][1] <= dense_ms / 3
     assert all(p["passed"] == (p["latency_ci95_ms"][1] <= dense_ms / 3) for p in info["points"])
-    assert state.model.fc1.out_features < 512
+    assert state.model.fc1.out_features < 1024
 
 
 def test_a_cost_target_out_of_reach_fails_the_job_with_its_own_code():
