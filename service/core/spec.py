@@ -361,7 +361,6 @@ def _stage_entry(name: str, params: type[Strict]) -> type[StageEntry]:
 STAGE_ENTRIES: dict[str, type[StageEntry]] = {name: _stage_entry(name, params) for name, params in STAGES.items()}
 EarlyBirdStage = STAGE_ENTRIES["early_bird"]
 PruneChannelsStage = STAGE_ENTRIES["prune_channels"]
-PruneWeightsStage = STAGE_ENTRIES["prune_weights"]
 ProbMaskStage = STAGE_ENTRIES["probmask"]
 FinetuneStage = STAGE_ENTRIES["finetune"]
 

@@ -54,7 +54,7 @@ def least_ticket_epochs(max_epochs: int) -> int:
     return -(-max_epochs // 4)
 
 
-def finetune_lr(params: FinetuneParams, reinserted_bn: bool, state: EngineState | None = None) -> float:
+def finetune_lr(params: FinetuneParams, reinserted_bn: bool, state: EngineState) -> float:
     """``lr``; by default 0.05 after BatchNorm was re-inserted (filters at their initial norm,
     as in training from scratch); after ``early_bird`` the stage's own lr ([EB] retrains the
     ticket from the dense schedule's lr: on shapes32 ResNet-20 tickets 0.1 ended 0.5–1.75 points
@@ -64,7 +64,7 @@ def finetune_lr(params: FinetuneParams, reinserted_bn: bool, state: EngineState 
         return params.lr
     if reinserted_bn:
         return REINSERTED_BN_FINETUNE_LR
-    if state is not None and state.early_bird is not None:
+    if state.early_bird is not None:
         return float(state.early_bird["lr"])
     return DEFAULT_FINETUNE_LR
 
