@@ -266,9 +266,9 @@ def write_json(path: str | None, payload: dict) -> None:
     print(text)
 
 
-def cpu_stage_context(data, spec, teacher, stage_id: str = "0-stage", next_params=None):
-    """A job's StageContext on the CPU with no hooks: how the benchmarks run the stage runners
-    (worker.pruning.stages) exactly as a job's stages, outside a job."""
+def stage_context(data, spec, teacher, stage_id: str = "0-stage", next_params=None, device: str = "cpu"):
+    """A job's StageContext with no hooks (on the CPU unless ``device`` says otherwise): how the
+    benchmarks run the stage runners (worker.pruning.stages) exactly as a job's stages, outside a job."""
     import torch
 
     from worker.pruning.stages import StageContext
@@ -277,7 +277,7 @@ def cpu_stage_context(data, spec, teacher, stage_id: str = "0-stage", next_param
     return StageContext(
         data=data,
         spec=spec,
-        device=torch.device("cpu"),
+        device=torch.device(device),
         hooks=TrainHooks(),
         teacher=teacher,
         stage_id=stage_id,

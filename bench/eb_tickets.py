@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.common import cpu_stage_context  # noqa: E402
+from bench.common import stage_context  # noqa: E402
 from bench.quality import make_model, test_acc  # noqa: E402
 from bench.shapes32 import shapes32  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams  # noqa: E402
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         state = EngineState(model=ticket)
         prune = PruneChannelsParams(criterion="spline", ratio=0.5)
         finetune = FinetuneParams(distill=0.0, lr=float(lr), epochs=int(epochs))
-        runner_for(prune).run(prune, cpu_stage_context(data, spec, None, "0-prune", finetune), state)
-        runner_for(finetune).run(finetune, cpu_stage_context(data, spec, None, "1-finetune"), state)
+        runner_for(prune).run(prune, stage_context(data, spec, None, "0-prune", finetune), state)
+        runner_for(finetune).run(finetune, stage_context(data, spec, None, "1-finetune"), state)
         row = {"ticket_epoch": int(epoch), "lr": float(lr), "finetune_epochs": int(epochs)}
         row["test"] = test_acc(state.model, data)
         results.append(row)

@@ -40,7 +40,8 @@ def _train_rate(arch: str, batch: int, steps: int, warmup: int, probmask: bool, 
     sparsifier = None
     if probmask:
         sparsifier = ProbMaskSparsifier(model, 0.9).prepare()
-        sparsifier.set_epoch(8, 30)
+        sparsifier.configure_schedule(30, 100)  # as the training loop does: eval masks refresh once per epoch
+        sparsifier.set_epoch(8)
         extra = sparsifier.score_parameters()
     ids = {id(p) for p in extra}
     weights = [p for p in model.parameters() if id(p) not in ids]

@@ -136,7 +136,7 @@ def _text(data: bytes | str | None) -> str:
 
 def run_step(python: Path, argv: list[str], limit_s: float, result_path: Path | None) -> dict:
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(
             [str(python), *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=limit_s, env=env

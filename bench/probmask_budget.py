@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import cpu_stage_context  # noqa: E402
+from bench.common import stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
 from worker.io.zoo import build  # noqa: E402
@@ -53,7 +53,7 @@ def dense_model(data, seed: int) -> torch.nn.Module:
 
 
 def run_stage(params, dense, data, spec, state: EngineState, next_params=None) -> None:
-    runner_for(params).run(params, cpu_stage_context(data, spec, dense, next_params=next_params), state)
+    runner_for(params).run(params, stage_context(data, spec, dense, next_params=next_params), state)
 
 
 def percent(model, data) -> float:

@@ -226,19 +226,24 @@ def budgets(name: str) -> dict:
     return dict(BUDGETS[name])
 
 
+DEVICE = "cpu"
+"""Where every run trains (``--device``; the tables were measured on the CPU unless they say otherwise)."""
+
+
 def config(b: dict, seed: int, epochs: int, lr: float) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=b["batch"], seed=seed, device="cpu")
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=b["batch"], seed=seed, device=DEVICE)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def test_acc(model: nn.Module, data) -> float:
-    return 100.0 * evaluate(model, data.x_test, data.y_test)
+    device = next(model.parameters()).device
+    return 100.0 * evaluate(model, data.x_test, data.y_test, device=device)
 
 
 def flops_per_epoch(model: nn.Module, data) -> float:
-    macs, _ = count_macs_params(model, data.x_train[:1])
+    macs, _ = count_macs_params(model, data.x_train[:1].to(next(model.parameters()).device))
     return 3.0 * macs * len(data.x_train)
 
 
@@ -329,7 +334,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
     the probmask stage's weights also distilled (weight 0.9, T 4, as the finetune's default).
     ``magnitude``: ``[prune_weights {sparsity}, finetune {epochs: b["unstructured"]}]`` (global
     magnitude pruning) with the same defaults: the same total epochs and recovery recipe."""
-    from bench.common import cpu_stage_context
+    from bench.common import stage_context
     from service.core.spec import FinetuneParams, JobSpec, ProbMaskParams, PruneWeightsParams
     from worker.pruning.stages import EngineState, runner_for
     from worker.pruning.training.losses import Distillation
@@ -340,7 +345,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
 
     def finetune(state: EngineState, epochs: int) -> None:
         params = FinetuneParams(epochs=epochs)
-        runner_for(params).run(params, cpu_stage_context(data, spec, dense, "1-finetune"), state)
+        runner_for(params).run(params, stage_context(data, spec, dense, "1-finetune", device=DEVICE), state)
 
     for sparsity in sparsities:
         key = f"{int(round(sparsity * 100))}%"
@@ -349,7 +354,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
             state = EngineState(model=copy.deepcopy(dense))
             params = ProbMaskParams(sparsity=sparsity, epochs=b["pm"])
             following = FinetuneParams(epochs=finetune_epochs)
-            context = cpu_stage_context(data, spec, dense, "0-probmask", following)
+            context = stage_context(data, spec, dense, "0-probmask", following, DEVICE)
             if variant == "distilled":
                 config = context.train_config(epochs=params.epochs, lr=params.lr, grad_clip=3.0)
                 teacher = copy.deepcopy(dense)
@@ -366,7 +371,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
             rows[f"{label} {key}"] = test_acc(state.model, data)
         state = EngineState(model=copy.deepcopy(dense))
         magnitude = PruneWeightsParams(sparsity=sparsity)  # global magnitude pruning, the job's stage
-        runner_for(magnitude).run(magnitude, cpu_stage_context(data, spec, dense, "0-prune_weights"), state)
+        runner_for(magnitude).run(magnitude, stage_context(data, spec, dense, "0-prune_weights", device=DEVICE), state)
         finetune(state, b["unstructured"])
         rows[f"magnitude {key}"] = test_acc(state.model, data)
         done = {k: round(v, 2) for k, v in rows.items() if key in k}
@@ -464,14 +469,14 @@ def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, widt
     applied as drawn: spline, layerwise), then ``b["finetune"]`` epochs; against the fully trained
     (cosine) dense model pruned by the ``prune_channels`` stage with the same criterion (spline) and
     ratio and finetuned the same epochs."""
-    from bench.common import cpu_stage_context
+    from bench.common import stage_context
     from service.core.spec import EarlyBirdParams, JobSpec, PruneChannelsParams
     from worker.pruning.stages import EngineState, runner_for
 
     spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}})
 
     def context():
-        return cpu_stage_context(data, spec, None)
+        return stage_context(data, spec, None, device=DEVICE)
 
     dense_flops = flops_per_epoch(dense, data)
     rows: dict = {}
@@ -506,7 +511,7 @@ def early_bird_job(dense: nn.Module, data, b: dict, seed: int, arch: str, width:
     model would (distilled from it), and with cross-entropy only. Training FLOPs: 3 × MACs per
     sample (forward + backward) of every epoch each model trained, plus (``teacher counted``) the
     distilled finetune's teacher forward passes (1 × the dense MACs per sample)."""
-    from bench.common import cpu_stage_context
+    from bench.common import stage_context
     from service.core.spec import JobSpec
     from worker.pruning.stages import EngineState, runner_for
 
@@ -517,7 +522,7 @@ def early_bird_job(dense: nn.Module, data, b: dict, seed: int, arch: str, width:
         state = EngineState(model=model)
         for index, stage in enumerate(spec.pipeline):
             following = spec.pipeline[index + 1].params if index + 1 < len(spec.pipeline) else None
-            context = cpu_stage_context(data, spec, teacher, f"{index}-{stage.name}", following)
+            context = stage_context(data, spec, teacher, f"{index}-{stage.name}", following, DEVICE)
             runner_for(stage.params).run(stage.params, context, state)
             if stage.name != "finetune":
                 rows[f"{label} (before finetune)"] = test_acc(state.model, data)
@@ -599,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the 'quick' budget (what BENCHMARKS.md reports)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="epoch budget (default: full)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (the reported tables, unless they say otherwise) or cuda")
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument(
         "--pm-distilled", action="store_true", help="unstructured_job: also ProbMask with its weights distilled"
@@ -617,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     seeds = args.seeds
     name = args.budget or ("quick" if args.quick else "full")
     b = budgets(name)
@@ -625,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "python": platform.python_version(),
     }
     report = {"budget": name, "budgets": b, "seeds": seeds, "machine": machine, "datasets": {}}

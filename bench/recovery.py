@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.common import cpu_stage_context  # noqa: E402
+from bench.common import stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams, TrainingParams  # noqa: E402
 from worker.io.data import DataSplits  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         macs_dense, _ = count_macs_params(dense, data.x_val[:1])
         for recipe in args.recipes:
             model = copy.deepcopy(dense)
-            context = cpu_stage_context(data, spec, dense, f"ft-{recipe}")
+            context = stage_context(data, spec, dense, f"ft-{recipe}")
             state = EngineState(model=model)
             runner_for(PruneChannelsParams()).run(PruneChannelsParams(), context, state)  # the default structured stage
             model = state.model

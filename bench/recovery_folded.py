@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.common import cpu_stage_context  # noqa: E402
+from bench.common import stage_context  # noqa: E402
 from service.core.spec import FinetuneParams, JobSpec, PruneChannelsParams, TrainingParams  # noqa: E402
 from worker.io.data import DataSplits  # noqa: E402
 from worker.io.datasets import builtin_dataset  # noqa: E402
@@ -138,7 +138,7 @@ def run_recipe(dense: nn.Module, data: DataSplits, seed: int, prune: dict, finet
     model = copy.deepcopy(dense)
     params = FinetuneParams(**finetune)
     # iterative pruning's short finetunes use the following finetune's recipe
-    context = cpu_stage_context(data, spec, dense, "1-finetune", next_params=params)
+    context = stage_context(data, spec, dense, "1-finetune", next_params=params)
     state = EngineState(model=model)
     t0 = time.perf_counter()
     prune_params = PruneChannelsParams(**prune)

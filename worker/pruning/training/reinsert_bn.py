@@ -81,7 +81,7 @@ def insert_batchnorm(
         var = (squares / count - mean * mean).clamp_min(0.0)
         scale = torch.ones_like(mean)
         if filter_norm is not None:
-            norms = conv.weight.detach().flatten(1).norm(dim=1).double().cpu()
+            norms = conv.weight.detach().flatten(1).norm(dim=1).to(mean)  # mean lives where the model ran
             scale = torch.where(norms > 0, filter_norm / norms.clamp_min(1e-12), scale)
             conv.weight.mul_(scale.to(conv.weight).reshape([-1] + [1] * (conv.weight.dim() - 1)))
             if conv.bias is not None:
