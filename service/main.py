@@ -38,7 +38,7 @@ async def _reaper_loop(app: FastAPI) -> None:
     state = app.state
     while True:
         try:
-            await run_in_threadpool(reap, state.sessions, state.celery, state.settings)
+            await run_in_threadpool(reap, state.sessions, state.celery, state.settings, state.store)
         except Exception:  # noqa: BLE001 - a database or broker blip: try again next round
             log.exception("reaper pass failed")
         await asyncio.sleep(state.settings.reaper_interval_s)  # the period of a periodic job

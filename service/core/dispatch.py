@@ -9,12 +9,14 @@ Kubernetes Kueue's per-tenant queues).
 
 When the broker is down the rows stay ``queued`` and the reaper (run by every API process)
 sends them later; it also re-queues jobs whose worker died (lease expired) and fails those out
-of attempts. Sending a job twice is harmless: only one worker wins the compare-and-set
+of attempts, removing what their workers stored (checkpoints, partial artifacts): no worker is
+left to do it. Sending a job twice is harmless: only one worker wins the compare-and-set
 ``queued → running``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from datetime import timedelta
 
@@ -23,9 +25,13 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from service.core import jobs
+from service.core.artifacts import job_prefix
 from service.core.config import Settings
 from service.core.models import JobRecord, utcnow
 from service.core.queue import RUN_JOB_TASK, send
+from service.core.storage import ArtifactStore
+
+log = logging.getLogger("shears.api")
 
 TIME_LIMIT_GRACE_S = 60
 _SENT = and_(JobRecord.status == "queued", JobRecord.dispatched_at.is_not(None))
@@ -104,10 +110,18 @@ def dispatch_job(sessions: sessionmaker, celery: Celery, settings: Settings, job
     return job_id in fill_window(sessions, celery, settings)
 
 
-def reap(sessions: sessionmaker, celery: Celery, settings: Settings) -> dict[str, list[str]]:
-    """One pass: re-queue lost jobs, fail exhausted ones, re-send jobs sent long ago and not
-    started (the broker may have lost them), then fill the window."""
-    requeued, failed = jobs.requeue_expired(sessions)
+def reap(
+    sessions: sessionmaker, celery: Celery, settings: Settings, store: ArtifactStore | None = None
+) -> dict[str, list[str]]:
+    """One pass: re-queue lost jobs (their checkpoints stay: the next attempt resumes from
+    them), end exhausted ones and remove their objects from ``store``, re-send jobs sent long
+    ago and not started (the broker may have lost them), then fill the window."""
+    requeued, ended = jobs.requeue_expired(sessions)
+    for job_id in ended if store is not None else ():
+        try:
+            store.delete_prefix(job_prefix(job_id))
+        except Exception:  # noqa: BLE001 - storage down: stale objects only cost space
+            log.warning("could not remove the stored objects of job %s", job_id, exc_info=True)
     stale = utcnow() - timedelta(seconds=settings.dispatch_retry_s)
     with sessions() as session:
         resend = session.scalars(
@@ -120,4 +134,4 @@ def reap(sessions: sessionmaker, celery: Celery, settings: Settings) -> dict[str
         ).all()
     sent = [job_id for job_id in resend if _send(sessions, celery, settings, job_id)]
     sent += fill_window(sessions, celery, settings)
-    return {"requeued": requeued, "failed": failed, "sent": sent}
+    return {"requeued": requeued, "ended": ended, "sent": sent}

@@ -146,7 +146,8 @@ def request_cancel(sessions: sessionmaker, job_id: str) -> bool:
 
 def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tuple[list[str], list[str]]:
     """The reaper: running jobs whose lease expired go back to queued, or fail `worker-lost`
-    when their attempts are spent. Returns (requeued ids, failed ids)."""
+    when their attempts are spent (a `cancelling` one is cancelled). Returns (requeued ids,
+    ended ids): the ended jobs have no worker any more to remove what they stored."""
     now = now or utcnow()
     with sessions() as session:
         expired = session.execute(
@@ -158,7 +159,8 @@ def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tupl
     for job_id, status, attempt, max_attempts in expired:
         stale = and_(JobRecord.status.in_(ACTIVE), JobRecord.lease_expires_at < now)
         if status == "cancelling":
-            _cas(sessions, job_id, stale, status="cancelled", finished_at=now, lease_expires_at=None)
+            if _cas(sessions, job_id, stale, status="cancelled", finished_at=now, lease_expires_at=None):
+                failed.append(job_id)
         elif attempt < max_attempts:
             if _cas(sessions, job_id, stale, status="queued", lease_expires_at=None):
                 requeued.append(job_id)

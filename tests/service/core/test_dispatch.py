@@ -3,14 +3,20 @@ way a worker makes it, with ``jobs.start``)."""
 
 from __future__ import annotations
 
+import io
+from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import update
+
 from service.core import jobs
+from service.core.artifacts import job_prefix
 from service.core.config import Settings
 from service.core.db import create_schema, make_engine, make_session_factory
 from service.core.dispatch import dispatch_job, reap
-from service.core.models import JobRecord, new_id
+from service.core.models import JobRecord, new_id, utcnow
 from service.core.queue import make_celery
+from service.core.storage import open_store
 
 
 def _environment(tmp_path: Path, window: int):
@@ -56,3 +62,23 @@ def test_a_cancelled_waiting_job_leaves_its_turn_to_the_next(tmp_path: Path) -> 
     assert jobs.request_cancel(sessions, second)
     assert jobs.start(sessions, first, lease_s=60)
     assert reap(sessions, celery, settings)["sent"] == [third]
+
+
+def test_the_reaper_removes_what_a_job_it_ends_stored_and_keeps_the_checkpoints_of_a_job_it_requeues(
+    tmp_path: Path,
+) -> None:
+    settings, sessions, celery = _environment(tmp_path, window=2)
+    store = open_store(settings)
+    out_of_attempts, retried = (_post(sessions, celery, settings, "alpha") for _ in range(2))
+    for job_id in (out_of_attempts, retried):
+        assert jobs.start(sessions, job_id, lease_s=60)
+        store.put_stream(f"{job_prefix(job_id)}checkpoints/0-finetune.pt", io.BytesIO(b"epoch 3"))
+    with sessions.begin() as session:  # both workers died; one job has no attempt left
+        session.execute(update(JobRecord).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(update(JobRecord).where(JobRecord.id == out_of_attempts).values(max_attempts=1))
+
+    passed = reap(sessions, celery, settings, store)
+
+    assert passed["ended"] == [out_of_attempts] and passed["requeued"] == [retried]
+    assert not store.exists(f"{job_prefix(out_of_attempts)}checkpoints/0-finetune.pt")
+    assert store.exists(f"{job_prefix(retried)}checkpoints/0-finetune.pt")  # the next attempt resumes from it

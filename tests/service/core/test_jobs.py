@@ -95,6 +95,16 @@ def test_the_reaper_requeues_a_lost_job_then_fails_it_as_worker_lost(sessions) -
     assert row.status == "failed" and row.error["code"] == "worker-lost"
 
 
+def test_the_reaper_ends_a_cancelling_job_whose_worker_is_gone_and_reports_it_as_ended(sessions) -> None:
+    job_id = _job(sessions)
+    jobs.start(sessions, job_id, lease_s=60)
+    assert jobs.request_cancel(sessions, job_id) is True
+    with sessions.begin() as session:
+        session.execute(update(JobRecord).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    assert jobs.requeue_expired(sessions) == ([], [job_id])
+    assert _row(sessions, job_id).status == "cancelled"
+
+
 def test_a_job_with_a_live_lease_is_left_alone_by_the_reaper(sessions) -> None:
     job_id = _job(sessions)
     jobs.start(sessions, job_id, lease_s=60)
