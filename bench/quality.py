@@ -341,6 +341,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
 
     spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}})
     finetune_epochs = b["unstructured"] - b["pm"]
+    dense = copy.deepcopy(dense).cpu()  # as a job: the teacher is a CPU copy, the pruned model lives on the device
     rows: dict = {}
 
     def finetune(state: EngineState, epochs: int) -> None:
@@ -351,7 +352,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
         key = f"{int(round(sparsity * 100))}%"
         for variant in variants:
             label = "probmask" if variant == "default" else f"probmask ({variant})"
-            state = EngineState(model=copy.deepcopy(dense))
+            state = EngineState(model=copy.deepcopy(dense).to(DEVICE))
             params = ProbMaskParams(sparsity=sparsity, epochs=b["pm"])
             following = FinetuneParams(epochs=finetune_epochs)
             context = stage_context(data, spec, dense, "0-probmask", following, DEVICE)
@@ -369,7 +370,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
             rows[f"{label} {key} undecided %"] = 100 * state.extras["probmask"]["undecided"]
             finetune(state, finetune_epochs)
             rows[f"{label} {key}"] = test_acc(state.model, data)
-        state = EngineState(model=copy.deepcopy(dense))
+        state = EngineState(model=copy.deepcopy(dense).to(DEVICE))
         magnitude = PruneWeightsParams(sparsity=sparsity)  # global magnitude pruning, the job's stage
         runner_for(magnitude).run(magnitude, stage_context(data, spec, dense, "0-prune_weights", device=DEVICE), state)
         finetune(state, b["unstructured"])
@@ -481,13 +482,13 @@ def early_bird_stage(dense: nn.Module, data, b: dict, seed: int, arch: str, widt
     dense_flops = flops_per_epoch(dense, data)
     rows: dict = {}
     torch.manual_seed(seed)  # the dense run's initial weights
-    state = EngineState(model=make_model("shapes32", arch, width))
+    state = EngineState(model=make_model("shapes32", arch, width).to(DEVICE))
     params = EarlyBirdParams(detector="spline", ratio=ratio, max_epochs=b["dense"], lr=b["lr"])
     runner_for(params).run(params, context(), state)
     ticket_epochs = state.early_bird["epochs_trained"]
     rows["spline stage ticket epoch"] = state.early_bird["epoch"] if state.early_bird["found"] else float("nan")
     rows["spline stage epochs trained"] = ticket_epochs
-    full = EngineState(model=copy.deepcopy(dense))
+    full = EngineState(model=copy.deepcopy(dense).to(DEVICE))
     prune = PruneChannelsParams(criterion="spline", ratio=ratio)  # the ticket's criterion
     runner_for(prune).run(prune, context(), full)
     for kind, st, epochs in (("EB", state, ticket_epochs), ("full", full, b["dense"])):
@@ -519,7 +520,7 @@ def early_bird_job(dense: nn.Module, data, b: dict, seed: int, arch: str, width:
 
     def run_job(label: str, model: nn.Module, pipeline: list[dict], teacher: nn.Module | None) -> EngineState:
         spec = JobSpec.model_validate({"seed": seed, "training": {"batch_size": b["batch"]}, "pipeline": pipeline})
-        state = EngineState(model=model)
+        state = EngineState(model=model.to(DEVICE))
         for index, stage in enumerate(spec.pipeline):
             following = spec.pipeline[index + 1].params if index + 1 < len(spec.pipeline) else None
             context = stage_context(data, spec, teacher, f"{index}-{stage.name}", following, DEVICE)
