@@ -155,12 +155,12 @@ def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tupl
                 JobRecord.status.in_(ACTIVE), JobRecord.lease_expires_at < now
             )
         ).all()
-    requeued, failed = [], []
+    requeued, ended = [], []
     for job_id, status, attempt, max_attempts in expired:
         stale = and_(JobRecord.status.in_(ACTIVE), JobRecord.lease_expires_at < now)
         if status == "cancelling":
             if _cas(sessions, job_id, stale, status="cancelled", finished_at=now, lease_expires_at=None):
-                failed.append(job_id)
+                ended.append(job_id)
         elif attempt < max_attempts:
             if _cas(sessions, job_id, stale, status="queued", lease_expires_at=None):
                 requeued.append(job_id)
@@ -177,8 +177,8 @@ def requeue_expired(sessions: sessionmaker, now: datetime | None = None) -> tupl
                 "message": f"the worker running this job was lost {attempt} times; retry the job",
             },
         ):
-            failed.append(job_id)
-    return requeued, failed
+            ended.append(job_id)
+    return requeued, ended
 
 
 def get(session: Session, job_id: str, tenant: str) -> JobRecord | None:

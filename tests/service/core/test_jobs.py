@@ -85,12 +85,12 @@ def test_the_reaper_requeues_a_lost_job_then_fails_it_as_worker_lost(sessions) -
         assert jobs.start(sessions, job_id, lease_s=60)
         with sessions.begin() as session:
             session.execute(update(JobRecord).values(**expired))
-        requeued, failed = jobs.requeue_expired(sessions)
+        requeued, ended = jobs.requeue_expired(sessions)
         if attempt == 1:
-            assert (requeued, failed) == ([job_id], [])
+            assert (requeued, ended) == ([job_id], [])
             assert _row(sessions, job_id).status == "queued"
         else:
-            assert (requeued, failed) == ([], [job_id])
+            assert (requeued, ended) == ([], [job_id])
     row = _row(sessions, job_id)
     assert row.status == "failed" and row.error["code"] == "worker-lost"
 
