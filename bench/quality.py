@@ -155,6 +155,18 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # MNIST-1D, the service's default unstructured job: probmask {} (30 epochs) + finetune {} (1500 steps = 60
+    # epochs at batch 128), vs prune_weights + finetune {epochs: 90} (part unstructured_job)
+    "mnist1d-pmjob": {
+        "dense": 20,
+        "lr": 0.05,
+        "batch": 128,
+        "pm": 30,
+        "unstructured": 90,
+        "finetune": 10,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
     # shapes32 (bench/shapes32.py): the default ProbMask spec (weight lr 0.01, scaled score lr, per-step
     # schedules) at 10 epochs instead of 30 (two shared CPU cores) + 2 epochs finetune, vs magnitude 12 epochs;
     # batch 32: 75 steps per epoch (2,400 training images)
