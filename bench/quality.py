@@ -370,7 +370,7 @@ def unstructured_job(dense: nn.Module, data, b: dict, seed: int, sparsities=SPAR
             context = stage_context(data, spec, dense, "0-probmask", following, DEVICE)
             if variant == "distilled":
                 config = context.train_config(epochs=params.epochs, lr=params.lr, grad_clip=3.0)
-                teacher = copy.deepcopy(dense)
+                teacher = copy.deepcopy(dense).to(DEVICE)  # beside the student, as the finetune stage puts it
                 result = run_probmask(
                     state.model, data, config, sparsity=sparsity, loss=Distillation(teacher, 0.9, 4.0)
                 )
