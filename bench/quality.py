@@ -215,6 +215,18 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # image-pmjob with both stages doubled (the same 3:2 split): probmask {epochs: 60} (4,500 score steps at
+    # batch 32) + finetune {epochs: 40}, vs magnitude pruning + finetune {epochs: 100}
+    "image-pmjob100": {
+        "dense": 12,
+        "lr": 0.05,
+        "batch": 32,
+        "pm": 60,
+        "unstructured": 100,
+        "finetune": 3,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
     # shapes32 at the service's default ProbMask length: 30 epochs (2,250 score steps at batch 32) + 2 epochs
     # finetune, vs magnitude pruning finetuned the same 32 epochs
     "image-pm30": {
