@@ -164,6 +164,26 @@ def _solve_bisect(z: torch.Tensor, budget: float, iterations: int = 20) -> float
     return hi
 
 
+def _solve_sorted(z: torch.Tensor, budget: float) -> torch.Tensor:
+    """v ≥ 0 with Σ clip(z − v, 0, 1) = K (0 when Σ clip(z, 0, 1) ≤ K), exactly, as a 0-dim
+    tensor on z's device, with no host read: f is evaluated at every breakpoint (z_i, z_i − 1
+    and 0) at once with prefix sums over the sorted z, and the segment that crosses K is
+    interpolated. The GPU path: :func:`_solve_exact`'s bracketing reads the device 80 times a
+    step, which stalls a GPU's queue (BENCHMARKS §7); sorting 2n values there costs less."""
+    zs = torch.sort(z).values
+    csum = torch.cat([zs.new_zeros(1), torch.cumsum(zs, 0)])
+    cands = torch.sort(torch.cat([zs, zs - 1.0, zs.new_zeros(1)]).clamp_min(0.0)).values
+    lower = torch.searchsorted(zs, cands, right=True)  # first z > v
+    upper = torch.searchsorted(zs, cands + 1.0, right=False)  # first z >= v + 1
+    f = (zs.numel() - upper) + (csum[upper] - csum[lower]) - cands * (upper - lower)
+    # f is non-increasing; the first candidate with f <= K exists (f(max z) = 0)
+    j = torch.searchsorted(-f, f.new_full((1,), -budget), right=False).clamp(1, f.numel() - 1)
+    f0, f1, c0, c1 = f[j - 1], f[j], cands[j - 1], cands[j]
+    gap = f0 - f1
+    v = torch.where(gap > 0, c0 + (f0 - budget) * (c1 - c0) / torch.where(gap > 0, gap, 1.0), c1)
+    return torch.where(f[0] <= budget, torch.zeros_like(c0), v).reshape(())
+
+
 @torch.no_grad()
 def project_scores_(
     scores: Sequence[torch.Tensor], budget: float, method: Literal["exact", "bisect"] = "exact"
@@ -172,19 +192,31 @@ def project_scores_(
     with one scalar v ≥ 0 shared by every tensor (what makes the budget global).
     v = 0 when Σ clip(z, 0, 1) ≤ K. Returns v. Computed in float64 on all scores at once.
     """
+    return float(_project_(scores, budget, method))
+
+
+@torch.no_grad()
+def _project_(
+    scores: Sequence[torch.Tensor], budget: float, method: Literal["exact", "bisect"] = "exact"
+) -> torch.Tensor | float:
+    """:func:`project_scores_` returning v as it was computed: a device tensor on a GPU
+    (``exact``; no host read, so the step does not wait for the GPU), a float otherwise."""
+    if method not in ("exact", "bisect"):
+        raise ValueError(f"unknown projection method {method!r}")
     if not scores:
         return 0.0
-    z = torch.cat([s.detach().reshape(-1).double() for s in scores])
-    if float(_kept_sum(z, 0.0)) <= budget:
+    z = torch.cat([s.detach().reshape(-1) for s in scores]).double()
+    v: torch.Tensor | float
+    if budget <= 0:
+        v = z.max().clamp_min(0.0)
+    elif method == "exact" and z.device.type != "cpu":
+        v = _solve_sorted(z, float(budget))
+    elif float(_kept_sum(z, 0.0)) <= budget:
         v = 0.0
-    elif budget <= 0:
-        v = float(z.max())
     elif method == "exact":
         v = _solve_exact(z, float(budget))
-    elif method == "bisect":
-        v = _solve_bisect(z, float(budget))
     else:
-        raise ValueError(f"unknown projection method {method!r}")
+        v = _solve_bisect(z, float(budget))
     for s in scores:
         s.sub_(v).clamp_(0.0, 1.0)
     return v
@@ -193,12 +225,53 @@ def project_scores_(
 # --------------------------------------------------------------------------- parametrization
 
 
+def relaxed_bernoulli(scores: torch.Tensor, temperature: float, eps: float = EPS) -> torch.Tensor:
+    """m̃ = σ((log(s+ε) − log(1−s+ε) + log(u+ε) − log(1−u+ε)) / τ), u ~ U(0, 1) ([PROBMASK] §3.2:
+    the binary concrete relaxation of Bernoulli(s)); differentiable in s."""
+    uniform = torch.rand_like(scores)
+    logistic = torch.log(uniform + eps) - torch.log(1.0 - uniform + eps)
+    logits = torch.log(scores + eps) - torch.log(1.0 - scores + eps)
+    return torch.sigmoid((logits + logistic) / temperature)
+
+
+class RelaxedMaskSampler:
+    """Draws the relaxed masks of every layer of a sparsifier in one pass over the concatenated
+    scores: one sequence of elementwise kernels per forward pass instead of one per layer (on a
+    GPU the per-layer launches were most of ProbMask's step, BENCHMARKS §7).
+
+    A layer asks for its mask when its weight is computed; a layer that asks again (the next
+    forward pass) makes every layer's mask be drawn anew, so each forward pass sees one fresh
+    draw, as with a per-layer draw (``forward_passes`` > 1 included)."""
+
+    def __init__(self, parametrizations: Sequence[ProbMaskParametrization]) -> None:
+        self.parametrizations = list(parametrizations)
+        self._masks: list[torch.Tensor] = []
+        self._handed: set[int] = set()
+
+    def __getstate__(self) -> dict:  # a copy (deepcopy of the model) starts without the drawn masks
+        return {"parametrizations": self.parametrizations, "_masks": [], "_handed": set()}
+
+    def mask(self, index: int) -> torch.Tensor:
+        if not self._masks or index in self._handed:
+            self._draw()
+        self._handed.add(index)
+        return self._masks[index]
+
+    def _draw(self) -> None:
+        first = self.parametrizations[0]
+        scores = [p.scores for p in self.parametrizations]
+        flat = relaxed_bernoulli(torch.cat([s.reshape(-1) for s in scores]), first.temperature, first.eps)
+        self._masks = [m.view_as(s) for m, s in zip(flat.split([s.numel() for s in scores]), scores, strict=True)]
+        self._handed = set()
+
+
 class ProbMaskParametrization(nn.Module):
     """``weight ↦ weight ⊙ mask`` with a learnable keep-probability per weight.
 
-    Training: relaxed Bernoulli (binary concrete) mask
-    m̃ = σ((log(s+ε) − log(1−s+ε) + u) / τ), u ~ Logistic(0, 1), resampled at every
-    forward; gradients reach both w and s (no straight-through estimator).
+    Training: relaxed Bernoulli (binary concrete) mask (:func:`relaxed_bernoulli`),
+    resampled at every forward (by the sparsifier's :class:`RelaxedMaskSampler` for all
+    layers at once, when it set one); gradients reach both w and s (no straight-through
+    estimator).
     Eval: ``eval_mask`` when set (the sparsifier sets the top-K mask that would be
     exported, so validation during training measures what the user gets), else the
     expected mask s. ``fixed`` (a 0/1 tensor) overrides both, used to try candidate
@@ -212,6 +285,8 @@ class ProbMaskParametrization(nn.Module):
         self.temperature = 1.0
         self.fixed: torch.Tensor | None = None
         self.eval_mask: torch.Tensor | None = None
+        self.sampler: RelaxedMaskSampler | None = None  # set by the sparsifier: all layers drawn at once
+        self.index = 0
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.fixed is not None:
@@ -220,10 +295,10 @@ class ProbMaskParametrization(nn.Module):
         if not self.training:
             mask = s if self.eval_mask is None else self.eval_mask
             return weight * mask.to(weight.dtype)
-        uniform = torch.rand_like(s)
-        logistic = torch.log(uniform + self.eps) - torch.log(1.0 - uniform + self.eps)
-        logits = torch.log(s + self.eps) - torch.log(1.0 - s + self.eps)
-        mask = torch.sigmoid((logits + logistic) / self.temperature)
+        if self.sampler is not None:
+            mask = self.sampler.mask(self.index)
+        else:
+            mask = relaxed_bernoulli(s, self.temperature, self.eps)
         return weight * mask.to(weight.dtype)
 
 
@@ -257,7 +332,7 @@ class ProbMaskSparsifier:
         self.n = sum(m.weight.numel() for m in self.modules.values())
         self.budget = float(self.n)
         self.temperature = 1.0
-        self.last_v = 0.0
+        self.last_v: torch.Tensor | float = 0.0
         self.steps_per_epoch = 1
         self.total_steps = 1
         self.step_index = 0
@@ -272,6 +347,10 @@ class ProbMaskSparsifier:
             return self
         for module in self.modules.values():
             parametrize.register_parametrization(module, "weight", ProbMaskParametrization(module.weight, self.eps))
+        params = list(self._params().values())
+        sampler = RelaxedMaskSampler(params)
+        for index, p in enumerate(params):
+            p.sampler, p.index = sampler, index
         self._prepared = True
         return self
 
@@ -308,15 +387,15 @@ class ProbMaskSparsifier:
             self.total_steps = max(1, epochs)
         self.set_step(epoch * self.steps_per_epoch)
 
-    def step(self) -> float:
+    def step(self) -> None:
         """Project all scores onto the current budget K (after every optimizer step),
         then move the schedules on to the next step. After the last step of an epoch the
-        eval masks are refreshed (validation runs with the mask that would be exported)."""
-        self.last_v = project_scores_(self.score_parameters(), self.budget, self.projection)
+        eval masks are refreshed (validation runs with the mask that would be exported).
+        ``last_v`` keeps the shift (on a GPU a device tensor: reading it waits for the GPU)."""
+        self.last_v = _project_(self.score_parameters(), self.budget, self.projection)
         self.set_step(self.step_index + 1)
         if self.step_index % self.steps_per_epoch == 0:
             self.refresh_eval_masks()
-        return self.last_v
 
     def undecided_fraction(self) -> float:
         """Fraction of scores still between 0.05 and 0.95."""
@@ -593,9 +672,11 @@ __all__ = [
     "ProbMaskParametrization",
     "ProbMaskSparsifier",
     "ProbMaskTraining",
+    "RelaxedMaskSampler",
     "finetune_with_masks",
     "kept_fraction",
     "project_scores_",
+    "relaxed_bernoulli",
     "run_probmask",
     "scaled_score_lr",
     "temperature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -69,7 +70,24 @@ def test_projection_only_clips_when_already_under_budget():
     assert scores[0].tolist() == pytest.approx([0.2, 1.0, 0.0])
 
 
+def test_the_sorted_projection_finds_the_same_shift_as_the_bracketing_one():
+    from worker.pruning.probmask import _solve_sorted
+
+    for seed in range(4):
+        z = torch.cat([s.reshape(-1) for s in random_scores(seed)]).double()
+        z[:10] = 1.0  # ties, as scores at 1 before the budget falls
+        for fraction in (0.05, 0.3, 0.7):
+            budget = fraction * z.numel()
+            v = _solve_sorted(z, budget)
+            assert v.dim() == 0 and v.device == z.device
+            assert float(v) == pytest.approx(project_scores_([z.clone()], budget), abs=1e-9)  # the CPU path
+            assert float((z - v).clamp(0, 1).sum()) <= budget + 1e-9
+    z = torch.tensor([0.2, 1.4, -0.3], dtype=torch.float64)
+    assert float(_solve_sorted(z, 10.0)) == 0.0  # under budget already: only clipped
+
+
 def test_schedules_follow_the_specification():
+
     epochs = 50
     taus = [temperature(e, epochs) for e in range(epochs)]
     assert taus[0] == 1.0 and all(a > b for a, b in zip(taus, taus[1:], strict=False))
@@ -95,6 +113,26 @@ def test_the_relaxed_mask_is_sampled_in_training_and_the_expectation_is_used_in_
     p.train()
     p(weight).sum().backward()
     assert p.scores.grad is not None and float(p.scores.grad.abs().sum()) > 0
+
+
+def test_the_sparsifier_draws_every_layers_mask_once_per_forward_pass():
+    torch.manual_seed(0)
+    model = MLP().train()
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.5).prepare()
+    with torch.no_grad():
+        for s in sparsifier.score_parameters():
+            s.fill_(0.5)
+    sampler = model.fc1.parametrizations.weight[0].sampler
+    first_fc1 = model.fc1.weight.detach().clone()
+    first_fc2 = model.fc2.weight.detach().clone()  # the same draw as fc1's
+    assert torch.equal(first_fc2, model.fc2.parametrizations.weight.original.detach() * sampler._masks[1].detach())
+    assert not torch.equal(model.fc1.weight.detach(), first_fc1)  # fc1 again: a new forward pass, a new draw
+    masks = torch.cat([m.detach().reshape(-1) for m in sampler._masks])
+    assert 0.4 < float((masks > 0.5).float().mean()) < 0.6  # Bernoulli(0.5) at τ = 1
+    model(torch.randn(8, 1, 16)).sum().backward()
+    assert all(s.grad is not None and float(s.grad.abs().sum()) > 0 for s in sparsifier.score_parameters())
+    copied = copy.deepcopy(model)  # mid-training copies (best-epoch restore, targets) carry no drawn masks
+    assert copied.fc1.parametrizations.weight[0].sampler._masks == []
 
 
 def test_probmask_reaches_exactly_the_requested_sparsity_with_a_non_uniform_global_budget():

@@ -96,7 +96,10 @@ def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: in
     _call(callbacks, "on_epoch_start", state)
     model.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-    loss_sum, correct, seen = 0.0, 0, 0
+    # summed on the device and read once per epoch: a host read per step stalls a GPU's queue
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
     for i in range(0, n, config.batch_size):
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -120,16 +123,16 @@ def _run_epoch(state: TrainState, callbacks, trainable, loss_fn: Loss, epoch: in
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         _call(callbacks, "after_step", state)
-        loss_sum += float(state.loss) * len(idx)
+        loss_sum += state.loss.double() * len(idx)
         if yb is not None:
-            correct += int((logits.detach().argmax(1) == yb).sum())
+            correct += (logits.detach().argmax(1) == yb).sum()
         seen += len(idx)
         state.step += 1
     state.batch = None
     state.record = {
         "epoch": epoch + 1,
-        "loss": loss_sum / max(1, seen),
-        "train_accuracy": correct / max(1, seen) if data.y_train is not None else None,
+        "loss": float(loss_sum) / max(1, seen),
+        "train_accuracy": int(correct) / max(1, seen) if data.y_train is not None else None,
         "val_accuracy": evaluate(model, data.x_val, data.y_val, device=device) if data.y_val is not None else None,
         "lr": lr,
         "stopped": False,
