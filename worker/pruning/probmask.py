@@ -164,24 +164,39 @@ def _solve_bisect(z: torch.Tensor, budget: float, iterations: int = 20) -> float
     return hi
 
 
-def _solve_sorted(z: torch.Tensor, budget: float) -> torch.Tensor:
+def _solve_sorted(z: torch.Tensor, budget: float, chunk: int = 1 << 20) -> torch.Tensor:
     """v ≥ 0 with Σ clip(z − v, 0, 1) = K (0 when Σ clip(z, 0, 1) ≤ K), exactly, as a 0-dim
-    tensor on z's device, with no host read: f is evaluated at every breakpoint (z_i, z_i − 1
-    and 0) at once with prefix sums over the sorted z, and the segment that crosses K is
-    interpolated. The GPU path: :func:`_solve_exact`'s bracketing reads the device 80 times a
-    step, which stalls a GPU's queue (BENCHMARKS §7); sorting 2n values there costs less."""
+    tensor on z's device, with no host read (the GPU path: :func:`_solve_exact`'s bracketing
+    reads the device 80 times a step, which stalls a GPU's queue; BENCHMARKS §7).
+
+    f(v) = Σ clip(z_i − v, 0, 1) is non-increasing with breakpoints at z_i and z_i − 1. On
+    the sorted z, f at any point costs two binary searches and a prefix sum. For each family
+    of breakpoints (z_i, then z_i − 1, each sorted with z) the number of breakpoints with
+    f > K is counted, chunk by chunk (the memory stays a few copies of z); the last of them
+    and the next one bracket the root. Intersecting the two brackets leaves an interval with
+    no breakpoint inside, where f is linear: interpolate."""
     zs = torch.sort(z).values
+    n = zs.numel()
     csum = torch.cat([zs.new_zeros(1), torch.cumsum(zs, 0)])
-    cands = torch.sort(torch.cat([zs, zs - 1.0, zs.new_zeros(1)]).clamp_min(0.0)).values
-    lower = torch.searchsorted(zs, cands, right=True)  # first z > v
-    upper = torch.searchsorted(zs, cands + 1.0, right=False)  # first z >= v + 1
-    f = (zs.numel() - upper) + (csum[upper] - csum[lower]) - cands * (upper - lower)
-    # f is non-increasing; the first candidate with f <= K exists (f(max z) = 0)
-    j = torch.searchsorted(-f, f.new_full((1,), -budget), right=False).clamp(1, f.numel() - 1)
-    f0, f1, c0, c1 = f[j - 1], f[j], cands[j - 1], cands[j]
-    gap = f0 - f1
-    v = torch.where(gap > 0, c0 + (f0 - budget) * (c1 - c0) / torch.where(gap > 0, gap, 1.0), c1)
-    return torch.where(f[0] <= budget, torch.zeros_like(c0), v).reshape(())
+
+    def f(c: torch.Tensor) -> torch.Tensor:
+        lower = torch.searchsorted(zs, c, right=True)  # first z > c
+        upper = torch.searchsorted(zs, c + 1.0, right=False)  # first z >= c + 1
+        return (n - upper) + (csum[upper] - csum[lower]) - c * (upper - lower)
+
+    lo, hi = zs.new_zeros(1), zs[-1:].clamp_min(0.0)  # f(max z) = 0 <= K
+    for shift in (0.0, 1.0):
+        above = torch.zeros((), dtype=torch.long, device=zs.device)
+        for start in range(0, n, chunk):
+            above += (f((zs[start : start + chunk] - shift).clamp_min(0.0)) > budget).sum()
+        last_above = (zs[(above - 1).clamp(0, n - 1)] - shift).clamp_min(0.0)
+        first_below = (zs[above.clamp(max=n - 1)] - shift).clamp_min(0.0)
+        lo = torch.where(above > 0, torch.maximum(lo, last_above), lo)
+        hi = torch.where(above < n, torch.minimum(hi, first_below), hi)
+    f_lo, f_hi = f(lo), f(hi)
+    gap = f_lo - f_hi
+    v = torch.where(gap > 0, lo + (f_lo - budget) * (hi - lo) / torch.where(gap > 0, gap, 1.0), hi)
+    return torch.where(f(zs.new_zeros(1)) <= budget, torch.zeros_like(v), v).reshape(())
 
 
 @torch.no_grad()

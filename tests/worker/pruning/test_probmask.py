@@ -81,6 +81,7 @@ def test_the_sorted_projection_finds_the_same_shift_as_the_bracketing_one():
             v = _solve_sorted(z, budget)
             assert v.dim() == 0 and v.device == z.device
             assert float(v) == pytest.approx(project_scores_([z.clone()], budget), abs=1e-9)  # the CPU path
+            assert float(_solve_sorted(z, budget, chunk=7)) == pytest.approx(float(v), abs=1e-12)  # counted in chunks
             assert float((z - v).clamp(0, 1).sum()) <= budget + 1e-9
     z = torch.tensor([0.2, 1.4, -0.3], dtype=torch.float64)
     assert float(_solve_sorted(z, 10.0)) == 0.0  # under budget already: only clipped
