@@ -167,6 +167,18 @@ BUDGETS = {
         "ft_lr": 0.01,
         "score_lr": None,
     },
+    # mnist1d-pmjob with both stages doubled (the same 1:2 split): probmask {epochs: 60} + finetune {epochs: 120},
+    # vs prune_weights + finetune {epochs: 180}
+    "mnist1d-pmjob180": {
+        "dense": 20,
+        "lr": 0.05,
+        "batch": 128,
+        "pm": 60,
+        "unstructured": 180,
+        "finetune": 10,
+        "ft_lr": 0.01,
+        "score_lr": None,
+    },
     # shapes32 (bench/shapes32.py): the default ProbMask spec (weight lr 0.01, scaled score lr, per-step
     # schedules) at 10 epochs instead of 30 (two shared CPU cores) + 2 epochs finetune, vs magnitude 12 epochs;
     # batch 32: 75 steps per epoch (2,400 training images)
