@@ -246,7 +246,14 @@ class ProbMaskParams(Strict):
         "hundred steps it leaves the scores undecided.",
     )
     exclude: list[LayerName] = Field(default_factory=list, max_length=1000)
-    final_mask: Literal["topk", "sample"] = "topk"
+    final_mask: Literal["expected_magnitude", "topk", "sample"] = Field(
+        "expected_magnitude",
+        description="How the final mask is drawn from the learned keep-probabilities s. `expected_magnitude`: "
+        "the weights with the largest s·|w| (the expected magnitude of the masked weight; where the scores are "
+        "undecided the larger weight wins); `topk`: the largest s, ties broken by |w|; `sample`: the best of "
+        "10 Bernoulli(s) draws by training accuracy (the reference's). Both top-K rules give the exact "
+        "sparsity.",
+    )
     mask_samples: Annotated[int, Field(ge=1, le=8)] = 1
 
 

@@ -44,6 +44,11 @@ SCORE_LR_TOTAL = 20.0
 6e-3 × 59k steps gives ≈ 176; 20 separated the scores in a review experiment on MNIST-1D."""
 MAX_SCORE_LR = 1.0
 """Cap of the scaled score lr (a job of a handful of steps would otherwise take steps > 1)."""
+RankBy = Literal["expected_magnitude", "score"]
+FinalMask = Literal["expected_magnitude", "topk", "sample"]
+FINAL_MASKS: tuple[str, ...] = ("expected_magnitude", "topk", "sample")
+RANK_BY_MODE: dict[str, RankBy] = {"expected_magnitude": "expected_magnitude", "topk": "score"}
+"""The deterministic final-mask modes and what they rank the weights by (:meth:`ProbMaskSparsifier.topk_masks`)."""
 UNDECIDED_LOW, UNDECIDED_HIGH = 0.05, 0.95
 UNDECIDED_WARNING = 0.10
 """Fraction of undecided scores (in (0.05, 0.95) when the mask is drawn) that warns in the report."""
@@ -322,7 +327,8 @@ class ProbMaskSparsifier:
 
     ``sparsity`` is the final fraction of zero weights over all masked tensors
     (biases and BN parameters are never masked and do not count). ``exclude`` takes
-    layer names plus ``first``/``last``.
+    layer names plus ``first``/``last``. ``rank_by`` orders the weights for the
+    deterministic final mask (:meth:`topk_masks`).
     """
 
     def __init__(
@@ -332,6 +338,7 @@ class ProbMaskSparsifier:
         exclude: Iterable[str] = (),
         eps: float = EPS,
         projection: Literal["exact", "bisect"] = "exact",
+        rank_by: RankBy = "expected_magnitude",
     ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError("sparsity must be in [0, 1)")
@@ -339,6 +346,7 @@ class ProbMaskSparsifier:
         self.sparsity = sparsity
         self.eps = eps
         self.projection = projection
+        self.rank_by = rank_by
         layers = discover_layers(model)
         excluded = resolve_excludes(model, exclude, layers)
         self.modules: dict[str, nn.Module] = {
@@ -426,10 +434,20 @@ class ProbMaskSparsifier:
     # final masks -------------------------------------------------------------------
 
     @torch.no_grad()
-    def topk_masks(self) -> dict[str, torch.Tensor]:
-        """Deterministic final mask: the ``kept_target`` largest scores over all layers;
-        equal scores (all 1 before the budget falls, say) are broken by weight magnitude,
-        larger |w| kept first (global magnitude pruning among ties). Exact sparsity."""
+    def topk_masks(self, rank_by: RankBy | None = None) -> dict[str, torch.Tensor]:
+        """Deterministic final mask: the ``kept_target`` highest-ranked weights over all layers
+        (exact sparsity), ranked ``rank_by`` (default: the sparsifier's):
+
+        - ``expected_magnitude`` (Shears default): s_i·|w_i|, the expected magnitude of the
+          masked weight E[m_i·|w_i|] under the learned keep-probabilities. Where the scores have
+          decided (s ≈ 1 or 0) it is the score's choice; among undecided scores the larger weight
+          wins. On the MNIST-1D CNN at 90 % the scores leave two thirds of the kept weights
+          undecided, and ranking by s alone ended behind global magnitude pruning
+          (BENCHMARKS.md "The final mask");
+        - ``score``: s_i alone ([PROBMASK]'s deterministic reading).
+
+        Equal keys (all scores 1 before the budget falls, or all s·|w| = 0) are broken by weight
+        magnitude, larger |w| kept first (global magnitude pruning among ties)."""
         params = self._params()
         flat = torch.cat([p.scores.detach().reshape(-1).float().cpu() for p in params.values()])
         magnitude = torch.cat(
@@ -438,9 +456,16 @@ class ProbMaskSparsifier:
                 for n in params
             ]
         )
+        rank_by = rank_by or self.rank_by
+        if rank_by == "expected_magnitude":
+            key = flat.clamp(0.0, 1.0) * magnitude
+        elif rank_by == "score":
+            key = flat
+        else:
+            raise ValueError(f"unknown rank_by {rank_by!r}; expected 'expected_magnitude' or 'score'")
         by_magnitude = torch.sort(magnitude, descending=True, stable=True).indices
-        by_score = torch.sort(flat[by_magnitude], descending=True, stable=True).indices
-        order = by_magnitude[by_score][: self.kept_target]
+        by_key = torch.sort(key[by_magnitude], descending=True, stable=True).indices
+        order = by_magnitude[by_key][: self.kept_target]
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[order] = True
         out, start = {}, 0
@@ -460,16 +485,16 @@ class ProbMaskSparsifier:
 
     def choose_final_masks(
         self,
-        mode: Literal["topk", "sample"] = "topk",
+        mode: FinalMask = "expected_magnitude",
         score_fn: Callable[[], float] | None = None,
         samples: int = 10,
         seed: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """Fix the final masks: ``topk`` (Shears default) or the best of ``samples``
-        Bernoulli draws by ``score_fn()`` (higher is better, e.g. training accuracy),
-        evaluated with each candidate mask applied."""
-        if mode == "topk":
-            self._final = self.topk_masks()
+        """Fix the final masks: ``expected_magnitude`` (Shears default: top-K of s·|w|),
+        ``topk`` (top-K of s) or the best of ``samples`` Bernoulli draws by ``score_fn()``
+        (higher is better, e.g. training accuracy), evaluated with each candidate mask applied."""
+        if mode in RANK_BY_MODE:
+            self._final = self.topk_masks(RANK_BY_MODE[mode])
         elif mode == "sample":
             gen = torch.Generator().manual_seed(seed)
             best, best_score = None, -math.inf
@@ -487,7 +512,7 @@ class ProbMaskSparsifier:
                     best, best_score = cand, score
             self._final = best
         else:
-            raise ValueError(f"unknown final mask mode {mode!r}; expected 'topk' or 'sample'")
+            raise ValueError(f"unknown final mask mode {mode!r}; expected one of {', '.join(FINAL_MASKS)}")
         return self._final  # type: ignore[return-value]
 
     def _set_fixed(self, masks: dict[str, torch.Tensor] | None) -> None:
@@ -594,7 +619,7 @@ def run_probmask(
     score_lr: float | None = None,
     score_lr_total: float = SCORE_LR_TOTAL,
     exclude: Iterable[str] = (),
-    final_mask: Literal["topk", "sample"] = "topk",
+    final_mask: FinalMask = "expected_magnitude",
     final_samples: int = 10,
     projection: Literal["exact", "bisect"] = "exact",
     callbacks: Sequence = (),
@@ -625,7 +650,8 @@ def run_probmask(
     model.to(dev)
     if data.y_train is None and final_mask == "sample" and teacher is None:
         raise ValueError("a dataset without labels chooses the sampled mask by fidelity: pass the teacher")
-    sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection).prepare()
+    rank_by = RANK_BY_MODE.get(final_mask, "expected_magnitude")  # also the mask validation runs with
+    sparsifier = ProbMaskSparsifier(model, sparsity, exclude, projection=projection, rank_by=rank_by).prepare()
     if score_lr is None:
         score_lr = scaled_score_lr(config.epochs, config.steps_per_epoch(len(data.x_train)), score_lr_total)
     history = train(model, data, config, [ProbMaskTraining(sparsifier, score_lr), *callbacks], loss=loss)

@@ -140,7 +140,8 @@ def test_probmask_reaches_exactly_the_requested_sparsity_with_a_non_uniform_glob
     torch.manual_seed(0)
     model = MLP()
     data = make_data((1, 16), n_train=192, n_val=64)
-    result = run_probmask(model, data, TrainConfig(epochs=10, lr=0.05, batch_size=32), sparsity=0.7, score_lr=0.02)
+    result = run_probmask(model, data, TrainConfig(epochs=10, lr=0.05, batch_size=32), sparsity=0.7)
+    assert result["undecided"] < 0.2  # the default (scaled) score lr: in ProbMask's regime
     weights = {n: m.weight for n, m in model.named_modules() if n in result["masks"]}
     assert set(weights) == {"fc1", "fc2", "fc3"}  # everything masked by default, classifier too
     n = sum(w.numel() for w in weights.values())
@@ -282,20 +283,76 @@ def test_the_default_score_lr_makes_the_cosine_sum_reach_the_fixed_total():
     assert scaled_score_lr(1, 2) == 1.0  # capped
 
 
-def test_top_k_breaks_ties_between_equal_scores_by_weight_magnitude():
+LAYERS = ("fc1", "fc2", "fc3")
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+@pytest.mark.parametrize("rank_by", ["score", "expected_magnitude"])
+def test_top_k_breaks_ties_between_equal_scores_by_weight_magnitude(rank_by):
     torch.manual_seed(0)
     model = MLP()
-    magnitudes = torch.cat([m.weight.detach().abs().reshape(-1) for m in (model.fc1, model.fc2, model.fc3)])
+    magnitudes = flat(getattr(model, n).weight.abs() for n in LAYERS)
     sparsifier = ProbMaskSparsifier(model, sparsity=0.9).prepare()  # scores all 1: every score ties
-    masks = sparsifier.topk_masks()
-    kept = torch.cat([masks[n].reshape(-1) for n in ("fc1", "fc2", "fc3")])
+    kept = flat(sparsifier.topk_masks(rank_by)[n] for n in LAYERS)
     threshold = torch.sort(magnitudes, descending=True).values[sparsifier.kept_target - 1]
     assert int(kept.sum()) == sparsifier.kept_target
     assert bool((magnitudes[kept] >= threshold).all()) and bool((magnitudes[~kept] <= threshold).all())
-    with torch.no_grad():  # a higher score still wins over a larger weight
+
+
+def test_ranked_by_score_a_higher_score_wins_over_a_larger_weight():
+    torch.manual_seed(0)
+    sparsifier = ProbMaskSparsifier(MLP(), sparsity=0.9).prepare()
+    with torch.no_grad():
         sparsifier.score_parameters()[2].fill_(0.5)  # fc3
-    masks = sparsifier.topk_masks()
+    masks = sparsifier.topk_masks("score")
     assert int(masks["fc3"].sum()) == 0 and int(masks["fc1"].sum() + masks["fc2"].sum()) == sparsifier.kept_target
+
+
+def test_the_default_final_mask_keeps_the_largest_expected_magnitudes():
+    torch.manual_seed(0)
+    model = MLP()
+    sparsifier = ProbMaskSparsifier(model, sparsity=0.8).prepare()
+    with torch.no_grad():
+        for scores in sparsifier.score_parameters():
+            scores.uniform_(0.0, 1.0)
+    expected = flat(sparsifier.score_parameters()) * flat(getattr(model, n).weight.abs() for n in LAYERS)
+    kept = flat(sparsifier.topk_masks()[n] for n in LAYERS)
+    threshold = torch.sort(expected, descending=True).values[sparsifier.kept_target - 1]
+    assert int(kept.sum()) == sparsifier.kept_target
+    assert bool((expected[kept] >= threshold).all()) and bool((expected[~kept] <= threshold).all())
+    by_score = flat(sparsifier.topk_masks("score")[n] for n in LAYERS)
+    assert not torch.equal(kept, by_score)  # the two rules differ where the scores are undecided
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n].cpu(), b[n].cpu()) for n in a)
+
+
+def test_the_final_mask_mode_chooses_the_ranking_that_validation_also_uses():
+    torch.manual_seed(0)
+    sparsifier = ProbMaskSparsifier(MLP(), sparsity=0.7, rank_by="score").prepare()
+    with torch.no_grad():
+        for scores in sparsifier.score_parameters():
+            scores.uniform_(0.0, 1.0)
+    by_score, by_expected = sparsifier.topk_masks("score"), sparsifier.topk_masks("expected_magnitude")
+    assert not same(by_score, by_expected)
+    sparsifier.refresh_eval_masks()
+    assert same({n: p.eval_mask for n, p in sparsifier._params().items()}, by_score)
+    assert same(sparsifier.choose_final_masks("topk"), by_score)
+    assert same(sparsifier.choose_final_masks("expected_magnitude"), by_expected)
+    with pytest.raises(ValueError, match="expected_magnitude, topk, sample"):
+        sparsifier.choose_final_masks("largest")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["expected_magnitude", "topk"])
+def test_probmask_runs_to_the_exact_sparsity_with_either_top_k_rule(mode):
+    torch.manual_seed(0)
+    result = run_probmask(MLP(), DATA, TrainConfig(epochs=2, lr=0.05, batch_size=32), sparsity=0.7, final_mask=mode)
+    assert result["final_mask"] == mode
+    assert result["sparsity"] == pytest.approx(0.7, abs=5e-3)  # K = round(0.3 n) of n = 372 weights
 
 
 PM_CONFIG = TrainConfig(epochs=3, lr=0.05, batch_size=32, grad_clip=3.0)
