@@ -318,7 +318,8 @@ def test_the_default_final_mask_keeps_the_largest_expected_magnitudes():
     with torch.no_grad():
         for scores in sparsifier.score_parameters():
             scores.uniform_(0.0, 1.0)
-    expected = flat(sparsifier.score_parameters()) * flat(getattr(model, n).weight.abs() for n in LAYERS)
+    weights = flat(getattr(model, n).parametrizations.weight.original.abs() for n in LAYERS)  # w, not w·m
+    expected = flat(sparsifier.score_parameters()) * weights
     kept = flat(sparsifier.topk_masks()[n] for n in LAYERS)
     threshold = torch.sort(expected, descending=True).values[sparsifier.kept_target - 1]
     assert int(kept.sum()) == sparsifier.kept_target
