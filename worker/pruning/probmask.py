@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ MAX_SCORE_LR = 1.0
 """Cap of the scaled score lr (a job of a handful of steps would otherwise take steps > 1)."""
 RankBy = Literal["expected_magnitude", "score"]
 FinalMask = Literal["expected_magnitude", "topk", "sample"]
-FINAL_MASKS: tuple[str, ...] = ("expected_magnitude", "topk", "sample")
+FINAL_MASKS: tuple[str, ...] = get_args(FinalMask)
 RANK_BY_MODE: dict[str, RankBy] = {"expected_magnitude": "expected_magnitude", "topk": "score"}
 """The deterministic final-mask modes and what they rank the weights by (:meth:`ProbMaskSparsifier.topk_masks`)."""
 UNDECIDED_LOW, UNDECIDED_HIGH = 0.05, 0.95
