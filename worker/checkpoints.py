@@ -10,7 +10,8 @@ shows epoch *k* therefore always has the epoch-*k* checkpoint in storage.
 Before a run, :meth:`CheckpointMirror.restore` replaces the local directory with what the
 store holds, whichever host wrote it; the loop then resumes from those files as from its own.
 When the job ends (succeeded, failed or cancelled) :meth:`CheckpointMirror.discard` removes
-the objects. Knows files and keys only: no torch, no job rows.
+the objects; a worker that dies before it could is covered by the task's redelivery, which
+finds the job ended and discards them then (worker.execution). Knows files and keys only: no torch, no job rows.
 """
 
 from __future__ import annotations

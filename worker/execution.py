@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 
 from service.core import artifacts as artifacts_spec
 from service.core import jobs
@@ -117,6 +118,7 @@ def execute_job(job_id: str, settings: Settings, sessions, store: ArtifactStore)
     ``skipped`` when another execution holds the job (a duplicate delivery), ``lost`` when
     the job was taken away from this one while it ran (its lease expired)."""
     if not jobs.start(sessions, job_id, settings.lease_s):
+        _discard_checkpoints_if_ended(job_id, settings, sessions, store)
         return "skipped"  # another worker holds it, it was cancelled, or it already ended
     with sessions() as session:
         job = session.get(JobRecord, job_id)
@@ -164,7 +166,7 @@ def _fetch(store: ArtifactStore, row, kind: str, path: Path) -> None:
 
 def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, store, heartbeat) -> str:
     workdir = settings.data_dir / "work" / job_id / str(attempt)
-    checkpoints = settings.data_dir / "checkpoints" / job_id
+    checkpoints = _local_checkpoints(settings, job_id)
     reporter = ProgressReporter(sessions, job_id, settings, attempt)
     clock = JobClock(spec.time_limit_s)
     mirror = CheckpointMirror(store, job_id, checkpoints, attempt, may_write=lambda: not heartbeat.lost)
@@ -247,6 +249,21 @@ def _run(job_id, attempt, spec, model_row, dataset_row, settings, sessions, stor
             mirror.discard()  # local copies and the stored ones
             _notify(settings, sessions, job_id, spec)
     return status
+
+
+def _discard_checkpoints_if_ended(job_id: str, settings: Settings, sessions, store: ArtifactStore) -> None:
+    """A redelivered task of an ended job: remove the checkpoints its worker may have left when
+    it died between ending the row and discarding them (Celery redelivers a task whose worker was
+    lost, ``task_reject_on_worker_lost``). Checkpoints of a job another worker runs are kept."""
+    with sessions() as session:
+        status = session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+    if status in jobs.TERMINAL:
+        CheckpointMirror(store, job_id, _local_checkpoints(settings, job_id), attempt=0).discard()
+
+
+def _local_checkpoints(settings: Settings, job_id: str) -> Path:
+    """The training loop's checkpoint directory for ``job_id`` on this host."""
+    return settings.data_dir / "checkpoints" / job_id
 
 
 def _mirrored(mirror: CheckpointMirror, reporter: ProgressReporter):

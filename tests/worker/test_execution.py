@@ -1,10 +1,12 @@
 """Job execution on a real SQLite database and file store: a job whose inputs vanished fails
 with a reason the user can act on (never internal-error); a succeeded job stores the typed
-result contract and a report that names the job."""
+result contract and a report that names the job; a redelivered task of an ended job removes
+the checkpoints a dead worker left."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ from service.core import artifacts, crud
 from service.core.config import Settings
 from service.core.contracts import JobReport, JobResult
 from service.core.db import create_schema, make_engine, make_session_factory
-from service.core.models import JobRecord
-from service.core.storage import open_store
+from service.core.models import JobRecord, utcnow
+from service.core.storage import ArtifactNotFound, open_store
 from tests.factories import digits_mlp_onnx
+from worker.checkpoints import checkpoint_prefix
 from worker.execution import execute_job
 
 SPEC = {
@@ -103,3 +106,42 @@ def test_progress_writes_every_stage_start_and_last_epoch_and_throttles_the_epoc
     assert recorded()[1].get("epoch") is None
     reporter({"stage": "1-finetune", "epoch": 2, "epochs": 2, "percent": 99.0})  # the stage's last epoch
     assert recorded()[1] == {"stage": "1-finetune", "epoch": 2, "epochs": 2, "percent": 99.0}
+
+
+def _leave_checkpoints(settings, store, tmp_path) -> str:
+    """A stored checkpoint and its local copy, as a worker leaves them mid-job."""
+    (tmp_path / "0-finetune.pt").write_bytes(b"epoch-3")
+    store.put_file(checkpoint_prefix("job_1") + "0-finetune.pt", tmp_path / "0-finetune.pt")
+    local = settings.data_dir / "checkpoints" / "job_1"
+    local.mkdir(parents=True)
+    (local / "0-finetune.pt").write_bytes(b"epoch-3")
+    return checkpoint_prefix("job_1") + "0-finetune.pt"
+
+
+def _status(sessions, status: str) -> None:
+    with sessions.begin() as session:
+        session.get(JobRecord, "job_1").status = status
+
+
+@pytest.mark.parametrize("ended", ["succeeded", "failed", "cancelled"])
+def test_a_redelivered_task_of_an_ended_job_removes_the_checkpoints_its_dead_worker_left(
+    world, tmp_path, ended
+) -> None:
+    settings, sessions, store, _ = world
+    key = _leave_checkpoints(settings, store, tmp_path)
+    _status(sessions, ended)  # the worker ended the row and died before discarding
+    assert execute_job("job_1", settings, sessions, store) == "skipped"
+    with pytest.raises(ArtifactNotFound):
+        b"".join(store.iter_bytes(key))
+    assert not (settings.data_dir / "checkpoints" / "job_1").exists()
+
+
+def test_a_duplicate_delivery_of_a_running_job_keeps_the_checkpoints_its_worker_resumes_from(world, tmp_path) -> None:
+    settings, sessions, store, _ = world
+    key = _leave_checkpoints(settings, store, tmp_path)
+    with sessions.begin() as session:
+        job = session.get(JobRecord, "job_1")
+        job.status, job.attempt, job.lease_expires_at = "running", 1, utcnow() + timedelta(hours=1)
+    assert execute_job("job_1", settings, sessions, store) == "skipped"
+    assert b"".join(store.iter_bytes(key)) == b"epoch-3"
+    assert (settings.data_dir / "checkpoints" / "job_1" / "0-finetune.pt").exists()
