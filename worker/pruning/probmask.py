@@ -52,6 +52,12 @@ RANK_BY_MODE: dict[str, RankBy] = {"expected_magnitude": "expected_magnitude", "
 UNDECIDED_LOW, UNDECIDED_HIGH = 0.05, 0.95
 UNDECIDED_WARNING = 0.10
 """Fraction of undecided scores (in (0.05, 0.95) when the mask is drawn) that warns in the report."""
+UNDECIDED_CHOICE: dict[str, str] = {
+    "expected_magnitude": "among them the larger weights were kept (final_mask expected_magnitude)",
+    "topk": "among them small score differences chose the mask (final_mask expected_magnitude keeps the larger weights)",
+    "sample": "among them the sampled mask is drawn at random per weight",
+}
+"""What the final mask did where the scores are undecided, for the warning."""
 SHORT_BUDGET_STEPS = 750
 """Fewer optimizer steps than this warn in the report: on the MNIST-1D CNN at 90 % (bench/probmask_budget.py)
 ProbMask + a finetune of equal length was behind global magnitude pruning finetuned the same total
@@ -660,8 +666,9 @@ def run_probmask(
     if undecided > UNDECIDED_WARNING:
         warnings.append(
             f"probmask: {100 * undecided:.1f}% of the scores were undecided (between {UNDECIDED_LOW} and "
-            f"{UNDECIDED_HIGH}) when the mask was drawn; the mask is close to magnitude pruning there. "
-            f"Give probmask more epochs or a larger score_lr."
+            f"{UNDECIDED_HIGH}) when the mask was drawn; {UNDECIDED_CHOICE[final_mask]}. A larger score_lr "
+            f"decides more of them but is not better by itself (3x the default ended 1.2 points lower on "
+            f'MNIST-1D at 90 %, BENCHMARKS.md "The final mask"); compare with prune_weights at the same total epochs.'
         )
         log.warning(warnings[-1])
     if sparsifier.total_steps < SHORT_BUDGET_STEPS:
