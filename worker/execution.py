@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
 
 from service.core import artifacts as artifacts_spec
 from service.core import jobs
@@ -255,9 +254,7 @@ def _discard_checkpoints_if_ended(job_id: str, settings: Settings, sessions, sto
     """A redelivered task of an ended job: remove the checkpoints its worker may have left when
     it died between ending the row and discarding them (Celery redelivers a task whose worker was
     lost, ``task_reject_on_worker_lost``). Checkpoints of a job another worker runs are kept."""
-    with sessions() as session:
-        status = session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
-    if status in jobs.TERMINAL:
+    if jobs.has_ended(sessions, job_id):
         CheckpointMirror(store, job_id, _local_checkpoints(settings, job_id), attempt=0).discard()
 
 

@@ -92,6 +92,12 @@ def cancel_requested(sessions: sessionmaker, job_id: str) -> bool:
     return bool(flag)
 
 
+def has_ended(sessions: sessionmaker, job_id: str) -> bool:
+    """The job is succeeded, failed or cancelled: no execution will run it again."""
+    with sessions() as session:
+        return session.scalar(select(JobRecord.status).where(JobRecord.id == job_id)) in TERMINAL
+
+
 def succeed(
     sessions: sessionmaker, job_id: str, result: dict, artifacts: list[dict], attempt: int | None = None
 ) -> bool:

@@ -110,3 +110,9 @@ def test_a_job_with_a_live_lease_is_left_alone_by_the_reaper(sessions) -> None:
     jobs.start(sessions, job_id, lease_s=60)
     assert jobs.requeue_expired(sessions) == ([], [])
     assert _row(sessions, job_id).status == "running"
+
+
+def test_a_job_has_ended_only_once_it_succeeded_failed_or_was_cancelled(sessions) -> None:
+    states = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    ended = {status: jobs.has_ended(sessions, _job(sessions, status=status)) for status in states}
+    assert ended == {status: status in {"succeeded", "failed", "cancelled"} for status in states}
