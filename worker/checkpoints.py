@@ -98,11 +98,16 @@ class CheckpointMirror:
 
     def discard(self) -> None:
         """Remove the stored checkpoints (the job ended) and the local copies."""
-        shutil.rmtree(self.local_dir, ignore_errors=True)
-        try:
-            self.store.delete_prefix(self.prefix)
-        except Exception:  # noqa: BLE001 - storage down: stale checkpoints only cost space
-            log.warning("could not remove the checkpoints under %s", self.prefix, exc_info=True)
+        discard_checkpoints(self.store, self.prefix, self.local_dir)
+
+
+def discard_checkpoints(store: ArtifactStore, prefix: str, local_dir: Path) -> None:
+    """Remove the checkpoints stored under ``prefix`` and their local copies in ``local_dir``."""
+    shutil.rmtree(local_dir, ignore_errors=True)
+    try:
+        store.delete_prefix(prefix)
+    except Exception:  # noqa: BLE001 - storage down: stale checkpoints only cost space
+        log.warning("could not remove the checkpoints under %s", prefix, exc_info=True)
 
 
 def _signature(path: Path) -> tuple[int, int]:

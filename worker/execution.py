@@ -23,7 +23,7 @@ from service.core.models import DatasetRecord, JobRecord, ModelRecord
 from service.core.spec import JobSpec
 from service.core.storage import ArtifactNotFound, ArtifactStore, StorageUnavailable
 from service.core.webhooks import deliver
-from worker.checkpoints import CheckpointMirror
+from worker.checkpoints import CheckpointMirror, checkpoint_prefix, discard_checkpoints
 from worker.memory import release_memory
 
 log = logging.getLogger("shears.worker")
@@ -255,7 +255,7 @@ def _discard_checkpoints_if_ended(job_id: str, settings: Settings, sessions, sto
     it died between ending the row and discarding them (Celery redelivers a task whose worker was
     lost, ``task_reject_on_worker_lost``). Checkpoints of a job another worker runs are kept."""
     if jobs.has_ended(sessions, job_id):
-        CheckpointMirror(store, job_id, _local_checkpoints(settings, job_id), attempt=0).discard()
+        discard_checkpoints(store, checkpoint_prefix(job_id), _local_checkpoints(settings, job_id))
 
 
 def _local_checkpoints(settings: Settings, job_id: str) -> Path:
